@@ -39,7 +39,9 @@ def parse_checksum(value: str) -> tuple[str, str]:
     algorithm, sep, hexdigest = value.strip().partition(":")
     algorithm, hexdigest = algorithm.lower(), hexdigest.lower()
     if not sep or not algorithm or not hexdigest:
-        raise ValueError(f"Checksum {value!r} is not in the form '<algorithm>:<hex>', e.g. 'sha256:9f86d0...'")
+        raise ValueError(
+            f"Checksum {value!r} is not in the form '<algorithm>:<hex>', e.g. 'sha256:9f86d0...'"
+        )
     expected_length = new_hasher(algorithm).digest_size * 2
     if not _HEX.fullmatch(hexdigest) or len(hexdigest) != expected_length:
         raise ValueError(

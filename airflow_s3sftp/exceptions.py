@@ -35,3 +35,7 @@ class ChecksumMismatchError(VerificationError):
         super().__init__(f"{what}: checksum mismatch, expected {expected}, got {actual}")
         self.expected = expected
         self.actual = actual
+
+
+class OutOfOrderWriteError(S3SFTPError):
+    """A write did not start exactly where the previous one ended."""

@@ -1,0 +1,258 @@
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software distributed under the License
+# is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
+"""The delivery engine: stream a source into an SFTP file in order, verify it, publish it atomically."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from airflow_s3sftp.checksums import format_checksum, new_hasher
+from airflow_s3sftp.exceptions import ChecksumMismatchError, TransferInProgressError, VerificationError
+from airflow_s3sftp.transfer import sftp as remote
+from airflow_s3sftp.transfer.ordered import OrderedWriter
+from airflow_s3sftp.transfer.paths import backup_path_for, temp_path_for
+from airflow_s3sftp.transfer.reader import ChunkReader, Hasher, MiB, OpenStream
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from paramiko import SFTPClient
+
+    from airflow_s3sftp.transfer.integrity import SourceCheck
+
+log = logging.getLogger(__name__)
+
+Verify = Literal["none", "size", "checksum"]
+IfExists = Literal["replace", "fail"]
+
+
+@dataclass(frozen=True)
+class DeliveryOptions:
+    """How to deliver: see :class:`~airflow_s3sftp.operators.s3_to_sftp.S3ToSFTPStreamOperator`."""
+
+    atomic: bool = True
+    checksum: str | None = "sha256"
+    verify: Verify = "size"
+    if_exists: IfExists = "replace"
+    create_dirs: bool = True
+    file_mode: int | None = 0o644
+    chunk_size: int = 4 * MiB
+    read_ahead: int = 4
+    write_size: int | None = None
+    strict_order: bool = False
+    fsync: bool = True
+    stale_temp_after: float = 10.0
+    progress_interval: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.verify not in ("none", "size", "checksum"):
+            raise ValueError(f"verify must be 'none', 'size' or 'checksum', not {self.verify!r}")
+        if self.if_exists not in ("replace", "fail"):
+            raise ValueError(f"if_exists must be 'replace' or 'fail', not {self.if_exists!r}")
+        if self.checksum is not None:
+            new_hasher(self.checksum)
+        if self.verify == "checksum" and self.checksum is None:
+            raise ValueError("verify='checksum' needs a checksum algorithm (checksum=None was given)")
+        if self.chunk_size <= 0 or self.read_ahead <= 0:
+            raise ValueError("chunk_size and read_ahead must be positive")
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What landed, where, and how it was checked."""
+
+    sftp_path: str
+    size: int
+    checksum: str | None
+    seconds: float
+    mb_per_s: float
+    verified: str
+    published_with: str
+    source_check: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Progress:
+    """Throttled progress lines: bytes, percent, MB/s, ETA."""
+
+    def __init__(self, what: str, total: int | None, interval: float) -> None:
+        self._what, self._total, self._interval = what, total, interval
+        self._start = self._last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            return
+        self._last = now
+        rate = done / max(now - self._start, 1e-9)
+        if self._total:
+            eta = (self._total - done) / rate if rate else float("inf")
+            log.info(
+                "%s: %s of %s bytes (%.0f%%), %.1f MB/s, ETA %.0fs",
+                self._what,
+                done,
+                self._total,
+                100 * done / self._total,
+                rate / 1e6,
+                eta,
+            )
+        else:
+            log.info("%s: %s bytes, %.1f MB/s", self._what, done, rate / 1e6)
+
+
+def deliver(
+    sftp: SFTPClient,
+    path: str,
+    open_stream: OpenStream,
+    *,
+    size: int | None,
+    options: DeliveryOptions,
+    source_check: SourceCheck | None = None,
+    is_retryable: Callable[[BaseException], bool] = lambda err: False,
+    describe: str = "source",
+) -> DeliveryResult:
+    """Stream ``open_stream(0)`` into ``path`` on ``sftp``: in order, verified, published atomically.
+
+    The final name is touched only by the last step (a rename). On any failure the temp file is
+    removed when the connection still allows it, and the final name keeps its previous content.
+    """
+    started = time.monotonic()
+    directory = posixpath.dirname(path) or "."
+    target = remote.stat_or_none(sftp, path)
+    if remote.is_dir(target):
+        raise IsADirectoryError(
+            f"SFTP target {path!r} is a directory; end sftp_path with '/' to write into it"
+        )
+    if target is not None and options.if_exists == "fail":
+        raise FileExistsError(f"SFTP file {path!r} already exists (if_exists='fail')")
+    remote.ensure_directory(sftp, directory, options.create_dirs)
+
+    write_path = temp_path_for(path) if options.atomic else path
+    hasher = new_hasher(options.checksum) if options.checksum else None
+    if source_check is not None and hasher is not None and source_check.algorithm == options.checksum:
+        source_check.hasher = hasher  # S3 vouches for the digest we compute anyway: hash once
+    hashers: list[Hasher] = [h for h in (hasher, source_check.hasher if source_check else None) if h]
+    hashers = list({id(h): h for h in hashers}.values())
+    write_size = options.write_size or remote.server_write_size(sftp)
+
+    if options.atomic:
+        handle = remote.open_exclusive(sftp, write_path, stale_after=options.stale_temp_after)
+    else:
+        try:
+            handle = sftp.open(write_path, "wb", bufsize=0)
+        except OSError as err:
+            raise remote.sftp_error(err, "create", write_path) from err
+    published = False
+    try:
+        handle.MAX_REQUEST_SIZE = write_size
+        # OpenSSH applies requests in arrival order, so pipelined in-order writes land in order;
+        # strict_order waits for every write's status for servers that may apply them in parallel.
+        handle.set_pipelined(not options.strict_order)
+        writer = OrderedWriter(handle)
+        progress = _Progress(f"{describe} -> {path}", size, options.progress_interval)
+        log.info("Streaming %s (%s bytes) to %s via %s", describe, size, path, write_path)
+        with ChunkReader(
+            open_stream,
+            size=size,
+            chunk_size=options.chunk_size,
+            depth=options.read_ahead,
+            hashers=hashers,
+            is_retryable=is_retryable,
+            describe=describe,
+        ) as reader:
+            try:
+                for chunk in reader:
+                    writer.write(chunk)
+                    progress.update(writer.position)
+                if options.fsync:
+                    remote.fsync(sftp, handle)
+                handle.close()  # collects the status of every pipelined write
+            except OSError as err:
+                raise remote.sftp_error(err, "write", write_path) from err
+        sent = writer.position
+        if size is not None and sent != size:
+            raise VerificationError(f"{describe}: read {sent} bytes, expected {size}")
+        if source_check is not None and (problem := source_check.verify()):
+            raise VerificationError(f"{describe} changed or was corrupted in transit: {problem}")
+
+        landed = remote.stat_or_none(sftp, write_path)
+        verified = "none"
+        if options.verify != "none":
+            if landed is None or landed.st_size != sent:
+                raise VerificationError(
+                    f"SFTP file {write_path!r} has {None if landed is None else landed.st_size} bytes "
+                    f"after sending {sent}"
+                )
+            verified = "size"
+        checksum = (
+            format_checksum(options.checksum, hasher.hexdigest()) if hasher and options.checksum else None
+        )
+        if options.verify == "checksum" and options.checksum and checksum:
+            reread = new_hasher(options.checksum)
+            remote.hash_remote(sftp, write_path, reread, sent)
+            actual = format_checksum(options.checksum, reread.hexdigest())
+            if actual != checksum:
+                raise ChecksumMismatchError(f"SFTP file {write_path!r} read back", checksum, actual)
+            verified = "checksum"
+        if options.file_mode is not None:
+            try:
+                sftp.chmod(write_path, options.file_mode)
+            except OSError as err:
+                log.warning("Server refused chmod %o on %s: %s", options.file_mode, write_path, err)
+
+        published_with = "direct"
+        if options.atomic:
+            # Someone who took over our temp file (after a stall) would have changed it.
+            now = remote.stat_or_none(sftp, write_path)
+            if landed is not None and (
+                now is None or (now.st_size, now.st_mtime) != (landed.st_size, landed.st_mtime)
+            ):
+                raise TransferInProgressError(
+                    f"SFTP temp file {write_path!r} changed under us before publish"
+                )
+            published_with = remote.publish(
+                sftp,
+                write_path,
+                path,
+                replace=options.if_exists == "replace",
+                backup=backup_path_for(path),
+            )
+        published = True
+    finally:
+        if not published:
+            try:
+                handle.close()
+            except Exception:
+                log.debug("Closing %s after a failure failed", write_path, exc_info=True)
+            if options.atomic:
+                remote.remove_quietly(sftp, write_path)
+    seconds = time.monotonic() - started
+    log.info(
+        "Delivered %s bytes to %s in %.2fs (%.1f MB/s), checksum %s, verified by %s, published by %s",
+        sent,
+        path,
+        seconds,
+        sent / seconds / 1e6,
+        checksum,
+        verified,
+        published_with,
+    )
+    return DeliveryResult(
+        sftp_path=path,
+        size=sent,
+        checksum=checksum,
+        seconds=round(seconds, 3),
+        mb_per_s=round(sent / seconds / 1e6, 2),
+        verified=verified,
+        published_with=published_with,
+        source_check=source_check.name if source_check else None,
+    )

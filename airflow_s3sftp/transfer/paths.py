@@ -1,0 +1,63 @@
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software distributed under the License
+# is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
+"""Derive remote paths from S3 keys without ever leaving the target directory."""
+
+from __future__ import annotations
+
+import posixpath
+
+TEMP_SUFFIX = ".s3sftp-part"
+BACKUP_SUFFIX = ".s3sftp-old"
+
+
+def parse_s3_location(bucket: str | None, key: str) -> tuple[str, str]:
+    """Return ``(bucket, key)`` from a bucket and key, or from an ``s3://bucket/key`` URL in ``key``."""
+    key = (key or "").strip()
+    if key.startswith("s3://"):
+        if bucket:
+            raise ValueError(f"s3_key {key!r} is an s3:// URL, so s3_bucket must be None (got {bucket!r})")
+        bucket, _, key = key[len("s3://") :].partition("/")
+        if not bucket or not key:
+            raise ValueError(f"S3 URL 's3://{bucket}/{key}' must name both a bucket and a key")
+    if not bucket:
+        raise ValueError("No S3 bucket: set s3_bucket or pass s3_key as 's3://bucket/key'")
+    if not key:
+        raise ValueError(f"Empty S3 key for bucket {bucket!r}")
+    return bucket, key
+
+
+def safe_name(name: str, source: str) -> str:
+    """Return ``name`` if it is a plain file name, else raise ``ValueError`` naming ``source``."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise ValueError(f"{source!r} does not give a safe remote file name (got {name!r})")
+    return name
+
+
+def remote_path_for(sftp_path: str, key: str) -> str:
+    """Return the final remote path: ``sftp_path``, or the key's base name below it if it ends in ``/``.
+
+    Names taken from a key are checked so that ``..``, absolute keys, backslashes and NUL bytes
+    cannot place the file outside the directory.
+    """
+    if not sftp_path or "\x00" in sftp_path:
+        raise ValueError(f"Invalid sftp_path {sftp_path!r}")
+    if sftp_path.endswith("/"):
+        return sftp_path + safe_name(key.rsplit("/", 1)[-1], key)
+    _directory, name = posixpath.split(sftp_path)
+    safe_name(name, sftp_path)
+    return sftp_path
+
+
+def temp_path_for(path: str) -> str:
+    """Return the deterministic temporary name of ``path``: hidden, in the same directory."""
+    directory, name = posixpath.split(path)
+    return posixpath.join(directory, f".{name}{TEMP_SUFFIX}")
+
+
+def backup_path_for(path: str) -> str:
+    """Return where the previous version waits during a non-atomic replace."""
+    directory, name = posixpath.split(path)
+    return posixpath.join(directory, f".{name}{BACKUP_SUFFIX}")

@@ -1,0 +1,209 @@
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software distributed under the License
+# is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
+"""SFTP primitives of a delivery: exclusive temp files, fast in-order writes, read-back, rename."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import posixpath
+import stat
+import time
+from typing import TYPE_CHECKING
+
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
+
+from airflow_s3sftp.exceptions import TransferInProgressError
+
+if TYPE_CHECKING:
+    from paramiko import Message, SFTPAttributes, SFTPClient, SFTPFile
+
+    from airflow_s3sftp.transfer.reader import Hasher
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WRITE_SIZE = 32 * 1024  # what every SFTP server must accept
+MAX_WRITE_SIZE = 256 * 1024
+
+
+def sftp_error(err: OSError, action: str, path: str) -> OSError:
+    """Return a builtin error for a failed SFTP call whose message names the action and the path."""
+    reason = err.strerror or (err.args[0] if err.args else "") or type(err).__name__
+    message = f"SFTP {action} {path!r} failed: {reason}"
+    if err.errno == errno.ENOENT:
+        return FileNotFoundError(errno.ENOENT, message)
+    if err.errno == errno.EACCES:
+        return PermissionError(errno.EACCES, message)
+    return OSError(err.errno, message)
+
+
+def stat_or_none(sftp: SFTPClient, path: str) -> SFTPAttributes | None:
+    """Return the attributes of ``path``, or None when it does not exist."""
+    try:
+        return sftp.stat(path)
+    except OSError as err:
+        if err.errno == errno.ENOENT:
+            return None
+        raise sftp_error(err, "stat", path) from err
+
+
+def is_dir(attrs: SFTPAttributes | None) -> bool:
+    return attrs is not None and attrs.st_mode is not None and stat.S_ISDIR(attrs.st_mode)
+
+
+def ensure_directory(sftp: SFTPClient, directory: str, create: bool) -> None:
+    """Make sure ``directory`` exists, creating missing parents when ``create`` is set."""
+    attrs = stat_or_none(sftp, directory)
+    if is_dir(attrs):
+        return
+    if attrs is not None:
+        raise NotADirectoryError(errno.ENOTDIR, f"SFTP path {directory!r} exists and is not a directory")
+    if not create:
+        raise FileNotFoundError(
+            errno.ENOENT, f"SFTP directory {directory!r} does not exist (create_dirs=False)"
+        )
+    parent = posixpath.dirname(directory.rstrip("/"))
+    if parent and parent != directory:
+        ensure_directory(sftp, parent, create)
+    try:
+        sftp.mkdir(directory)
+    except OSError as err:
+        if not is_dir(stat_or_none(sftp, directory)):  # lost a race with another creator: fine
+            raise sftp_error(err, "mkdir", directory) from err
+
+
+def _extended(sftp: SFTPClient, request: str, *args: object) -> tuple[int, Message]:
+    """Send an SFTP extended request; paramiko has no public call for the OpenSSH extensions."""
+    reply: tuple[int, Message] = sftp._request(CMD_EXTENDED, request, *args)  # type: ignore[attr-defined]
+    return reply
+
+
+def server_write_size(sftp: SFTPClient) -> int:
+    """Return the largest write the server accepts (``limits@openssh.com``), within 32-256 KiB."""
+    try:
+        kind, msg = _extended(sftp, "limits@openssh.com")
+    except OSError:
+        return DEFAULT_WRITE_SIZE
+    if kind != CMD_EXTENDED_REPLY:
+        return DEFAULT_WRITE_SIZE
+    msg.get_int64()  # max packet length
+    msg.get_int64()  # max read length
+    max_write = msg.get_int64()
+    return max(DEFAULT_WRITE_SIZE, min(max_write or DEFAULT_WRITE_SIZE, MAX_WRITE_SIZE))
+
+
+def open_exclusive(sftp: SFTPClient, path: str, *, stale_after: float) -> SFTPFile:
+    """Create ``path`` exclusively with mode 0600, taking over a leftover nobody writes to any more.
+
+    A temp file that exists already belongs either to a crashed earlier try or to a transfer
+    running right now. It is taken over when its size and mtime stay unchanged for
+    ``stale_after`` seconds (measured by watching it, so clock skew does not matter); otherwise
+    :class:`TransferInProgressError` is raised.
+    """
+    try:
+        handle = sftp.open(path, "wbx", bufsize=0)
+    except OSError as err:
+        before = stat_or_none(sftp, path)
+        if before is None:
+            raise sftp_error(err, "create", path) from err
+        time.sleep(stale_after)
+        after = stat_or_none(sftp, path)
+        if after is not None and (after.st_size, after.st_mtime) != (before.st_size, before.st_mtime):
+            raise TransferInProgressError(
+                f"Another transfer is writing {path!r} right now (it grew from {before.st_size} to "
+                f"{after.st_size} bytes in {stale_after:.0f}s); not touching it"
+            ) from err
+        log.warning("Removing stale temp file %s (%s bytes) left by an earlier try", path, before.st_size)
+        remove_quietly(sftp, path)
+        try:
+            handle = sftp.open(path, "wbx", bufsize=0)
+        except OSError as err2:
+            raise sftp_error(err2, "create", path) from err2
+    try:
+        handle.chmod(0o600)  # nobody but us reads it before it is verified
+    except OSError:
+        log.debug("Server refused chmod on %s; keeping its default mode", path)
+    return handle
+
+
+def fsync(sftp: SFTPClient, handle: SFTPFile) -> bool:
+    """Ask the server to flush ``handle`` to disk (``fsync@openssh.com``); False when unsupported."""
+    try:
+        _extended(sftp, "fsync@openssh.com", handle.handle)
+    except OSError as err:
+        if "unsupported" in str(err).lower():
+            return False
+        raise
+    return True
+
+
+def hash_remote(
+    sftp: SFTPClient, path: str, hasher: Hasher, size: int, chunk_size: int = 1024 * 1024
+) -> None:
+    """Feed the first ``size`` bytes of ``path`` to ``hasher``, reading with pipelined requests."""
+    with sftp.open(path, "rb", bufsize=chunk_size) as remote:
+        remote.prefetch(size, max_concurrent_requests=64)
+        remaining = size
+        while remaining > 0:
+            data = remote.read(min(chunk_size, remaining))
+            if not data:
+                raise EOFError(f"SFTP file {path!r} ended {remaining} bytes early while reading it back")
+            hasher.update(data)
+            remaining -= len(data)
+
+
+def remove_quietly(sftp: SFTPClient, path: str) -> bool:
+    """Remove ``path`` and return True; log and return False when that fails."""
+    try:
+        sftp.remove(path)
+    except Exception as err:  # cleanup after a failure must not mask that failure
+        if getattr(err, "errno", None) != errno.ENOENT:
+            log.warning("Could not remove %s: %s", path, err)
+        return False
+    return True
+
+
+def publish(sftp: SFTPClient, temp: str, final: str, *, replace: bool, backup: str) -> str:
+    """Move ``temp`` onto ``final`` and return how it was done.
+
+    With ``replace``, ``posix-rename@openssh.com`` replaces atomically. Servers without it get
+    a three-step fallback (old version aside, rename, drop the old version) whose window is a
+    moment with no file under ``final`` — never a partial one. Without ``replace``, a plain
+    SFTP rename refuses an existing target on OpenSSH, so two writers cannot both win.
+    """
+    if not replace:
+        try:
+            sftp.rename(temp, final)
+        except OSError as err:
+            if stat_or_none(sftp, final) is not None:
+                raise FileExistsError(
+                    errno.EEXIST, f"SFTP file {final!r} appeared during the transfer (if_exists='fail')"
+                ) from err
+            raise sftp_error(err, "rename to", final) from err
+        return "rename"
+    try:
+        sftp.posix_rename(temp, final)
+        return "posix-rename"
+    except OSError as err:
+        if "unsupported" not in str(err).lower():
+            raise sftp_error(err, "rename to", final) from err
+    log.warning("Server lacks posix-rename@openssh.com; replacing %s in three steps", final)
+    existed = stat_or_none(sftp, final) is not None
+    if existed:
+        remove_quietly(sftp, backup)
+        try:
+            sftp.rename(final, backup)
+        except OSError as err:
+            raise sftp_error(err, "move aside", final) from err
+    try:
+        sftp.rename(temp, final)
+    except OSError as err:
+        if existed:
+            sftp.rename(backup, final)
+        raise sftp_error(err, "rename to", final) from err
+    if existed:
+        remove_quietly(sftp, backup)
+    return "rename-with-backup" if existed else "rename"
