@@ -28,6 +28,10 @@ class HostKeyVerificationError(S3SFTPError):
     """The SFTP server's host key is unknown or differs from the one configured."""
 
 
+class AuthenticationError(S3SFTPError):
+    """The SFTP server refused the login (wrong user, key or password)."""
+
+
 class ChecksumMismatchError(VerificationError):
     """A digest differs from the one it must equal."""
 

@@ -1,0 +1,348 @@
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software distributed under the License
+# is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
+"""Sensor that waits until a file on an SFTP server is complete: stable in size, mtime and content."""
+
+from __future__ import annotations
+
+import datetime
+import stat
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import paramiko
+from airflow.providers.sftp.hooks.sftp import SFTPHook
+from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+
+from airflow_s3sftp import stability
+from airflow_s3sftp.checksums import format_checksum, new_hasher
+from airflow_s3sftp.exceptions import (
+    AuthenticationError,
+    ChecksumMismatchError,
+    HostKeyVerificationError,
+    S3SFTPError,
+    VerificationError,
+)
+from airflow_s3sftp.triggers.sftp import DEFAULT_CHUNK_SIZE, SFTPFileStableTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+#: Key of the observations in Airflow's task state store (reschedule mode).
+STATE_STORE_KEY = "airflow_s3sftp.sftp_file_stable"
+# paramiko prefetches a readv window with a thread and pipelined requests; the window bounds memory.
+_READ_WINDOW = 8 * 1024 * 1024
+
+# Errors an error event may name, rebuilt by ``execute_complete`` as the exception the trigger caught.
+_EVENT_ERRORS: dict[str, type[Exception]] = {
+    cls.__name__: cls
+    for cls in (
+        VerificationError,
+        HostKeyVerificationError,
+        AuthenticationError,
+        PermissionError,
+        IsADirectoryError,
+        FileNotFoundError,
+        ValueError,
+        S3SFTPError,
+    )
+}
+
+
+class _SFTPSession:
+    """One SSH connection and SFTP channel to the connection's server, opened lazily and reused."""
+
+    def __init__(self, conn_id: str) -> None:
+        self.conn_id = conn_id
+        # One attempt: a refused login or an unknown host key will not heal in a few seconds, and
+        # Airflow's task retries cover transient network failures.
+        self.hook = SFTPHook(ssh_conn_id=conn_id, conn_retry_attempts=1)
+        if "compress" not in self.hook.get_connection(conn_id).extra_dejson:
+            # The SSH hook compresses by default, which slows hashing of incompressible data ~4x.
+            self.hook.compress = False
+        self.where = f"{self.hook.remote_host}:{self.hook.port}"
+        self._sftp: paramiko.SFTPClient | None = None
+
+    def target(self, path: str) -> str:
+        """Return how messages name ``path`` on this server (no user, no secret)."""
+        return f"sftp://{self.where}{path if path.startswith('/') else '/' + path}"
+
+    def client(self) -> paramiko.SFTPClient:
+        """Return the open SFTP client, connecting (again) when needed."""
+        if self._sftp is not None:
+            transport = self._sftp.get_channel().get_transport() if self._sftp.get_channel() else None
+            if transport is not None and transport.is_active():
+                return self._sftp
+            self.close()
+        try:
+            sftp: paramiko.SFTPClient = self.hook.get_conn()
+        except paramiko.BadHostKeyException as err:
+            raise HostKeyVerificationError(
+                f"The host key of {self.where} differs from the one configured in connection "
+                f"{self.conn_id!r} (host_key extra or known_hosts)"
+            ) from err
+        except paramiko.AuthenticationException as err:
+            raise AuthenticationError(
+                f"{self.where} refused the login of user {self.hook.username!r} "
+                f"(connection {self.conn_id!r}): {err}"
+            ) from err
+        except paramiko.SSHException as err:
+            if "known_hosts" in str(err):
+                raise HostKeyVerificationError(
+                    f"The host key of {self.where} is unknown: set the host_key extra of connection "
+                    f"{self.conn_id!r} or add the key to known_hosts"
+                ) from err
+            raise
+        self._sftp = sftp
+        return sftp
+
+    def observe(self, path: str) -> stability.Observation:
+        """Return the size and mtime of ``path``, or a missing observation; refuse what is not a file."""
+        try:
+            attrs = self.client().stat(path)
+        except FileNotFoundError:
+            return stability.Observation.take(None, None)
+        except PermissionError as err:
+            raise PermissionError(f"Permission denied when checking {self.target(path)}") from err
+        mode = attrs.st_mode
+        if mode is not None and stat.S_ISDIR(mode):
+            raise IsADirectoryError(f"{self.target(path)} is a directory, not a file")
+        if mode is not None and not stat.S_ISREG(mode):
+            raise ValueError(f"{self.target(path)} is not a regular file")
+        return stability.Observation.take(int(attrs.st_size or 0), int(attrs.st_mtime or 0))
+
+    def digest(self, path: str, algorithm: str, size: int, chunk_size: int) -> str | None:
+        """
+        Return ``"<algorithm>:<hex>"`` of the first ``size`` bytes of ``path``, or ``None`` if it is shorter.
+
+        Reads in windows of pipelined requests, so memory stays bounded by the window whatever the size.
+        """
+        hasher = new_hasher(algorithm)
+        try:
+            with self.client().open(path, "rb") as remote:
+                offset = 0
+                while offset < size:
+                    end = min(size, offset + _READ_WINDOW)
+                    ranges = [(o, min(chunk_size, end - o)) for o in range(offset, end, chunk_size)]
+                    for (_, length), data in zip(ranges, remote.readv(ranges), strict=True):
+                        hasher.update(data)
+                        if len(data) < length:
+                            return None
+                    offset = end
+        except FileNotFoundError:
+            return None
+        except EOFError:
+            return None
+        except PermissionError as err:
+            raise PermissionError(f"Permission denied when reading {self.target(path)}") from err
+        return format_checksum(algorithm, hasher.hexdigest())
+
+    def close(self) -> None:
+        """Close the SFTP channel and the SSH connection, if open."""
+        self._sftp = None
+        self.hook.close_conn()
+        if self.hook.client is not None:
+            self.hook.client.close()
+            self.hook.client = None
+
+
+class SFTPFileStableSensor(BaseSensorOperator):
+    """
+    Wait until a file on an SFTP server is complete, proven by its size, mtime and content.
+
+    The sensor fires once the file exists, is at least ``min_size`` bytes, and its size and mtime stayed
+    the same across observations spanning ``stable_for`` seconds (plus one second, as SFTP mtimes are whole
+    seconds). With ``checksum`` set it then reads the file and hashes it: the digest must equal
+    ``expected_checksum`` when given, otherwise two digests taken at least one poll apart, with size and
+    mtime unchanged in between, must agree. Size and mtime alone (``checksum=None``) is a weaker mode: an
+    uploader that writes out of order or preserves the source's mtime can look stable while incomplete.
+
+    A stable file larger than ``expected_size`` or whose digest differs from ``expected_checksum`` fails at
+    once, without waiting for the timeout. A missing file is "not yet". A refused login, an unknown host
+    key, a permission error, a directory, or a malformed ``expected_checksum`` fail with a message that names
+    the server and path.
+
+    In ``reschedule`` mode the observations are kept in Airflow's task state store (Airflow 3.3+), scoped to
+    the current try. With ``deferrable=True`` the sensor checks once, then hands its observations to
+    :class:`~airflow_s3sftp.triggers.sftp.SFTPFileStableTrigger`, which polls from the triggerer.
+
+    The XCom return value is a dict with ``path``, ``size``, ``mtime`` (POSIX seconds), ``checksum``
+    (``"<algorithm>:<hex>"`` or ``None``), ``stable_since``, ``observed_at``, ``stable_seconds``, ``polls``.
+
+    :param path: remote path of the file (templated)
+    :param sftp_conn_id: SFTP connection to use (templated)
+    :param stable_for: seconds (or a timedelta) over which consecutive observations must show the same size
+        and mtime
+    :param checksum: digest algorithm used to prove the content once size and mtime are stable (``sha256``,
+        ``sha1``, ``sha512``, ``md5``, ``blake2b``), or ``None`` for size and mtime only (weaker)
+    :param expected_size: exact size in bytes the file must reach; smaller is "not yet", larger fails
+        (templated)
+    :param expected_checksum: ``"<algorithm>:<hex>"`` the content must equal, e.g. the upload operator's XCom
+        ``checksum``; its algorithm wins over ``checksum`` (templated)
+    :param min_size: smallest size in bytes that counts as a file worth firing for
+    :param chunk_size: bytes per read while hashing
+    :param deferrable: poll from the triggerer instead of a worker slot
+    """
+
+    template_fields: Sequence[str] = ("path", "sftp_conn_id", "expected_checksum", "expected_size")
+    ui_color = "#c8e6f0"
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        sftp_conn_id: str = "sftp_default",
+        stable_for: float | datetime.timedelta = 60,
+        checksum: str | None = "sha256",
+        expected_size: int | None = None,
+        expected_checksum: str | None = None,
+        min_size: int = 1,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.path = path
+        self.sftp_conn_id = sftp_conn_id
+        self.stable_for = stable_for
+        self.checksum = checksum
+        self.expected_size = expected_size
+        self.expected_checksum = expected_checksum
+        self.min_size = min_size
+        self.chunk_size = chunk_size
+        self.deferrable = deferrable
+        self._session: _SFTPSession | None = None
+        self._policy: stability.Policy | None = None
+        self._state = stability.State()
+
+    def _open(self) -> tuple[_SFTPSession, stability.Policy]:
+        """Return the session and the validated policy, building both on first use."""
+        if self._session is None or self._policy is None:
+            if (
+                isinstance(self.chunk_size, bool)
+                or not isinstance(self.chunk_size, int)
+                or self.chunk_size < 1
+            ):
+                raise ValueError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
+            session = _SFTPSession(self.sftp_conn_id)
+            self._policy = stability.Policy.build(
+                target=session.target(self.path),
+                stable_for=self.stable_for,
+                checksum=self.checksum,
+                expected_size=self.expected_size,
+                expected_checksum=self.expected_checksum,
+                min_size=self.min_size,
+            )
+            self._session = session
+        return self._session, self._policy
+
+    def _close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+        self._session = None
+
+    def execute(self, context: Context) -> Any:
+        """Poke, reschedule or defer until the file is complete; return its summary."""
+        self._state = stability.State()
+        try:
+            _, policy = self._open()
+            if not self.deferrable:
+                return super().execute(context)
+            verdict = self._poll(self._state)
+            if verdict.action is stability.Action.FIRE:
+                return stability.result(self.path, verdict)
+            self.log.info("Deferring: %s", verdict.reason)
+            self.defer(
+                trigger=SFTPFileStableTrigger(
+                    path=self.path,
+                    sftp_conn_id=self.sftp_conn_id,
+                    stable_for=policy.stable_for,
+                    checksum=self.checksum,
+                    expected_size=policy.expected_size,
+                    expected_checksum=self.expected_checksum,
+                    min_size=self.min_size,
+                    poll_interval=self.poke_interval,
+                    chunk_size=self.chunk_size,
+                    state=verdict.state.to_dict(),
+                ),
+                method_name="execute_complete",
+                timeout=datetime.timedelta(seconds=self.timeout),
+            )
+        finally:
+            self._close()
+
+    def poke(self, context: Context) -> bool | PokeReturnValue:
+        """Observe the file once and return its summary when it is complete."""
+        state = self._load_state(context) if self.reschedule else self._state
+        verdict = self._poll(state)
+        if self.reschedule:
+            self._save_state(context, verdict.state)
+        self._state = verdict.state
+        if verdict.action is stability.Action.FIRE:
+            return PokeReturnValue(is_done=True, xcom_value=stability.result(self.path, verdict))
+        self.log.info("%s is not complete yet: %s", self.path, verdict.reason)
+        return False
+
+    def _poll(self, state: stability.State) -> stability.Verdict:
+        """Run one poll: stat, and when size and mtime are stable, hash and stat again."""
+        session, policy = self._open()
+        verdict = stability.assess(state, session.observe(self.path), policy)
+        if verdict.action is stability.Action.HASH and verdict.algorithm is not None:
+            before = verdict.state.last
+            size = before.size if before is not None and before.size is not None else 0
+            self.log.info(
+                "Hashing %s (%d bytes, %s): %s", policy.target, size, verdict.algorithm, verdict.reason
+            )
+            checksum = session.digest(self.path, verdict.algorithm, size, self.chunk_size)
+            verdict = stability.assess_digest(verdict.state, session.observe(self.path), checksum, policy)
+        if verdict.action is stability.Action.FIRE:
+            self.log.info("%s is complete: %s (%s)", policy.target, verdict.reason, verdict.checksum)
+        return verdict
+
+    def _load_state(self, context: Context) -> stability.State:
+        """Return the observations of earlier pokes of this try from the task state store."""
+        store = self._state_store(context)
+        record = store.get(STATE_STORE_KEY)
+        try_number = context["ti"].try_number
+        if not isinstance(record, dict) or record.get("try_number") != try_number:
+            return stability.State()
+        if (record.get("path"), record.get("sftp_conn_id")) != (self.path, self.sftp_conn_id):
+            return stability.State()
+        try:
+            return stability.State.from_dict(record["state"])
+        except (KeyError, TypeError, ValueError) as err:
+            self.log.warning("Ignoring unreadable observations of earlier pokes: %s", err)
+            return stability.State()
+
+    def _save_state(self, context: Context, state: stability.State) -> None:
+        record = {
+            "try_number": context["ti"].try_number,
+            "path": self.path,
+            "sftp_conn_id": self.sftp_conn_id,
+            "state": state.to_dict(),
+        }
+        self._state_store(context).set(STATE_STORE_KEY, record)
+
+    def _state_store(self, context: Context) -> Any:
+        store = context.get("task_state_store")
+        if store is None:
+            raise RuntimeError(
+                f"{self.task_id}: mode='reschedule' keeps observations in the task state store of "
+                "Airflow 3.3+, which this Airflow does not provide; use mode='poke' or deferrable=True"
+            )
+        return store
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """Return the summary from the trigger's success event, or raise the error it reported."""
+        if event.get("status") == "success":
+            return event["result"]
+        message = str(event.get("message", "unknown error"))
+        error_type = event.get("error_type")
+        if error_type == ChecksumMismatchError.__name__:
+            raise ChecksumMismatchError(str(event["what"]), str(event["expected"]), str(event["actual"]))
+        error_class = _EVENT_ERRORS.get(str(error_type))
+        if error_class is not None:
+            raise error_class(message)
+        raise RuntimeError(f"SFTPFileStableTrigger failed for {self.path}: {error_type}: {message}")
