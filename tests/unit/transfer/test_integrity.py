@@ -1,0 +1,65 @@
+"""Choosing and checking S3's own integrity data."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zlib
+
+import pytest
+
+from airflow_s3sftp.transfer.integrity import choose_source_check
+
+DATA = b"hello world" * 1000
+MD5 = hashlib.md5(DATA).hexdigest()
+CRC32 = base64.b64encode(zlib.crc32(DATA).to_bytes(4, "big")).decode()
+SHA256 = base64.b64encode(hashlib.sha256(DATA).digest()).decode()
+
+
+def check(head, preferred=None):
+    found = choose_source_check(head, preferred)
+    if found is not None:
+        found.hasher.update(DATA)
+    return found
+
+
+def test_crc32_full_object_is_preferred_over_etag():
+    found = check({"ETag": f'"{MD5}"', "ChecksumCRC32": CRC32})
+    assert found is not None and found.algorithm == "crc32"
+    assert found.verify() is None
+
+
+def test_preferred_algorithm_wins():
+    found = check({"ChecksumCRC32": CRC32, "ChecksumSHA256": SHA256}, preferred="sha256")
+    assert found is not None and found.algorithm == "sha256"
+    assert found.verify() is None
+
+
+def test_single_part_etag_is_md5():
+    found = check({"ETag": f'"{MD5}"'})
+    assert found is not None and found.name == "S3 ETag (MD5)"
+    assert found.verify() is None
+
+
+def test_mismatch_is_reported():
+    found = choose_source_check({"ETag": f'"{MD5}"'})
+    assert found is not None
+    found.hasher.update(DATA + b"!")
+    problem = found.verify()
+    assert problem is not None and MD5 in problem
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        {"ETag": '"0123456789abcdef0123456789abcdef-3"'},
+        {"ETag": f'"{MD5}"', "ServerSideEncryption": "aws:kms"},
+        {"ETag": f'"{MD5}"', "SSECustomerAlgorithm": "AES256"},
+        {"ChecksumSHA256": f"{SHA256}-2"},
+        {"ChecksumCRC32": CRC32, "ChecksumType": "COMPOSITE"},
+        {},
+    ],
+    ids=["multipart-etag", "sse-kms", "sse-c", "composite-suffix", "composite-type", "nothing"],
+)
+def test_no_usable_integrity_data(head):
+    assert choose_source_check(head) is None
