@@ -43,3 +43,7 @@ class ChecksumMismatchError(VerificationError):
 
 class OutOfOrderWriteError(S3SFTPError):
     """A write did not start exactly where the previous one ended."""
+
+
+class ConnectionLostError(S3SFTPError, ConnectionError):
+    """The SSH connection dropped or stalled in the middle of a transfer."""

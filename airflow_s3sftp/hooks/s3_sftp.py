@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -27,9 +28,11 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import HTTPError as URLLib3HTTPError
 
-from airflow_s3sftp.exceptions import HostKeyVerificationError, SourceChangedError
-from airflow_s3sftp.transfer.engine import DeliveryOptions, DeliveryResult, deliver
+from airflow_s3sftp.exceptions import ConnectionLostError, HostKeyVerificationError, SourceChangedError
+from airflow_s3sftp.transfer.engine import Checkpoints, DeliveryOptions, DeliveryResult, deliver
 from airflow_s3sftp.transfer.integrity import choose_source_check
+from airflow_s3sftp.transfer.paths import temp_path_for
+from airflow_s3sftp.transfer.sftp import remove_quietly
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -203,17 +206,56 @@ class S3ToSFTPHook(BaseHook):
         head = self.head_object(bucket, key)
         size = int(head["ContentLength"])
         source_check = choose_source_check(head, preferred=options.checksum)
-        with self.sftp_client() as sftp:
-            result: DeliveryResult = deliver(
-                sftp,
-                sftp_path,
-                self._opener(bucket, key, head),
-                size=size,
-                options=options,
-                source_check=source_check,
-                is_retryable=is_transient_s3_error,
-                describe=uri,
-            )
+        checkpoints = Checkpoints()
+        attempt = 0
+        while True:
+            try:
+                with self.sftp_client() as sftp:
+                    result: DeliveryResult = deliver(
+                        sftp,
+                        sftp_path,
+                        self._opener(bucket, key, head),
+                        size=size,
+                        options=options,
+                        source_check=source_check,
+                        is_retryable=is_transient_s3_error,
+                        describe=uri,
+                        checkpoints=checkpoints,
+                    )
+                break
+            except ConnectionLostError as err:
+                attempt += 1
+                if attempt > options.retries:
+                    self._remove_leftover(sftp_path, options)
+                    raise ConnectionLostError(
+                        f"Giving up on {uri} -> {self.sftp_endpoint}:{sftp_path} after {attempt} "
+                        f"attempts: {err}"
+                    ) from err
+                delay = options.retry_delay * 2 ** (attempt - 1)
+                self.log.warning(
+                    "SFTP connection to %s lost (%s); reconnecting in %.1fs (attempt %s of %s)",
+                    self.sftp_endpoint,
+                    err,
+                    delay,
+                    attempt,
+                    options.retries,
+                )
+                time.sleep(delay)
         record = result.to_dict()
-        record.update(s3_uri=uri, etag=str(head["ETag"]).strip('"'), version_id=head.get("VersionId"))
+        record.update(
+            s3_uri=uri,
+            etag=str(head["ETag"]).strip('"'),
+            version_id=head.get("VersionId"),
+            attempts=attempt + 1,
+        )
         return record
+
+    def _remove_leftover(self, sftp_path: str, options: DeliveryOptions) -> None:
+        """Remove the temp file after a final failure, best effort on a fresh connection."""
+        if not options.atomic:
+            return
+        try:
+            with self.sftp_client() as sftp:
+                remove_quietly(sftp, temp_path_for(sftp_path))
+        except Exception as err:  # the next try takes a stale temp file over anyway
+            self.log.warning("Could not remove the temp file of %s: %s", sftp_path, err)

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import socket
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_s3sftp.checksums import format_checksum, new_hasher
-from airflow_s3sftp.exceptions import ChecksumMismatchError, TransferInProgressError, VerificationError
+from airflow_s3sftp.exceptions import (
+    ChecksumMismatchError,
+    ConnectionLostError,
+    TransferInProgressError,
+    VerificationError,
+)
 from airflow_s3sftp.transfer import sftp as remote
 from airflow_s3sftp.transfer.ordered import OrderedWriter
 from airflow_s3sftp.transfer.paths import backup_path_for, temp_path_for
@@ -23,7 +29,7 @@ from airflow_s3sftp.transfer.reader import ChunkReader, Hasher, MiB, OpenStream
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from paramiko import SFTPClient
+    from paramiko import SFTPClient, SFTPFile
 
     from airflow_s3sftp.transfer.integrity import SourceCheck
 
@@ -50,6 +56,9 @@ class DeliveryOptions:
     fsync: bool = True
     stale_temp_after: float = 10.0
     progress_interval: float = 10.0
+    io_timeout: float = 120.0
+    retries: int = 3
+    retry_delay: float = 1.0
 
     def __post_init__(self) -> None:
         if self.verify not in ("none", "size", "checksum"):
@@ -62,6 +71,8 @@ class DeliveryOptions:
             raise ValueError("verify='checksum' needs a checksum algorithm (checksum=None was given)")
         if self.chunk_size <= 0 or self.read_ahead <= 0:
             raise ValueError("chunk_size and read_ahead must be positive")
+        if self.retries < 0 or self.io_timeout <= 0:
+            raise ValueError("retries must be >= 0 and io_timeout > 0")
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,7 @@ class DeliveryResult:
     verified: str
     published_with: str
     source_check: str | None
+    resumed_from: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +121,72 @@ class _Progress:
             log.info("%s: %s bytes, %.1f MB/s", self._what, done, rate / 1e6)
 
 
+class Checkpoints:
+    """Digest states of what was read at chunk boundaries, so a retry can prove and reuse a prefix.
+
+    Each entry holds copies of the checksum hasher and of the S3 integrity hasher after the
+    first ``offset`` bytes; states are a few hundred bytes each.
+    """
+
+    def __init__(self) -> None:
+        self._points: dict[int, tuple[Any, Any]] = {}
+        self.owns_temp = False  # set once a delivery created the temp file: a retry may replace it
+
+    def record(self, offset: int, hasher: Any, source_hasher: Any) -> None:
+        self._points[offset] = (hasher.copy(), source_hasher.copy() if source_hasher is not None else None)
+
+    def best_at_or_below(self, size: int) -> tuple[int, Any, Any] | None:
+        """Return ``(offset, hasher, source_hasher)`` copies for the largest offset <= ``size``."""
+        offsets = [offset for offset in self._points if 0 < offset <= size]
+        if not offsets:
+            return None
+        best = max(offsets)
+        hasher, source_hasher = self._points[best]
+        return best, hasher.copy(), source_hasher.copy() if source_hasher is not None else None
+
+
+def connection_lost(sftp: SFTPClient, err: BaseException) -> bool:
+    """Return True when ``err`` means the SSH connection is gone or stalled (worth a reconnect)."""
+    if isinstance(err, (socket.timeout, TimeoutError, EOFError, ConnectionLostError)):
+        return True
+    transport = sftp.get_channel().get_transport() if sftp.get_channel() else None  # type: ignore[union-attr]
+    return transport is None or not transport.is_active() or bool(sftp.get_channel().closed)  # type: ignore[union-attr]
+
+
+def _try_resume(
+    sftp: SFTPClient,
+    temp: str,
+    checkpoints: Checkpoints,
+    algorithm: str,
+) -> tuple[SFTPFile, int, Any, Any] | None:
+    """Reopen ``temp`` at the largest prefix whose read-back digest matches what was sent."""
+    attrs = remote.stat_or_none(sftp, temp)
+    if attrs is None or not attrs.st_size:
+        return None
+    best = checkpoints.best_at_or_below(attrs.st_size)
+    if best is None:
+        return None
+    offset, hasher, source_hasher = best
+    started = time.monotonic()
+    landed = new_hasher(algorithm)
+    remote.hash_remote(sftp, temp, landed, offset)
+    if landed.digest() != hasher.copy().digest():
+        log.warning(
+            "Temp file %s does not hold the bytes sent in its first %s bytes; restarting", temp, offset
+        )
+        return None
+    handle = sftp.open(temp, "r+b", bufsize=0)
+    handle.truncate(offset)
+    handle.seek(offset)
+    log.info(
+        "Resuming %s at byte %s: its prefix was read back and matches what was sent (%.1fs)",
+        temp,
+        offset,
+        time.monotonic() - started,
+    )
+    return handle, offset, hasher, source_hasher
+
+
 def deliver(
     sftp: SFTPClient,
     path: str,
@@ -119,11 +197,15 @@ def deliver(
     source_check: SourceCheck | None = None,
     is_retryable: Callable[[BaseException], bool] = lambda err: False,
     describe: str = "source",
+    checkpoints: Checkpoints | None = None,
 ) -> DeliveryResult:
     """Stream ``open_stream(0)`` into ``path`` on ``sftp``: in order, verified, published atomically.
 
     The final name is touched only by the last step (a rename). On any failure the temp file is
     removed when the connection still allows it, and the final name keeps its previous content.
+    When the connection is lost, :class:`ConnectionLostError` is raised and the temp file stays:
+    a call with the same ``checkpoints`` on a new connection resumes after the longest prefix
+    whose read-back digest matches what was sent.
     """
     started = time.monotonic()
     directory = posixpath.dirname(path) or "."
@@ -140,34 +222,58 @@ def deliver(
     hasher = new_hasher(options.checksum) if options.checksum else None
     if source_check is not None and hasher is not None and source_check.algorithm == options.checksum:
         source_check.hasher = hasher  # S3 vouches for the digest we compute anyway: hash once
-    hashers: list[Hasher] = [h for h in (hasher, source_check.hasher if source_check else None) if h]
-    hashers = list({id(h): h for h in hashers}.values())
     write_size = options.write_size or remote.server_write_size(sftp)
+    channel = sftp.get_channel()
+    if channel is not None:
+        channel.settimeout(options.io_timeout)  # a stalled server fails the write instead of hanging
 
-    if options.atomic:
+    resumed = None
+    if options.atomic and checkpoints is not None and hasher is not None and options.checksum:
+        resumed = _try_resume(sftp, write_path, checkpoints, options.checksum)
+    start = 0
+    if resumed is not None:
+        handle, start, hasher, source_hasher = resumed
+        if source_check is not None:
+            source_check.hasher = hasher if source_check.algorithm == options.checksum else source_hasher
+    elif options.atomic:
+        if checkpoints is not None and checkpoints.owns_temp:
+            remote.remove_quietly(sftp, write_path)  # our own leftover from a lost connection
         handle = remote.open_exclusive(sftp, write_path, stale_after=options.stale_temp_after)
+        if checkpoints is not None:
+            checkpoints.owns_temp = True
     else:
         try:
             handle = sftp.open(write_path, "wb", bufsize=0)
         except OSError as err:
             raise remote.sftp_error(err, "create", write_path) from err
+    hashers: list[Hasher] = [h for h in (hasher, source_check.hasher if source_check else None) if h]
+    hashers = list({id(h): h for h in hashers}.values())
+    source_hasher = source_check.hasher if source_check and source_check.hasher is not hasher else None
+
+    def checkpoint(offset: int) -> None:
+        if checkpoints is not None and hasher is not None:
+            checkpoints.record(offset, hasher, source_hasher)
+
     published = False
+    keep_temp = False
     try:
         handle.MAX_REQUEST_SIZE = write_size
         # OpenSSH applies requests in arrival order, so pipelined in-order writes land in order;
         # strict_order waits for every write's status for servers that may apply them in parallel.
         handle.set_pipelined(not options.strict_order)
-        writer = OrderedWriter(handle)
+        writer = OrderedWriter(handle, start=start)
         progress = _Progress(f"{describe} -> {path}", size, options.progress_interval)
         log.info("Streaming %s (%s bytes) to %s via %s", describe, size, path, write_path)
         with ChunkReader(
             open_stream,
             size=size,
+            start=start,
             chunk_size=options.chunk_size,
             depth=options.read_ahead,
             hashers=hashers,
             is_retryable=is_retryable,
             describe=describe,
+            on_chunk=checkpoint,
         ) as reader:
             try:
                 for chunk in reader:
@@ -177,6 +283,8 @@ def deliver(
                     remote.fsync(sftp, handle)
                 handle.close()  # collects the status of every pipelined write
             except OSError as err:
+                if connection_lost(sftp, err):
+                    raise
                 raise remote.sftp_error(err, "write", write_path) from err
         sent = writer.position
         if size is not None and sent != size:
@@ -227,21 +335,27 @@ def deliver(
                 backup=backup_path_for(path),
             )
         published = True
+    except Exception as err:
+        if connection_lost(sftp, err):
+            keep_temp = checkpoints is not None
+            raise ConnectionLostError(f"Connection lost while writing {write_path!r}: {err}") from err
+        raise
     finally:
         if not published:
             try:
                 handle.close()
             except Exception:
                 log.debug("Closing %s after a failure failed", write_path, exc_info=True)
-            if options.atomic:
+            if options.atomic and not keep_temp:
                 remote.remove_quietly(sftp, write_path)
     seconds = time.monotonic() - started
+    rate = (sent - start) / seconds / 1e6
     log.info(
         "Delivered %s bytes to %s in %.2fs (%.1f MB/s), checksum %s, verified by %s, published by %s",
         sent,
         path,
         seconds,
-        sent / seconds / 1e6,
+        rate,
         checksum,
         verified,
         published_with,
@@ -251,8 +365,9 @@ def deliver(
         size=sent,
         checksum=checksum,
         seconds=round(seconds, 3),
-        mb_per_s=round(sent / seconds / 1e6, 2),
+        mb_per_s=round(rate, 2),
         verified=verified,
         published_with=published_with,
         source_check=source_check.name if source_check else None,
+        resumed_from=start,
     )

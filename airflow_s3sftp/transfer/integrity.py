@@ -32,6 +32,11 @@ class _Crc32:
     def digest(self) -> bytes:
         return self._value.to_bytes(4, "big")
 
+    def copy(self) -> _Crc32:
+        twin = _Crc32()
+        twin._value = self._value
+        return twin
+
 
 class _CrtCrc:
     """CRC-32C or CRC-64/NVME from ``awscrt`` (installed with ``boto3[crt]``)."""
@@ -48,6 +53,11 @@ class _CrtCrc:
 
     def digest(self) -> bytes:
         return self._value.to_bytes(self._width, "big")
+
+    def copy(self) -> _CrtCrc:
+        twin = _CrtCrc.__new__(_CrtCrc)
+        twin._fn, twin._width, twin._value = self._fn, self._width, self._value
+        return twin
 
 
 def _new(name: str) -> Any:

@@ -60,6 +60,7 @@ class ChunkReader:
     :param max_retries: reopen attempts per transfer
     :param retry_delay: first backoff in seconds, doubled on every attempt
     :param describe: names the source in log lines and errors
+    :param on_chunk: called on the reader thread with the new offset after each chunk is hashed
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class ChunkReader:
         max_retries: int = 5,
         retry_delay: float = 0.5,
         describe: str = "source",
+        on_chunk: Callable[[int], None] | None = None,
     ) -> None:
         if chunk_size <= 0 or depth <= 0:
             raise ValueError("chunk_size and depth must be positive")
@@ -87,6 +89,7 @@ class ChunkReader:
         self._max_retries = max_retries
         self._retry_delay = retry_delay
         self._describe = describe
+        self._on_chunk = on_chunk
         self._queue: queue.Queue[bytes | BaseException | _End] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="s3sftp-reader", daemon=True)
@@ -163,6 +166,8 @@ class ChunkReader:
                 for hasher in self._hashers:
                     hasher.update(chunk)
                 self._offset += len(chunk)
+                if self._on_chunk is not None:
+                    self._on_chunk(self._offset)
                 if not self._put(chunk):
                     return
         finally:
