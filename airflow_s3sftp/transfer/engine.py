@@ -59,6 +59,7 @@ class DeliveryOptions:
     io_timeout: float = 120.0
     retries: int = 3
     retry_delay: float = 1.0
+    max_in_flight: int = 32
 
     def __post_init__(self) -> None:
         if self.verify not in ("none", "size", "checksum"):
@@ -88,6 +89,7 @@ class DeliveryResult:
     published_with: str
     source_check: str | None
     resumed_from: int = 0
+    s3_retries: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -257,11 +259,16 @@ def deliver(
     published = False
     keep_temp = False
     try:
-        handle.MAX_REQUEST_SIZE = write_size
         # OpenSSH applies requests in arrival order, so pipelined in-order writes land in order;
         # strict_order waits for every write's status for servers that may apply them in parallel.
-        handle.set_pipelined(not options.strict_order)
-        writer = OrderedWriter(handle, start=start)
+        pipeline = remote.PipelinedWriter(
+            sftp,
+            handle,
+            start=start,
+            write_size=write_size,
+            max_in_flight=1 if options.strict_order else options.max_in_flight,
+        )
+        writer = OrderedWriter(pipeline, start=start)
         progress = _Progress(f"{describe} -> {path}", size, options.progress_interval)
         log.info("Streaming %s (%s bytes) to %s via %s", describe, size, path, write_path)
         with ChunkReader(
@@ -279,13 +286,14 @@ def deliver(
                 for chunk in reader:
                     writer.write(chunk)
                     progress.update(writer.position)
+                pipeline.flush()
                 if options.fsync:
                     remote.fsync(sftp, handle)
                 handle.close()  # collects the status of every pipelined write
             except OSError as err:
                 if connection_lost(sftp, err):
                     raise
-                raise remote.sftp_error(err, "write", write_path) from err
+                raise remote.write_error(sftp, err, write_path, size) from err
         sent = writer.position
         if size is not None and sent != size:
             raise VerificationError(f"{describe}: read {sent} bytes, expected {size}")
@@ -293,12 +301,15 @@ def deliver(
             raise VerificationError(f"{describe} changed or was corrupted in transit: {problem}")
 
         landed = remote.stat_or_none(sftp, write_path)
+        if landed is None:
+            raise FileNotFoundError(
+                f"SFTP file {write_path!r} vanished during the transfer (was its directory removed?)"
+            )
         verified = "none"
         if options.verify != "none":
-            if landed is None or landed.st_size != sent:
+            if landed.st_size != sent:
                 raise VerificationError(
-                    f"SFTP file {write_path!r} has {None if landed is None else landed.st_size} bytes "
-                    f"after sending {sent}"
+                    f"SFTP file {write_path!r} has {landed.st_size} bytes after sending {sent}"
                 )
             verified = "size"
         checksum = (
@@ -321,9 +332,7 @@ def deliver(
         if options.atomic:
             # Someone who took over our temp file (after a stall) would have changed it.
             now = remote.stat_or_none(sftp, write_path)
-            if landed is not None and (
-                now is None or (now.st_size, now.st_mtime) != (landed.st_size, landed.st_mtime)
-            ):
+            if now is None or (now.st_size, now.st_mtime) != (landed.st_size, landed.st_mtime):
                 raise TransferInProgressError(
                     f"SFTP temp file {write_path!r} changed under us before publish"
                 )
@@ -370,4 +379,5 @@ def deliver(
         published_with=published_with,
         source_check=source_check.name if source_check else None,
         resumed_from=start,
+        s3_retries=reader.retries,
     )

@@ -70,6 +70,7 @@ class RangedReader:
     :param max_retries: reopen attempts per transfer, over all parts
     :param retry_delay: first backoff in seconds, doubled on every attempt
     :param describe: names the source in log lines and errors
+    :param on_chunk: called on the sequencer thread with the new offset after each chunk is hashed
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class RangedReader:
         max_retries: int = 5,
         retry_delay: float = 0.5,
         describe: str = "source",
+        on_chunk: Callable[[int], None] | None = None,
     ) -> None:
         if part_size <= 0 or parts <= 0 or chunk_size <= 0 or depth <= 0:
             raise ValueError("part_size, parts, chunk_size and depth must be positive")
@@ -102,6 +104,7 @@ class RangedReader:
         self._max_retries = max_retries
         self._retry_delay = retry_delay
         self._describe = describe
+        self._on_chunk = on_chunk
         self._starts = list(range(start, size, part_size))
         self._cond = threading.Condition()
         self._parts: dict[int, _Part] = {}
@@ -281,6 +284,7 @@ class RangedReader:
                 self._put(_End())
 
     def _hand_on_all(self) -> bool:
+        offset = self._starts[0] if self._starts else self._size
         for index in range(len(self._starts)):
             while True:
                 with self._cond:
@@ -299,6 +303,9 @@ class RangedReader:
                 for chunk in chunks:
                     for hasher in self._hashers:
                         hasher.update(chunk)
+                    offset += len(chunk)
+                    if self._on_chunk is not None:
+                        self._on_chunk(offset)
                     if not self._put(chunk):
                         return False
                 if finished:

@@ -14,7 +14,7 @@ import stat
 import time
 from typing import TYPE_CHECKING
 
-from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_STATUS, CMD_WRITE, SFTP_OK, int64
 
 from airflow_s3sftp.exceptions import TransferInProgressError
 
@@ -127,6 +127,102 @@ def open_exclusive(sftp: SFTPClient, path: str, *, stale_after: float) -> SFTPFi
     except OSError:
         log.debug("Server refused chmod on %s; keeping its default mode", path)
     return handle
+
+
+class PipelinedWriter:
+    """Send SFTP WRITE requests in offset order with a bounded window, checking every reply.
+
+    paramiko's own pipelining (``SFTPFile.set_pipelined``) drops the status of write replies it
+    reads incidentally, so a failed write (a full disk) can pass unnoticed until a size check.
+    Here every reply is checked, the first error is raised on the next call, and at most
+    ``max_in_flight`` requests are outstanding (1 = wait for each write: strict ordering on
+    servers that may apply pipelined writes in parallel).
+
+    :param sftp: the SFTP session
+    :param handle: the open remote file
+    :param start: offset of the first write
+    :param write_size: bytes per WRITE request
+    :param max_in_flight: requests sent before waiting for replies
+    """
+
+    def __init__(
+        self, sftp: SFTPClient, handle: SFTPFile, *, start: int, write_size: int, max_in_flight: int
+    ) -> None:
+        self._sftp = sftp
+        self._handle = handle.handle
+        self._offset = start
+        self._write_size = write_size
+        self._max_in_flight = max(1, max_in_flight)
+        self._outstanding: set[int] = set()
+        self._error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        for begin in range(0, len(view), self._write_size):
+            piece = view[begin : begin + self._write_size]
+            while len(self._outstanding) >= self._max_in_flight:
+                self._collect_one()
+            self._raise_error()
+            num = self._sftp._async_request(  # type: ignore[attr-defined]
+                self, CMD_WRITE, self._handle, int64(self._offset), bytes(piece)
+            )
+            self._outstanding.add(num)
+            self._offset += len(piece)
+        return len(data)
+
+    def flush(self) -> None:
+        """Wait for every outstanding reply and raise the first error."""
+        while self._outstanding:
+            self._collect_one()
+        self._raise_error()
+
+    def _collect_one(self) -> None:
+        self._sftp._read_response()  # type: ignore[attr-defined]  # dispatches to _async_response
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _async_response(self, kind: int, msg: Message, num: int) -> None:
+        """Called by paramiko with the reply to one of our requests."""
+        self._outstanding.discard(num)
+        if kind != CMD_STATUS:
+            self._error = self._error or OSError(f"unexpected SFTP reply type {kind} to a write")
+            return
+        code, text = msg.get_int(), msg.get_text()
+        if code != SFTP_OK and self._error is None:
+            self._error = OSError({2: errno.ENOENT, 3: errno.EACCES}.get(code), text or f"SFTP status {code}")
+
+
+def free_bytes(sftp: SFTPClient, path: str) -> int | None:
+    """Return the bytes available to us on the filesystem of ``path`` (``statvfs@openssh.com``)."""
+    try:
+        kind, msg = _extended(sftp, "statvfs@openssh.com", path)
+    except OSError:
+        return None
+    if kind != CMD_EXTENDED_REPLY:
+        return None
+    msg.get_int64()  # f_bsize
+    fragment_size = msg.get_int64()
+    msg.get_int64()  # f_blocks
+    msg.get_int64()  # f_bfree
+    return int(msg.get_int64() * fragment_size)  # f_bavail * f_frsize
+
+
+def write_error(sftp: SFTPClient, err: OSError, path: str, size: int | None) -> OSError:
+    """Return the error for a failed write, naming a full disk when the server's statvfs shows one.
+
+    SFTP v3 reports ENOSPC as a bare "Failure", so the free space is asked for separately.
+    """
+    if err.errno is None:
+        free = free_bytes(sftp, posixpath.dirname(path) or ".")
+        if free is not None and (free < 1024 * 1024 or (size is not None and free < size)):
+            return OSError(
+                errno.ENOSPC,
+                f"SFTP write {path!r} failed: no space left on the server's disk ({free} bytes free"
+                + (f", {size} needed)" if size is not None else ")"),
+            )
+    return sftp_error(err, "write", path)
 
 
 def fsync(sftp: SFTPClient, handle: SFTPFile) -> bool:
