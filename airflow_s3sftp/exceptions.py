@@ -47,3 +47,11 @@ class OutOfOrderWriteError(S3SFTPError):
 
 class ConnectionLostError(S3SFTPError, ConnectionError):
     """The SSH connection dropped or stalled in the middle of a transfer."""
+
+
+class DeliveryFailedError(S3SFTPError):
+    """Some objects of a many-object delivery failed; the others were delivered completely."""
+
+    def __init__(self, message: str, summary: dict[str, object]) -> None:
+        super().__init__(message)
+        self.summary = summary

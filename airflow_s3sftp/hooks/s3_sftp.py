@@ -33,6 +33,7 @@ from airflow_s3sftp.transfer.engine import Checkpoints, DeliveryOptions, Deliver
 from airflow_s3sftp.transfer.integrity import choose_source_check
 from airflow_s3sftp.transfer.paths import temp_path_for
 from airflow_s3sftp.transfer.sftp import remove_quietly
+from airflow_s3sftp.transfer.sidecar import find_identical, sidecar_path, sidecar_text, write_small_file
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -205,6 +206,21 @@ class S3ToSFTPHook(BaseHook):
         uri = f"s3://{bucket}/{key}"
         head = self.head_object(bucket, key)
         size = int(head["ContentLength"])
+        opener = self._opener(bucket, key, head)
+        identity = {"s3_uri": uri, "etag": str(head["ETag"]).strip('"'), "version_id": head.get("VersionId")}
+        if options.if_exists == "skip_identical":
+            algorithm = options.checksum or "sha256"
+            with self.sftp_client() as sftp:
+                identical = find_identical(sftp, sftp_path, head, algorithm, lambda: opener(0))
+            if identical is not None:
+                self.log.info("%s already holds %s (%s): skipped", sftp_path, uri, identical)
+                return {
+                    "sftp_path": sftp_path,
+                    "size": size,
+                    "checksum": identical,
+                    "skipped": True,
+                    **identity,
+                }
         source_check = choose_source_check(head, preferred=options.checksum)
         checkpoints = Checkpoints()
         attempt = 0
@@ -214,7 +230,7 @@ class S3ToSFTPHook(BaseHook):
                     result: DeliveryResult = deliver(
                         sftp,
                         sftp_path,
-                        self._opener(bucket, key, head),
+                        opener,
                         size=size,
                         options=options,
                         source_check=source_check,
@@ -222,6 +238,7 @@ class S3ToSFTPHook(BaseHook):
                         describe=uri,
                         checkpoints=checkpoints,
                     )
+                    extras = self._write_extras(sftp, result, options)
                 break
             except ConnectionLostError as err:
                 attempt += 1
@@ -241,14 +258,26 @@ class S3ToSFTPHook(BaseHook):
                     options.retries,
                 )
                 time.sleep(delay)
-        record = result.to_dict()
-        record.update(
-            s3_uri=uri,
-            etag=str(head["ETag"]).strip('"'),
-            version_id=head.get("VersionId"),
-            attempts=attempt + 1,
-        )
-        return record
+        return {**result.to_dict(), **extras, **identity, "skipped": False, "attempts": attempt + 1}
+
+    @staticmethod
+    def _write_extras(
+        sftp: paramiko.SFTPClient, result: DeliveryResult, options: DeliveryOptions
+    ) -> dict[str, str]:
+        """Write the checksum sidecar and the done marker after the file itself is published."""
+        written: dict[str, str] = {}
+        if options.sidecar and options.checksum and result.checksum:
+            path = sidecar_path(result.sftp_path, options.checksum)
+            hexdigest = result.checksum.split(":", 1)[1]
+            write_small_file(
+                sftp, path, sidecar_text(result.sftp_path, hexdigest).encode(), options.file_mode
+            )
+            written["sidecar_path"] = path
+        if options.done_marker:
+            path = result.sftp_path + options.done_marker
+            write_small_file(sftp, path, b"", options.file_mode)
+            written["done_marker_path"] = path
+        return written
 
     def _remove_leftover(self, sftp_path: str, options: DeliveryOptions) -> None:
         """Remove the temp file after a final failure, best effort on a fresh connection."""

@@ -3,17 +3,22 @@
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 # Unless required by applicable law or agreed to in writing, software distributed under the License
 # is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
-"""Operator that streams an S3 object to an SFTP server in order, atomically and verified."""
+"""Operator that streams S3 objects to an SFTP server in order, atomically and verified."""
 
 from __future__ import annotations
 
+import fnmatch
+import re
+import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
 
+from airflow_s3sftp.exceptions import DeliveryFailedError
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 from airflow_s3sftp.transfer.engine import DeliveryOptions
-from airflow_s3sftp.transfer.paths import parse_s3_location, remote_path_for
+from airflow_s3sftp.transfer.paths import parse_s3_location, parse_s3_prefix, remote_path_for, safe_name
 from airflow_s3sftp.transfer.reader import MiB
 
 if TYPE_CHECKING:
@@ -23,7 +28,7 @@ if TYPE_CHECKING:
 
 
 class S3ToSFTPStreamOperator(BaseOperator):
-    """Stream an S3 object to an SFTP server without temp disk, so no partial file is ever visible.
+    """Stream S3 objects to an SFTP server without temp disk, so no partial file is ever visible.
 
     Bytes flow from one S3 GET straight into the SFTP file, written strictly in offset order
     (no seek, no holes), with bounded memory and a checksum computed on the fly. With
@@ -31,15 +36,27 @@ class S3ToSFTPStreamOperator(BaseOperator):
     renamed onto the final name (``posix-rename@openssh.com`` where the server offers it), so a
     partner watching the directory sees the old complete file or the new complete file and
     nothing in between. The bytes read are checked against S3's own integrity data when the
-    object has it (a full-object checksum, or the MD5 ETag of a single-part object).
+    object has it (a full-object checksum, or the MD5 ETag of a single-part object). A dropped
+    or stalled SSH connection is retried within the task, resuming after the longest prefix of
+    the temp file whose read-back digest matches what was sent.
 
-    Returns (XCom) ``{"s3_uri", "sftp_path", "size", "checksum", "seconds", "mb_per_s",
-    "verified", "published_with", "source_check", "etag", "version_id"}``.
+    One object (``s3_key``) returns its record (XCom): ``s3_uri``, ``sftp_path``, ``size``,
+    ``checksum`` (``"sha256:<hex>"``), ``seconds``, ``mb_per_s``, ``verified``, ``published_with``,
+    ``source_check``, ``skipped``, ``attempts``, ``etag``, ``version_id``. Many objects
+    (``s3_prefix`` or ``s3_keys``) return ``{"objects": [records], "count", "transferred",
+    "skipped", "bytes"}``; when some fail, the others still complete and the task fails with
+    :class:`~airflow_s3sftp.exceptions.DeliveryFailedError` listing the failures.
 
-    :param s3_key: key of the object, or an ``s3://bucket/key`` URL when ``s3_bucket`` is None (templated)
+    :param s3_key: key of one object, or an ``s3://bucket/key`` URL when ``s3_bucket`` is None (templated)
     :param sftp_path: remote file path; a path ending in ``/`` is a directory and the key's base
-        name is appended (templated)
-    :param s3_bucket: bucket of the object (templated)
+        name (or, with ``s3_prefix``, its path below the prefix) is appended (templated)
+    :param s3_bucket: bucket of the objects (templated)
+    :param s3_prefix: deliver every object under this prefix, keeping its relative path (templated)
+    :param s3_keys: deliver these keys, each under its base name (templated)
+    :param s3_glob: with ``s3_prefix``, only keys whose path below the prefix matches this glob
+    :param s3_regex: with ``s3_prefix``, only keys whose path below the prefix matches this regex
+    :param max_concurrency: objects delivered at once in one task (each on its own connection)
+    :param allow_empty: with ``s3_prefix``, succeed when nothing matches instead of failing
     :param aws_conn_id: Airflow ``aws`` connection (templated)
     :param sftp_conn_id: Airflow ``sftp`` connection (templated)
     :param atomic: write to a temp name and rename when verified; False writes the final name
@@ -48,43 +65,74 @@ class S3ToSFTPStreamOperator(BaseOperator):
         None for none
     :param verify: before publishing, check nothing (``"none"``), the remote size (``"size"``),
         or re-read the remote file and compare checksums (``"checksum"``, reads it all back)
-    :param if_exists: ``"replace"`` an existing file atomically, or ``"fail"`` when one exists
+    :param if_exists: ``"replace"`` an existing file atomically, ``"fail"`` when one exists, or
+        ``"skip_identical"``: skip when the remote file already has the same size and checksum
     :param create_dirs: create missing directories of ``sftp_path``
     :param file_mode: permissions given to the file after verification (the temp file is 0600);
         None keeps the server's default
+    :param sidecar: after publishing, write ``<name>.<checksum>`` (e.g. ``report.csv.sha256``) in
+        the format ``sha256sum -c`` accepts
+    :param done_marker: after publishing (and the sidecar), create an empty ``<name><done_marker>``
+        file, e.g. ``".done"``
     :param strict_order: wait for each write's acknowledgement before sending the next, for SFTP
         servers that may apply pipelined writes in parallel (slower; OpenSSH does not need it)
     :param chunk_size: bytes per S3 read and per queued chunk
     :param read_ahead: chunks read ahead of the SFTP writer (memory is about chunk_size * read_ahead)
     :param fsync: ask the server to flush the file to disk before publishing (``fsync@openssh.com``)
+    :param io_timeout: seconds an SFTP read or write may stall before the connection counts as lost
+    :param connection_retries: reconnect attempts after a lost SSH connection, within the task
     """
 
-    template_fields: Sequence[str] = ("s3_bucket", "s3_key", "sftp_path", "aws_conn_id", "sftp_conn_id")
+    template_fields: Sequence[str] = (
+        "s3_bucket",
+        "s3_key",
+        "s3_prefix",
+        "s3_keys",
+        "sftp_path",
+        "aws_conn_id",
+        "sftp_conn_id",
+    )
     ui_color = "#f0eee4"
 
     def __init__(
         self,
         *,
-        s3_key: str,
         sftp_path: str,
+        s3_key: str | None = None,
         s3_bucket: str | None = None,
+        s3_prefix: str | None = None,
+        s3_keys: list[str] | None = None,
+        s3_glob: str | None = None,
+        s3_regex: str | None = None,
+        max_concurrency: int = 4,
+        allow_empty: bool = False,
         aws_conn_id: str | None = "aws_default",
         sftp_conn_id: str = "sftp_default",
         atomic: bool = True,
         checksum: str | None = "sha256",
         verify: Literal["none", "size", "checksum"] = "size",
-        if_exists: Literal["replace", "fail"] = "replace",
+        if_exists: Literal["replace", "fail", "skip_identical"] = "replace",
         create_dirs: bool = True,
         file_mode: int | None = 0o644,
+        sidecar: bool = False,
+        done_marker: str | None = None,
         strict_order: bool = False,
         chunk_size: int = 4 * MiB,
         read_ahead: int = 4,
         fsync: bool = True,
+        io_timeout: float = 120.0,
+        connection_retries: int = 3,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.s3_bucket = s3_bucket
         self.s3_key = s3_key
+        self.s3_prefix = s3_prefix
+        self.s3_keys = s3_keys
+        self.s3_glob = s3_glob
+        self.s3_regex = s3_regex
+        self.max_concurrency = max_concurrency
+        self.allow_empty = allow_empty
         self.sftp_path = sftp_path
         self.aws_conn_id = aws_conn_id
         self.sftp_conn_id = sftp_conn_id
@@ -94,10 +142,15 @@ class S3ToSFTPStreamOperator(BaseOperator):
         self.if_exists = if_exists
         self.create_dirs = create_dirs
         self.file_mode = file_mode
+        self.sidecar = sidecar
+        self.done_marker = done_marker
         self.strict_order = strict_order
         self.chunk_size = chunk_size
         self.read_ahead = read_ahead
         self.fsync = fsync
+        self.io_timeout = io_timeout
+        self.connection_retries = connection_retries
+        self._delivered: list[tuple[str, str, str]] = []  # (bucket, key, sftp path), for lineage
 
     def delivery_options(self) -> DeliveryOptions:
         """Return the validated delivery options (raises ``ValueError`` on a bad value)."""
@@ -112,12 +165,130 @@ class S3ToSFTPStreamOperator(BaseOperator):
             chunk_size=self.chunk_size,
             read_ahead=self.read_ahead,
             fsync=self.fsync,
+            io_timeout=self.io_timeout,
+            retries=self.connection_retries,
+            sidecar=self.sidecar,
+            done_marker=self.done_marker,
         )
 
+    def _hook(self) -> S3ToSFTPHook:
+        return S3ToSFTPHook(aws_conn_id=self.aws_conn_id, sftp_conn_id=self.sftp_conn_id)
+
+    def plan(self, hook: S3ToSFTPHook) -> list[tuple[str, str, str]]:
+        """Return ``(bucket, key, remote path)`` for every object this task delivers."""
+        chosen = [self.s3_key is not None, self.s3_prefix is not None, self.s3_keys is not None]
+        if sum(chosen) != 1:
+            raise ValueError("Set exactly one of s3_key, s3_prefix or s3_keys")
+        if (self.s3_glob or self.s3_regex) and self.s3_prefix is None:
+            raise ValueError("s3_glob and s3_regex filter the keys under s3_prefix; set s3_prefix")
+        if self.s3_key is not None:
+            bucket, key = parse_s3_location(self.s3_bucket, self.s3_key)
+            return [(bucket, key, remote_path_for(self.sftp_path, key))]
+        if not self.sftp_path.endswith("/"):
+            raise ValueError(
+                f"sftp_path must be a directory ending in '/' for many objects (got {self.sftp_path!r})"
+            )
+        if self.s3_keys is not None:
+            pairs = [parse_s3_location(self.s3_bucket, key) for key in self.s3_keys]
+            planned = [(bucket, key, remote_path_for(self.sftp_path, key)) for bucket, key in pairs]
+        else:
+            bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix or "")
+            planned = []
+            pattern = re.compile(self.s3_regex) if self.s3_regex else None
+            for key in hook.s3_hook.list_keys(bucket_name=bucket, prefix=prefix) or []:
+                relative = key[len(prefix) :].lstrip("/")
+                if not relative or key.endswith("/"):
+                    continue  # the prefix itself, or a "directory" marker
+                if self.s3_glob and not fnmatch.fnmatchcase(relative, self.s3_glob):
+                    continue
+                if pattern and not pattern.search(relative):
+                    continue
+                parts = [safe_name(part, key) for part in relative.split("/")]
+                planned.append((bucket, key, self.sftp_path + "/".join(parts)))
+            if not planned and not self.allow_empty:
+                raise FileNotFoundError(
+                    f"No S3 objects under s3://{bucket}/{prefix} match"
+                    + (f" glob {self.s3_glob!r}" if self.s3_glob else "")
+                    + (f" regex {self.s3_regex!r}" if self.s3_regex else "")
+                    + " (allow_empty=True accepts that)"
+                )
+        targets = [path for _, _, path in planned]
+        if len(set(targets)) != len(targets):
+            clashes = sorted({path for path in targets if targets.count(path) > 1})
+            raise ValueError(f"Several S3 objects would land on the same SFTP path: {clashes}")
+        return planned
+
     def execute(self, context: Context) -> dict[str, Any]:
-        bucket, key = parse_s3_location(self.s3_bucket, self.s3_key)
-        path = remote_path_for(self.sftp_path, key)
         options = self.delivery_options()
-        hook = S3ToSFTPHook(aws_conn_id=self.aws_conn_id, sftp_conn_id=self.sftp_conn_id)
-        self.log.info("Delivering s3://%s/%s to %s on %s", bucket, key, path, hook.sftp_endpoint)
-        return hook.stream_object(bucket, key, path, options)
+        hook = self._hook()
+        planned = self.plan(hook)
+        self._delivered = planned
+        if self.s3_key is not None:
+            bucket, key, path = planned[0]
+            self.log.info("Delivering s3://%s/%s to %s on %s", bucket, key, path, hook.sftp_endpoint)
+            return hook.stream_object(bucket, key, path, options)
+        return self._deliver_many(planned, options)
+
+    def _deliver_many(self, planned: list[tuple[str, str, str]], options: DeliveryOptions) -> dict[str, Any]:
+        self.log.info("Delivering %s objects with up to %s at once", len(planned), self.max_concurrency)
+
+        def one(item: tuple[str, str, str]) -> dict[str, Any]:
+            bucket, key, path = item
+            try:
+                return self._hook().stream_object(bucket, key, path, options)
+            except Exception as err:
+                self.log.error("Delivering s3://%s/%s to %s failed: %s", bucket, key, path, err)
+                return {
+                    "s3_uri": f"s3://{bucket}/{key}",
+                    "sftp_path": path,
+                    "error": f"{type(err).__name__}: {err}",
+                }
+
+        with ThreadPoolExecutor(max_workers=max(1, self.max_concurrency)) as pool:
+            records = list(pool.map(one, planned))
+        failed = [record for record in records if "error" in record]
+        done = [record for record in records if "error" not in record]
+        summary = {
+            "objects": done,
+            "failed": failed,
+            "count": len(records),
+            "transferred": sum(1 for record in done if not record.get("skipped")),
+            "skipped": sum(1 for record in done if record.get("skipped")),
+            "bytes": sum(int(record["size"]) for record in done if not record.get("skipped")),
+        }
+        self.log.info(
+            "Delivered %s of %s objects (%s skipped as identical, %s bytes), %s failed",
+            len(done),
+            len(records),
+            summary["skipped"],
+            summary["bytes"],
+            len(failed),
+        )
+        if failed:
+            lines = "\n".join(
+                f"  {record['s3_uri']} -> {record['sftp_path']}: {record['error']}" for record in failed
+            )
+            raise DeliveryFailedError(
+                f"{len(failed)} of {len(records)} objects failed (the other {len(done)} were delivered "
+                f"completely):\n{lines}",
+                summary,
+            )
+        return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Return the S3 objects read (``s3://bucket``) and the SFTP files written (``sftp://host:port``)."""
+        from airflow.providers.common.compat.openlineage.facet import Dataset
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        hook = self._hook().sftp_hook
+        host = hook.remote_host
+        try:
+            host = socket.gethostbyname(host)
+        except OSError:
+            self.log.debug("Could not resolve %s for lineage; using it as given", host)
+        namespace = f"sftp://{host}:{hook.port or 22}"
+        planned = self._delivered or self.plan(self._hook())
+        return OperatorLineage(
+            inputs=[Dataset(namespace=f"s3://{bucket}", name=key) for bucket, key, _ in planned],
+            outputs=[Dataset(namespace=namespace, name=path) for _, _, path in planned],
+        )

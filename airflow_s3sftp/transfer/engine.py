@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Verify = Literal["none", "size", "checksum"]
-IfExists = Literal["replace", "fail"]
+IfExists = Literal["replace", "fail", "skip_identical"]
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,22 @@ class DeliveryOptions:
     retries: int = 3
     retry_delay: float = 1.0
     max_in_flight: int = 32
+    sidecar: bool = False
+    done_marker: str | None = None
 
     def __post_init__(self) -> None:
         if self.verify not in ("none", "size", "checksum"):
             raise ValueError(f"verify must be 'none', 'size' or 'checksum', not {self.verify!r}")
-        if self.if_exists not in ("replace", "fail"):
-            raise ValueError(f"if_exists must be 'replace' or 'fail', not {self.if_exists!r}")
+        if self.if_exists not in ("replace", "fail", "skip_identical"):
+            raise ValueError(
+                f"if_exists must be 'replace', 'fail' or 'skip_identical', not {self.if_exists!r}"
+            )
+        if self.sidecar and self.checksum is None:
+            raise ValueError("sidecar=True needs a checksum algorithm (checksum=None was given)")
+        if self.done_marker is not None and not self.done_marker.startswith("."):
+            raise ValueError(
+                f"done_marker is a suffix starting with '.', e.g. '.done' (got {self.done_marker!r})"
+            )
         if self.checksum is not None:
             new_hasher(self.checksum)
         if self.verify == "checksum" and self.checksum is None:
@@ -340,7 +350,7 @@ def deliver(
                 sftp,
                 write_path,
                 path,
-                replace=options.if_exists == "replace",
+                replace=options.if_exists != "fail",
                 backup=backup_path_for(path),
             )
         published = True

@@ -29,6 +29,20 @@ def parse_s3_location(bucket: str | None, key: str) -> tuple[str, str]:
     return bucket, key
 
 
+def parse_s3_prefix(bucket: str | None, prefix: str) -> tuple[str, str]:
+    """Return ``(bucket, prefix)`` from a bucket and prefix (may be empty) or an ``s3://`` URL."""
+    prefix = (prefix or "").strip()
+    if prefix.startswith("s3://"):
+        if bucket:
+            raise ValueError(
+                f"s3_prefix {prefix!r} is an s3:// URL, so s3_bucket must be None (got {bucket!r})"
+            )
+        bucket, _, prefix = prefix[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError("No S3 bucket: set s3_bucket or pass s3_prefix as 's3://bucket/prefix'")
+    return bucket, prefix
+
+
 def safe_name(name: str, source: str) -> str:
     """Return ``name`` if it is a plain file name, else raise ``ValueError`` naming ``source``."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:

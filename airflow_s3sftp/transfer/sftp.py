@@ -14,11 +14,22 @@ import stat
 import time
 from typing import TYPE_CHECKING
 
-from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_STATUS, CMD_WRITE, SFTP_OK, int64
+from paramiko.sftp import (
+    CMD_EXTENDED,
+    CMD_EXTENDED_REPLY,
+    CMD_READ,
+    CMD_STATUS,
+    CMD_WRITE,
+    SFTP_EOF,
+    SFTP_OK,
+    int64,
+)
 
 from airflow_s3sftp.exceptions import TransferInProgressError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from paramiko import Message, SFTPAttributes, SFTPClient, SFTPFile
 
     from airflow_s3sftp.transfer.reader import Hasher
@@ -236,19 +247,71 @@ def fsync(sftp: SFTPClient, handle: SFTPFile) -> bool:
     return True
 
 
-def hash_remote(
-    sftp: SFTPClient, path: str, hasher: Hasher, size: int, chunk_size: int = 1024 * 1024
-) -> None:
+class _ReadReplies:
+    """Collects the replies to pipelined READ requests, keyed by request number."""
+
+    def __init__(self) -> None:
+        self.replies: dict[int, tuple[int, Message]] = {}
+
+    def _async_response(self, kind: int, msg: Message, num: int) -> None:
+        self.replies[num] = (kind, msg)
+
+
+def read_range(
+    sftp: SFTPClient,
+    path: str,
+    size: int | None,
+    *,
+    start: int = 0,
+    block_size: int = 64 * 1024,
+    max_in_flight: int = 64,
+) -> Iterator[bytes]:
+    """Yield the bytes ``[start, size)`` of ``path`` in order, with a bounded window of READ requests.
+
+    ``size=None`` reads to the end of the file as it is when opened (``fstat`` on the handle).
+
+    paramiko's ``prefetch`` sends every request up front from a helper thread and can stall on
+    large files; this keeps at most ``max_in_flight`` requests outstanding on the caller's thread.
+    """
+    with sftp.open(path, "rb") as handle:
+        if size is None:
+            size = handle.stat().st_size or 0
+        sink = _ReadReplies()
+        pending: list[tuple[int, int, int]] = []  # (request number, offset, length) in offset order
+        next_offset = start
+        while pending or next_offset < size:
+            while next_offset < size and len(pending) < max_in_flight:
+                length = min(block_size, size - next_offset)
+                num = sftp._async_request(sink, CMD_READ, handle.handle, int64(next_offset), length)  # type: ignore[attr-defined]
+                pending.append((num, next_offset, length))
+                next_offset += length
+            num, offset, length = pending[0]
+            while num not in sink.replies:
+                sftp._read_response()  # type: ignore[attr-defined]
+            kind, msg = sink.replies.pop(num)
+            pending.pop(0)
+            if kind == CMD_STATUS:
+                code, text = msg.get_int(), msg.get_text()
+                if code == SFTP_EOF:
+                    raise EOFError(f"SFTP file {path!r} ended at byte {offset}, expected {size}")
+                raise OSError({2: errno.ENOENT, 3: errno.EACCES}.get(code), f"SFTP read {path!r}: {text}")
+            data = msg.get_string()
+            if len(data) < length:  # a short read: ask again for the rest, in order
+                pending.insert(0, _reissue(sftp, sink, handle, offset + len(data), length - len(data)))
+            yield data
+
+
+def _reissue(
+    sftp: SFTPClient, sink: _ReadReplies, handle: SFTPFile, offset: int, length: int
+) -> tuple[int, int, int]:
+    num = sftp._async_request(sink, CMD_READ, handle.handle, int64(offset), length)  # type: ignore[attr-defined]
+    return num, offset, length
+
+
+def hash_remote(sftp: SFTPClient, path: str, hasher: Hasher, size: int) -> None:
     """Feed the first ``size`` bytes of ``path`` to ``hasher``, reading with pipelined requests."""
-    with sftp.open(path, "rb", bufsize=chunk_size) as remote:
-        remote.prefetch(size, max_concurrent_requests=64)
-        remaining = size
-        while remaining > 0:
-            data = remote.read(min(chunk_size, remaining))
-            if not data:
-                raise EOFError(f"SFTP file {path!r} ended {remaining} bytes early while reading it back")
-            hasher.update(data)
-            remaining -= len(data)
+    for data in read_range(sftp, path, size):
+        hasher.update(data)
 
 
 def remove_quietly(sftp: SFTPClient, path: str) -> bool:

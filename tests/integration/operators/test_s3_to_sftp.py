@@ -16,6 +16,7 @@ import pytest
 from airflow_s3sftp.exceptions import HostKeyVerificationError
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from airflow_s3sftp.transfer.paths import TEMP_SUFFIX
+from airflow_s3sftp.transfer.sftp import read_range
 from tests.conftest import open_sftp
 
 MiB = 1024 * 1024
@@ -53,32 +54,39 @@ class Observer(threading.Thread):
         self.violations: list[str] = []
         self.final_seen: list[str] = []
         self.temp_sizes: list[int] = []
+        self.transient_errors: list[str] = []
+        self.crashed: str | None = None
+        self.polls = 0
         self.rng = random.Random(7)
 
     def check_temp(self, path: str, size: int) -> None:
         if size > len(self.new):
             self.violations.append(f"temp file larger than the source: {size}")
             return
-        with self.sftp.open(path, "rb") as f:
-            for offset in [max(0, size - 65536)] + [self.rng.randrange(0, max(size, 1)) for _ in range(3)]:
-                f.seek(offset)
-                want = self.new[offset : min(offset + 65536, size)]
-                got = f.read(len(want))
-                if got != want:
-                    self.violations.append(f"temp file at size {size} differs from the source at {offset}")
+        for offset in [max(0, size - 65536)] + [self.rng.randrange(0, max(size, 1)) for _ in range(3)]:
+            end = min(offset + 65536, size)
+            got = b"".join(read_range(self.sftp, path, end, start=offset))
+            if got != self.new[offset:end]:
+                self.violations.append(f"temp file at size {size} differs from the source at {offset}")
         self.temp_sizes.append(size)
 
     def check_final(self, path: str) -> None:
-        with self.sftp.open(path, "rb") as f:
-            f.prefetch()
-            digest = sha256(f.read())
+        digest = sha256(b"".join(read_range(self.sftp, path, None)))  # size of the file as opened
         if digest not in self.allowed:
             self.violations.append(f"final name held content {digest} that was never complete")
         elif not self.final_seen or self.final_seen[-1] != digest:
             self.final_seen.append(digest)
 
     def run(self) -> None:
+        try:
+            self._poll()
+        except BaseException as err:
+            self.crashed = repr(err)
+            raise
+
+    def _poll(self) -> None:
         while not self.stop.is_set():
+            self.polls += 1
             try:
                 for attrs in self.sftp.listdir_attr(self.directory):
                     path = f"{self.directory}/{attrs.filename}"
@@ -86,8 +94,9 @@ class Observer(threading.Thread):
                         self.check_final(path)
                     elif attrs.filename.endswith(TEMP_SUFFIX):
                         self.check_temp(path, attrs.st_size or 0)
-            except FileNotFoundError:
-                continue  # renamed away between listing and reading: look again
+            except (OSError, EOFError) as err:
+                self.transient_errors.append(repr(err))  # renamed away mid-read: look again
+                continue
             time.sleep(0.002)
 
     def wait_for_final(self, content: bytes, timeout: float = 20.0) -> None:
@@ -139,7 +148,7 @@ def test_replace_shows_old_or_new_complete_file_only(sshd, s3, bucket, remote_di
         )
         time.sleep(0.3)
     assert observer.violations == []
-    assert observer.final_seen == [sha256(old), sha256(new)]
+    assert observer.final_seen == [sha256(old), sha256(new)], (observer.transient_errors, observer.crashed)
     assert (remote_dir / "report.csv").read_bytes() == new
     assert result["published_with"] == "posix-rename"
 
