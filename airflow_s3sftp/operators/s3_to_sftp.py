@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,13 @@ from airflow.sdk import BaseOperator
 from airflow_s3sftp.exceptions import DeliveryFailedError
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 from airflow_s3sftp.transfer.engine import DeliveryOptions
-from airflow_s3sftp.transfer.paths import parse_s3_location, parse_s3_prefix, remote_path_for, safe_name
+from airflow_s3sftp.transfer.paths import (
+    glob_to_regex,
+    parse_s3_location,
+    parse_s3_prefix,
+    remote_path_for,
+    safe_name,
+)
 from airflow_s3sftp.transfer.reader import MiB
 
 if TYPE_CHECKING:
@@ -54,6 +59,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
     :param s3_prefix: deliver every object under this prefix, keeping its relative path (templated)
     :param s3_keys: deliver these keys, each under its base name (templated)
     :param s3_glob: with ``s3_prefix``, only keys whose path below the prefix matches this glob
+        (``*`` stays within a path segment, ``**`` crosses segments: ``**/*.csv``)
     :param s3_regex: with ``s3_prefix``, only keys whose path below the prefix matches this regex
     :param max_concurrency: objects delivered at once in one task (each on its own connection)
     :param allow_empty: with ``s3_prefix``, succeed when nothing matches instead of failing
@@ -195,11 +201,12 @@ class S3ToSFTPStreamOperator(BaseOperator):
             bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix or "")
             planned = []
             pattern = re.compile(self.s3_regex) if self.s3_regex else None
+            glob = glob_to_regex(self.s3_glob) if self.s3_glob else None
             for key in hook.s3_hook.list_keys(bucket_name=bucket, prefix=prefix) or []:
                 relative = key[len(prefix) :].lstrip("/")
                 if not relative or key.endswith("/"):
                     continue  # the prefix itself, or a "directory" marker
-                if self.s3_glob and not fnmatch.fnmatchcase(relative, self.s3_glob):
+                if glob and not glob.match(relative):
                     continue
                 if pattern and not pattern.search(relative):
                     continue

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import posixpath
+import re
 
 TEMP_SUFFIX = ".s3sftp-part"
 BACKUP_SUFFIX = ".s3sftp-old"
@@ -41,6 +42,26 @@ def parse_s3_prefix(bucket: str | None, prefix: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError("No S3 bucket: set s3_bucket or pass s3_prefix as 's3://bucket/prefix'")
     return bucket, prefix
+
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a path glob: ``*`` and ``?`` stay within one path segment, ``**`` crosses segments."""
+    parts = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            parts.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            parts.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            parts.append("[^/]")
+            i += 1
+        else:
+            parts.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(parts) + r"\Z", re.DOTALL)
 
 
 def safe_name(name: str, source: str) -> str:
