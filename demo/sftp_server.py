@@ -72,10 +72,20 @@ class EmbeddedSFTPServer:
     :param username: the one login the server accepts
     :param host: loopback address to listen on
     :param port: port to listen on; 0 picks a free one
+    :param sftp_server_class: the asyncssh ``SFTPServer`` subclass serving each session, e.g. one
+        that refuses ``posix_rename`` to play a server without that extension
     """
 
-    def __init__(self, *, username: str = "demo", host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        username: str = "demo",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        sftp_server_class: type[asyncssh.SFTPServer] = asyncssh.SFTPServer,
+    ) -> None:
         self.username = username
+        self.sftp_server_class = sftp_server_class
         self.host = host
         self._requested_port = port
         self.port: int | None = None
@@ -150,7 +160,7 @@ class EmbeddedSFTPServer:
 
     async def _listen(self, host_key: asyncssh.SSHKey, root: Path) -> int:
         def sftp_factory(chan: asyncssh.SSHServerChannel[bytes]) -> asyncssh.SFTPServer:
-            return asyncssh.SFTPServer(chan, chroot=str(root).encode())
+            return self.sftp_server_class(chan, chroot=str(root).encode())
 
         self._acceptor = await asyncssh.listen(
             self.host,

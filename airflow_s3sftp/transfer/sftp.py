@@ -21,7 +21,11 @@ from paramiko.sftp import (
     CMD_STATUS,
     CMD_WRITE,
     SFTP_EOF,
+    SFTP_FAILURE,
+    SFTP_NO_SUCH_FILE,
     SFTP_OK,
+    SFTP_OP_UNSUPPORTED,
+    SFTP_PERMISSION_DENIED,
     int64,
 )
 
@@ -202,7 +206,31 @@ class PipelinedWriter:
             return
         code, text = msg.get_int(), msg.get_text()
         if code != SFTP_OK and self._error is None:
-            self._error = OSError({2: errno.ENOENT, 3: errno.EACCES}.get(code), text or f"SFTP status {code}")
+            self._error = OSError(_ERRNO_OF.get(code), text or f"SFTP status {code}")
+
+
+_ERRNO_OF = {SFTP_NO_SUCH_FILE: errno.ENOENT, SFTP_PERMISSION_DENIED: errno.EACCES}
+
+
+class _StatusReply:
+    """Keeps the raw reply to one request, status code included (paramiko keeps only the text)."""
+
+    reply: tuple[int, Message] | None = None
+
+    def _async_response(self, kind: int, msg: Message, num: int) -> None:
+        self.reply = (kind, msg)
+
+
+def _status_of(sftp: SFTPClient, kind: int, *args: object) -> tuple[int, str]:
+    """Send one request and return its status ``(code, text)`` without paramiko's translation."""
+    sink = _StatusReply()
+    sftp._async_request(sink, kind, *args)  # type: ignore[attr-defined]
+    while sink.reply is None:
+        sftp._read_response()  # type: ignore[attr-defined]
+    reply_kind, msg = sink.reply
+    if reply_kind != CMD_STATUS:
+        return SFTP_FAILURE, f"unexpected SFTP reply type {reply_kind}"
+    return msg.get_int(), msg.get_text()
 
 
 def free_bytes(sftp: SFTPClient, path: str) -> int | None:
@@ -294,7 +322,7 @@ def read_range(
                 code, text = msg.get_int(), msg.get_text()
                 if code == SFTP_EOF:
                     raise EOFError(f"SFTP file {path!r} ended at byte {offset}, expected {size}")
-                raise OSError({2: errno.ENOENT, 3: errno.EACCES}.get(code), f"SFTP read {path!r}: {text}")
+                raise OSError(_ERRNO_OF.get(code), f"SFTP read {path!r}: {text}")
             data = msg.get_string()
             if len(data) < length:  # a short read: ask again for the rest, in order
                 pending.insert(0, _reissue(sftp, sink, handle, offset + len(data), length - len(data)))
@@ -343,12 +371,11 @@ def publish(sftp: SFTPClient, temp: str, final: str, *, replace: bool, backup: s
                 ) from err
             raise sftp_error(err, "rename to", final) from err
         return "rename"
-    try:
-        sftp.posix_rename(temp, final)
+    code, text = _status_of(sftp, CMD_EXTENDED, "posix-rename@openssh.com", temp, final)
+    if code == SFTP_OK:
         return "posix-rename"
-    except OSError as err:
-        if "unsupported" not in str(err).lower():
-            raise sftp_error(err, "rename to", final) from err
+    if code != SFTP_OP_UNSUPPORTED:
+        raise sftp_error(OSError(_ERRNO_OF.get(code), text), "rename to", final)
     log.warning("Server lacks posix-rename@openssh.com; replacing %s in three steps", final)
     existed = stat_or_none(sftp, final) is not None
     if existed:
