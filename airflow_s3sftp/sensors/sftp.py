@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import stat
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import paramiko
@@ -28,6 +27,8 @@ from airflow_s3sftp.exceptions import (
 from airflow_s3sftp.triggers.sftp import DEFAULT_CHUNK_SIZE, SFTPFileStableTrigger
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from airflow.sdk import Context
 
 #: Key of the observations in Airflow's task state store (reschedule mode).
@@ -72,10 +73,10 @@ class _SFTPSession:
     def client(self) -> paramiko.SFTPClient:
         """Return the open SFTP client, connecting (again) when needed."""
         if self._sftp is not None:
-            transport = self._sftp.get_channel().get_transport() if self._sftp.get_channel() else None
-            if transport is not None and transport.is_active():
+            channel = self._sftp.get_channel()
+            if channel is not None and not channel.closed and channel.get_transport().is_active():
                 return self._sftp
-            self.close()
+            self.close()  # the server or the network dropped the session: reconnect
         try:
             sftp: paramiko.SFTPClient = self.hook.get_conn()
         except paramiko.BadHostKeyException as err:

@@ -8,9 +8,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import stat
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
 from airflow.providers.sftp.hooks.sftp import SFTPHookAsync
@@ -20,8 +21,13 @@ from airflow_s3sftp import stability
 from airflow_s3sftp.checksums import format_checksum, new_hasher
 from airflow_s3sftp.exceptions import AuthenticationError, ChecksumMismatchError, HostKeyVerificationError
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
 #: Bytes per read while hashing: one await per chunk keeps the event loop responsive.
 DEFAULT_CHUNK_SIZE = 256 * 1024
+#: Chunk reads kept in flight while hashing in the trigger.
+READ_AHEAD = 8
 
 
 def _target(where: str, path: str) -> str:
@@ -47,17 +53,37 @@ async def _observe(sftp: asyncssh.SFTPClient, path: str, target: str) -> stabili
 async def _digest(
     sftp: asyncssh.SFTPClient, path: str, target: str, algorithm: str, size: int, chunk_size: int
 ) -> str | None:
-    """Return ``"<algorithm>:<hex>"`` of the first ``size`` bytes of ``path``, or ``None`` if it is shorter."""
+    """
+    Return ``"<algorithm>:<hex>"`` of the first ``size`` bytes of ``path``; ``None`` if it is shorter.
+
+    Keeps :data:`READ_AHEAD` chunk reads in flight so a long round trip does not bound the rate, and
+    hashes one chunk per await: memory stays at ``READ_AHEAD * chunk_size`` and the loop stays free.
+    """
     hasher = new_hasher(algorithm)
     try:
         async with sftp.open(path, "rb") as remote:
-            offset = 0
-            while offset < size:
-                data = await remote.read(min(chunk_size, size - offset), offset)
-                if not data:
-                    return None
-                hasher.update(data)
-                offset += len(data)
+
+            async def read(offset: int) -> tuple[int, bytes]:
+                length = min(chunk_size, size - offset)
+                # Opened in binary mode: asyncssh returns bytes.
+                return length, cast("bytes", await remote.read(length, offset))
+
+            offsets = iter(range(0, size, chunk_size))
+            pending = collections.deque(
+                asyncio.ensure_future(read(offset)) for offset in itertools.islice(offsets, READ_AHEAD)
+            )
+            try:
+                while pending:
+                    length, data = await pending.popleft()
+                    if len(data) != length:
+                        return None  # truncated while we read
+                    for offset in itertools.islice(offsets, 1):
+                        pending.append(asyncio.ensure_future(read(offset)))
+                    hasher.update(data)
+            finally:
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
     except asyncssh.SFTPNoSuchFile:
         return None
     except asyncssh.SFTPPermissionDenied as err:
@@ -114,7 +140,7 @@ class SFTPFileStableTrigger(BaseTrigger):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         state: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.path = path
         self.sftp_conn_id = sftp_conn_id
         self.stable_for = stable_for
@@ -155,9 +181,9 @@ class SFTPFileStableTrigger(BaseTrigger):
             payload = await self._watch(hook, where, target, conn.login)
         except Exception as err:
             self.log.error("Sensing %s failed: %s", target, err)
-            yield TriggerEvent(error_event(err, target))
+            yield TriggerEvent(error_event(err, target))  # type: ignore[no-untyped-call]
             return
-        yield TriggerEvent(payload)
+        yield TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
     async def _watch(self, hook: SFTPHookAsync, where: str, target: str, login: str | None) -> dict[str, Any]:
         policy = stability.Policy.build(

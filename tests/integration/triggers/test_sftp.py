@@ -1,0 +1,232 @@
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software distributed under the License
+# is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
+"""SFTPFileStableTrigger driven with asyncio against a real OpenSSH server."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import importlib
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from airflow_s3sftp import stability
+from airflow_s3sftp.exceptions import (
+    AuthenticationError,
+    ChecksumMismatchError,
+    HostKeyVerificationError,
+    VerificationError,
+)
+from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
+from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
+from tests.integration.sftp_writers import random_bytes, sha256
+from tests.servers import TEST_PASSWORD, SSHDServer
+
+NO_CONTEXT: Any = {}
+
+
+def make_trigger(path: Path | str, **kwargs: Any) -> SFTPFileStableTrigger:
+    kwargs.setdefault("stable_for", 0.5)
+    kwargs.setdefault("poll_interval", 0.25)
+    return SFTPFileStableTrigger(path=str(path), **kwargs)
+
+
+def run_trigger(trigger: SFTPFileStableTrigger, timeout: float = 30) -> list[dict[str, Any]]:
+    async def collect() -> list[dict[str, Any]]:
+        return [event.payload async for event in trigger.run()]
+
+    return asyncio.run(asyncio.wait_for(collect(), timeout))
+
+
+def complete_with(trigger: SFTPFileStableTrigger, events: list[dict[str, Any]]) -> Any:
+    """Hand the single event to the sensor's ``execute_complete``, as the task runner does."""
+    assert len(events) == 1
+    return SFTPFileStableSensor(task_id="wait", path=trigger.path).execute_complete(NO_CONTEXT, events[0])
+
+
+def test_event_loop_stays_responsive_while_hashing(remote_dir: Path) -> None:
+    """Hashing awaits every chunk: a ticker on the same loop keeps running while 8 MiB are read."""
+    target = remote_dir / "big.bin"
+    data = random_bytes(8 * 1024 * 1024)
+    target.write_bytes(data)
+    trigger = make_trigger(target, stable_for=0, expected_checksum=sha256(data))
+
+    async def main() -> tuple[list[dict[str, Any]], float]:
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while not done.is_set():
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        events = [event.payload async for event in trigger.run()]
+        done.set()
+        await tick
+        return events, max(gaps)
+
+    events, worst_gap = asyncio.run(main())
+
+    assert events[0]["status"] == "success"
+    assert events[0]["result"]["checksum"] == sha256(data)
+    assert worst_gap < 0.25
+
+
+def test_continues_from_the_sensors_observations(remote_dir: Path) -> None:
+    """The state handed over at deferral counts: an old enough first observation fires at once."""
+    data = b"complete" * 1000
+    target = remote_dir / "handed_over.bin"
+    target.write_bytes(data)
+    mtime = int(target.stat().st_mtime)
+    earlier = stability.Observation(
+        at=stability.utcnow() - datetime.timedelta(seconds=30),
+        size=len(data),
+        mtime=mtime,
+    )
+    state = stability.State(since=earlier, last=earlier, polls=7).to_dict()
+
+    events = run_trigger(make_trigger(target, stable_for=10, expected_checksum=sha256(data), state=state))
+
+    result = complete_with(make_trigger(target), events)
+    assert result["polls"] == 8
+    assert result["stable_seconds"] >= 30
+
+
+def test_missing_file_never_fires(remote_dir: Path) -> None:
+    trigger = make_trigger(remote_dir / "absent.bin")
+
+    async def first_event() -> Any:
+        async for event in trigger.run():
+            return event
+        return None
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(asyncio.wait_for(first_event(), 1.0))
+
+
+def test_checksum_mismatch_is_one_error_event(remote_dir: Path) -> None:
+    data = random_bytes(20_000)
+    target = remote_dir / "mismatch.bin"
+    target.write_bytes(data)
+    wrong = sha256(b"other")
+
+    events = run_trigger(make_trigger(target, stable_for=0, expected_checksum=wrong))
+
+    assert len(events) == 1 and events[0]["status"] == "error"
+    with pytest.raises(ChecksumMismatchError) as err:
+        complete_with(make_trigger(target), events)
+    assert (err.value.expected, err.value.actual) == (wrong, sha256(data))
+    assert str(target) in str(err.value)
+
+
+def test_oversize_is_one_error_event(remote_dir: Path) -> None:
+    target = remote_dir / "big.bin"
+    target.write_bytes(b"x" * 100)
+
+    events = run_trigger(make_trigger(target, stable_for=0, expected_size=99))
+
+    with pytest.raises(VerificationError, match="exceeds expected_size 99"):
+        complete_with(make_trigger(target), events)
+
+
+class TestClearErrors:
+    def test_directory(self, remote_dir: Path) -> None:
+        events = run_trigger(make_trigger(remote_dir))
+        with pytest.raises(IsADirectoryError, match=str(remote_dir)):
+            complete_with(make_trigger(remote_dir), events)
+
+    def test_unreadable_file(self, remote_dir: Path) -> None:
+        target = remote_dir / "secret.bin"
+        target.write_bytes(b"root only")
+        target.chmod(0o000)
+
+        events = run_trigger(make_trigger(target, stable_for=0))
+
+        with pytest.raises(PermissionError, match=f"Permission denied when reading .*{target}"):
+            complete_with(make_trigger(target), events)
+
+    def test_bad_expected_checksum(self, remote_dir: Path) -> None:
+        events = run_trigger(make_trigger(remote_dir / "a.bin", expected_checksum="sha256:abc"))
+        with pytest.raises(ValueError, match="expected_checksum"):
+            complete_with(make_trigger(remote_dir), events)
+
+    def test_refused_login(self, sshd: SSHDServer, remote_dir: Path, set_connection: Any) -> None:
+        conn = sshd.connection(key_file=None)
+        conn["password"] = TEST_PASSWORD + "-wrong"
+        set_connection("sftp_wrong_password", conn)
+
+        events = run_trigger(make_trigger(remote_dir / "a.bin", sftp_conn_id="sftp_wrong_password"))
+
+        assert len(events) == 1 and TEST_PASSWORD not in str(events[0])
+        with pytest.raises(AuthenticationError, match=f"127.0.0.1:{sshd.port} refused the login"):
+            complete_with(make_trigger(remote_dir), events)
+
+    @pytest.mark.parametrize("host_key", ["other", None], ids=["different-host-key", "unknown-host-key"])
+    def test_host_key(
+        self, sshd: SSHDServer, remote_dir: Path, set_connection: Any, host_key: str | None
+    ) -> None:
+        if host_key == "other":
+            other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+            host_key = " ".join(other.split()[:2])
+        set_connection("sftp_host_key", sshd.connection(host_key=host_key))
+
+        events = run_trigger(make_trigger(remote_dir / "a.bin", sftp_conn_id="sftp_host_key"))
+
+        with pytest.raises(HostKeyVerificationError, match=f"127.0.0.1:{sshd.port}"):
+            complete_with(make_trigger(remote_dir), events)
+
+
+def test_serialize_returns_exactly_the_constructor_arguments() -> None:
+    from airflow.sdk.serde import deserialize, serialize
+
+    kwargs: dict[str, Any] = {
+        "path": "/in/data.csv",
+        "sftp_conn_id": "partner",
+        "stable_for": 30.0,
+        "checksum": "sha512",
+        "expected_size": 1234,
+        "expected_checksum": "md5:" + "0" * 32,
+        "min_size": 5,
+        "poll_interval": 15.0,
+        "chunk_size": 65536,
+        "state": stability.State(
+            since=stability.Observation.take(1234, 1700000000),
+            last=stability.Observation.take(1234, 1700000000),
+            checksum="sha512:" + "a" * 128,
+            checksum_poll=3,
+            polls=4,
+        ).to_dict(),
+    }
+    classpath, serialized = SFTPFileStableTrigger(**kwargs).serialize()
+
+    assert serialized == kwargs
+    module, _, name = classpath.rpartition(".")
+    assert classpath == "airflow_s3sftp.triggers.sftp.SFTPFileStableTrigger"
+    # The way the task runner ships trigger arguments: Airflow serde there and back.
+    rebuilt = getattr(importlib.import_module(module), name)(**deserialize(serialize(serialized)))
+    assert rebuilt.serialize() == (classpath, kwargs)
+    assert stability.State.from_dict(rebuilt.state) == stability.State.from_dict(kwargs["state"])
+
+
+class TestExecuteComplete:
+    def test_success_returns_the_result(self) -> None:
+        result = {"path": "/a", "size": 1, "mtime": 2, "checksum": None}
+        sensor = SFTPFileStableSensor(task_id="wait", path="/a")
+        assert sensor.execute_complete(NO_CONTEXT, {"status": "success", "result": result}) == result
+
+    def test_unexpected_error_names_the_trigger_and_path(self) -> None:
+        sensor = SFTPFileStableSensor(task_id="wait", path="/a")
+        event = {"status": "error", "error_type": "ConnectionResetError", "message": "reset by peer"}
+        with pytest.raises(RuntimeError, match="SFTPFileStableTrigger failed for /a: ConnectionResetError"):
+            sensor.execute_complete(NO_CONTEXT, event)
