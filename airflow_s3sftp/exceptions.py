@@ -28,7 +28,7 @@ class HostKeyVerificationError(S3SFTPError):
     """The SFTP server's host key is unknown or differs from the one configured."""
 
 
-class AuthenticationError(S3SFTPError):
+class AuthenticationError(S3SFTPError, PermissionError):
     """The SFTP server refused the login (wrong user, key or password)."""
 
 

@@ -13,9 +13,7 @@ from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-import paramiko
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-from airflow.providers.sftp.hooks.sftp import SFTPHook
 from airflow.sdk import BaseHook
 from botocore.exceptions import (
     ClientError,
@@ -28,7 +26,8 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import HTTPError as URLLib3HTTPError
 
-from airflow_s3sftp.exceptions import ConnectionLostError, HostKeyVerificationError, SourceChangedError
+from airflow_s3sftp.exceptions import ConnectionLostError, SourceChangedError
+from airflow_s3sftp.hooks.sftp import bulk_sftp_hook, clear_connection_errors
 from airflow_s3sftp.transfer.engine import Checkpoints, DeliveryOptions, DeliveryResult, deliver
 from airflow_s3sftp.transfer.integrity import choose_source_check
 from airflow_s3sftp.transfer.paths import temp_path_for
@@ -36,8 +35,10 @@ from airflow_s3sftp.transfer.sftp import remove_quietly
 from airflow_s3sftp.transfer.sidecar import find_identical, sidecar_path, sidecar_text, write_small_file
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
+    import paramiko
+    from airflow.providers.sftp.hooks.sftp import SFTPHook
     from mypy_boto3_s3.client import S3Client
 
     from airflow_s3sftp.transfer.reader import Readable
@@ -91,11 +92,7 @@ class S3ToSFTPHook(BaseHook):
     @cached_property
     def sftp_hook(self) -> SFTPHook:
         """Return the SFTP hook for ``sftp_conn_id``, with compression off unless the connection asks."""
-        hook = SFTPHook(ssh_conn_id=self.sftp_conn_id)
-        if "compress" not in self.get_connection(self.sftp_conn_id).extra_dejson:
-            # zlib cuts incompressible bulk data to a quarter of the speed (see FIELD_NOTES).
-            hook.compress = False
-        return hook
+        return bulk_sftp_hook(self.sftp_conn_id)
 
     @property
     def sftp_endpoint(self) -> str:
@@ -106,33 +103,15 @@ class S3ToSFTPHook(BaseHook):
     @contextmanager
     def sftp_client(self) -> Iterator[paramiko.SFTPClient]:
         """Open an SFTP session tuned for bulk writes; connection failures raise errors that name the host."""
-        endpoint = self.sftp_endpoint
-        try:
-            with self.sftp_hook.get_managed_conn() as sftp:
-                sock = sftp.get_channel().get_transport().sock  # type: ignore[union-attr]
-                if isinstance(sock, socket.socket):
-                    # paramiko never sets it: an unacknowledged small write would wait ~40 ms.
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                yield sftp
-        except paramiko.BadHostKeyException as err:
-            raise HostKeyVerificationError(
-                f"Host key of SFTP server {endpoint} does not match the one configured: it changed, or "
-                f"someone is intercepting the connection (got {err.key.get_name()} "
-                f"{err.key.fingerprint})"
-            ) from err
-        except paramiko.AuthenticationException as err:
-            raise PermissionError(f"SFTP login refused for {endpoint}: {err}") from err
-        except paramiko.SSHException as err:
-            if "known_hosts" in str(err) or "not found in known" in str(err):
-                raise HostKeyVerificationError(
-                    f"Host key of SFTP server {endpoint} is unknown: set the connection's `host_key` "
-                    f"extra (or add it to known_hosts); `no_host_key_check` turns checking off"
-                ) from err
-            raise ConnectionError(f"SSH connection to {endpoint} failed: {err}") from err
-        except socket.gaierror as err:
-            raise ConnectionError(f"SFTP host of {endpoint} cannot be resolved: {err}") from err
-        except (ConnectionRefusedError, TimeoutError, paramiko.ssh_exception.NoValidConnectionsError) as err:
-            raise ConnectionError(f"Cannot connect to SFTP server {endpoint}: {err}") from err
+        with (
+            clear_connection_errors(self.sftp_hook, self.sftp_conn_id),
+            self.sftp_hook.get_managed_conn() as sftp,
+        ):
+            sock = sftp.get_channel().get_transport().sock  # type: ignore[union-attr]
+            if isinstance(sock, socket.socket):
+                # paramiko never sets it: an unacknowledged small write would wait ~40 ms.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            yield sftp
 
     def head_object(self, bucket: str, key: str) -> dict[str, Any]:
         """Return the object's metadata with its checksums; missing or denied objects raise clear errors."""
@@ -164,19 +143,24 @@ class S3ToSFTPHook(BaseHook):
         client: S3Client = self.s3_hook.get_conn()
         return client
 
-    def _opener(self, bucket: str, key: str, head: dict[str, Any]):  # type: ignore[no-untyped-def]
-        """Return ``open_stream(offset)`` for the object, pinned to the version described by ``head``."""
+    def _opener(self, bucket: str, key: str, head: dict[str, Any]) -> Callable[..., Readable]:
+        """Return ``open_range(start, end=None)`` for the object, pinned to the version in ``head``.
+
+        ``end`` is inclusive; None reads to the end. Every GET carries ``IfMatch`` (and the
+        ``VersionId``), so bytes of two versions can never mix.
+        """
         client = self.s3_client
         uri = f"s3://{bucket}/{key}"
         pin: dict[str, str] = {"IfMatch": head["ETag"]}
         if head.get("VersionId") and head["VersionId"] != "null":
             pin["VersionId"] = head["VersionId"]
 
-        def open_stream(offset: int) -> Readable:
-            extra = {"Range": f"bytes={offset}-"} if offset else {}
+        def open_range(start: int, end: int | None = None) -> Readable:
+            ranged = (
+                {"Range": f"bytes={start}-{'' if end is None else end}"} if start or end is not None else {}
+            )
             try:
-                response = client.get_object(Bucket=bucket, Key=key, **pin, **extra)  # type: ignore[arg-type]
-                body: Readable = response["Body"]
+                response = client.get_object(Bucket=bucket, Key=key, **pin, **ranged)  # type: ignore[arg-type]
             except ClientError as err:
                 if _s3_error_code(err) in ("PreconditionFailed", "412"):
                     raise SourceChangedError(
@@ -184,9 +168,10 @@ class S3ToSFTPHook(BaseHook):
                         f"{head['ETag']}); nothing was published"
                     ) from err
                 raise
+            body: Readable = response["Body"]
             return body
 
-        return open_stream
+        return open_range
 
     def stream_object(
         self,
@@ -231,6 +216,7 @@ class S3ToSFTPHook(BaseHook):
                         sftp,
                         sftp_path,
                         opener,
+                        open_range=opener,
                         size=size,
                         options=options,
                         source_check=source_check,

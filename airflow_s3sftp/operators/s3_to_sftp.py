@@ -84,6 +84,10 @@ class S3ToSFTPStreamOperator(BaseOperator):
         servers that may apply pipelined writes in parallel (slower; OpenSSH does not need it)
     :param chunk_size: bytes per S3 read and per queued chunk
     :param read_ahead: chunks read ahead of the SFTP writer (memory is about chunk_size * read_ahead)
+    :param parallel_parts: S3 ranged GETs in flight; above 1 the object is read as parallel parts of
+        ``part_size`` bytes (still written in order), for S3 paths that cap a single stream
+    :param part_size: bytes per ranged GET when ``parallel_parts`` > 1 (memory is about
+        parallel_parts * part_size)
     :param fsync: ask the server to flush the file to disk before publishing (``fsync@openssh.com``)
     :param io_timeout: seconds an SFTP read or write may stall before the connection counts as lost
     :param connection_retries: reconnect attempts after a lost SSH connection, within the task
@@ -126,6 +130,8 @@ class S3ToSFTPStreamOperator(BaseOperator):
         chunk_size: int = 4 * MiB,
         read_ahead: int = 4,
         fsync: bool = True,
+        parallel_parts: int = 1,
+        part_size: int = 16 * MiB,
         io_timeout: float = 120.0,
         connection_retries: int = 3,
         **kwargs: Any,
@@ -154,6 +160,8 @@ class S3ToSFTPStreamOperator(BaseOperator):
         self.chunk_size = chunk_size
         self.read_ahead = read_ahead
         self.fsync = fsync
+        self.parallel_parts = parallel_parts
+        self.part_size = part_size
         self.io_timeout = io_timeout
         self.connection_retries = connection_retries
         self._delivered: list[tuple[str, str, str]] = []  # (bucket, key, sftp path), for lineage
@@ -171,6 +179,8 @@ class S3ToSFTPStreamOperator(BaseOperator):
             chunk_size=self.chunk_size,
             read_ahead=self.read_ahead,
             fsync=self.fsync,
+            parallel_parts=self.parallel_parts,
+            part_size=self.part_size,
             io_timeout=self.io_timeout,
             retries=self.connection_retries,
             sidecar=self.sidecar,

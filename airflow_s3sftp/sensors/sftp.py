@@ -11,8 +11,6 @@ import datetime
 import stat
 from typing import TYPE_CHECKING, Any
 
-import paramiko
-from airflow.providers.sftp.hooks.sftp import SFTPHook
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 
 from airflow_s3sftp import stability
@@ -24,17 +22,18 @@ from airflow_s3sftp.exceptions import (
     S3SFTPError,
     VerificationError,
 )
+from airflow_s3sftp.hooks.sftp import bulk_sftp_hook, clear_connection_errors, server_name
+from airflow_s3sftp.transfer.sftp import read_range
 from airflow_s3sftp.triggers.sftp import DEFAULT_CHUNK_SIZE, SFTPFileStableTrigger
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import paramiko
     from airflow.sdk import Context
 
 #: Key of the observations in Airflow's task state store (reschedule mode).
 STATE_STORE_KEY = "airflow_s3sftp.sftp_file_stable"
-# paramiko prefetches a readv window with a thread and pipelined requests; the window bounds memory.
-_READ_WINDOW = 8 * 1024 * 1024
 
 # Errors an error event may name, rebuilt by ``execute_complete`` as the exception the trigger caught.
 _EVENT_ERRORS: dict[str, type[Exception]] = {
@@ -59,11 +58,8 @@ class _SFTPSession:
         self.conn_id = conn_id
         # One attempt: a refused login or an unknown host key will not heal in a few seconds, and
         # Airflow's task retries cover transient network failures.
-        self.hook = SFTPHook(ssh_conn_id=conn_id, conn_retry_attempts=1)
-        if "compress" not in self.hook.get_connection(conn_id).extra_dejson:
-            # The SSH hook compresses by default, which slows hashing of incompressible data ~4x.
-            self.hook.compress = False
-        self.where = f"{self.hook.remote_host}:{self.hook.port}"
+        self.hook = bulk_sftp_hook(conn_id, conn_retry_attempts=1)
+        self.where = server_name(self.hook)
         self._sftp: paramiko.SFTPClient | None = None
 
     def target(self, path: str) -> str:
@@ -77,32 +73,16 @@ class _SFTPSession:
             if channel is not None and not channel.closed and channel.get_transport().is_active():
                 return self._sftp
             self.close()  # the server or the network dropped the session: reconnect
-        try:
+        with clear_connection_errors(self.hook, self.conn_id):
             sftp: paramiko.SFTPClient = self.hook.get_conn()
-        except paramiko.BadHostKeyException as err:
-            raise HostKeyVerificationError(
-                f"The host key of {self.where} differs from the one configured in connection "
-                f"{self.conn_id!r} (host_key extra or known_hosts)"
-            ) from err
-        except paramiko.AuthenticationException as err:
-            raise AuthenticationError(
-                f"{self.where} refused the login of user {self.hook.username!r} "
-                f"(connection {self.conn_id!r}): {err}"
-            ) from err
-        except paramiko.SSHException as err:
-            if "known_hosts" in str(err):
-                raise HostKeyVerificationError(
-                    f"The host key of {self.where} is unknown: set the host_key extra of connection "
-                    f"{self.conn_id!r} or add the key to known_hosts"
-                ) from err
-            raise
         self._sftp = sftp
         return sftp
 
     def observe(self, path: str) -> stability.Observation:
         """Return the size and mtime of ``path``, or a missing observation; refuse what is not a file."""
+        client = self.client()  # connection errors propagate as they are
         try:
-            attrs = self.client().stat(path)
+            attrs = client.stat(path)
         except FileNotFoundError:
             return stability.Observation.take(None, None)
         except PermissionError as err:
@@ -121,21 +101,12 @@ class _SFTPSession:
         Reads in windows of pipelined requests, so memory stays bounded by the window whatever the size.
         """
         hasher = new_hasher(algorithm)
+        client = self.client()
         try:
-            with self.client().open(path, "rb") as remote:
-                offset = 0
-                while offset < size:
-                    end = min(size, offset + _READ_WINDOW)
-                    ranges = [(o, min(chunk_size, end - o)) for o in range(offset, end, chunk_size)]
-                    for (_, length), data in zip(ranges, remote.readv(ranges), strict=True):
-                        hasher.update(data)
-                        if len(data) < length:
-                            return None
-                    offset = end
-        except FileNotFoundError:
-            return None
-        except EOFError:
-            return None
+            for data in read_range(client, path, size, block_size=chunk_size):
+                hasher.update(data)
+        except (FileNotFoundError, EOFError):
+            return None  # gone or shorter than observed: not complete
         except PermissionError as err:
             raise PermissionError(f"Permission denied when reading {self.target(path)}") from err
         return format_checksum(algorithm, hasher.hexdigest())

@@ -291,15 +291,17 @@ def read_range(
     size: int | None,
     *,
     start: int = 0,
-    block_size: int = 64 * 1024,
-    max_in_flight: int = 64,
+    block_size: int = 255 * 1024,
+    max_in_flight: int = 16,
 ) -> Iterator[bytes]:
     """Yield the bytes ``[start, size)`` of ``path`` in order, with a bounded window of READ requests.
 
     ``size=None`` reads to the end of the file as it is when opened (``fstat`` on the handle).
 
-    paramiko's ``prefetch`` sends every request up front from a helper thread and can stall on
-    large files; this keeps at most ``max_in_flight`` requests outstanding on the caller's thread.
+    paramiko's ``prefetch`` sends every request up front from a helper thread, can stall on large
+    files and buffers without bound; this keeps at most ``max_in_flight`` requests outstanding on
+    the caller's thread. 255 KiB requests (OpenSSH's limit) read back ~4x faster than 32 KiB ones;
+    servers that return less are asked again for the rest.
     """
     with sftp.open(path, "rb") as handle:
         if size is None:

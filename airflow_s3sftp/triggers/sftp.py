@@ -212,7 +212,7 @@ class SFTPFileStableTrigger(BaseTrigger):
             ) from err
         except asyncssh.HostKeyNotVerifiable as err:
             raise HostKeyVerificationError(
-                f"The host key of {where} is unknown or differs from the one configured in "
+                f"Host key of SFTP server {where} is unknown or does not match the one configured in "
                 f"connection {self.sftp_conn_id!r} (host_key extra or known_hosts): {err.reason}"
             ) from err
 

@@ -83,19 +83,24 @@ def test_ssh_stalling_every_time_fails_within_bound_and_publishes_nothing(
     assert files(remote_dir) == ["k"]  # the temp file was removed on a fresh connection
 
 
+@pytest.mark.parametrize("parallel_parts", [1, 4], ids=["single-stream", "parallel-ranged"])
 def test_s3_body_cut_mid_object_resumes_with_a_pinned_ranged_get(
-    moto, sshd, s3, bucket, remote_dir, set_connection
+    moto, sshd, s3, bucket, remote_dir, set_connection, parallel_parts
 ):
     data = os.urandom(16 * MiB + 5)
     s3.put_object(Bucket=bucket, Key="k", Body=data)
-    with FaultyProxy(moto.port, after=6 * MiB, mode="cut", direction="down") as proxy:
+    cut_after = 6 * MiB if parallel_parts == 1 else 2 * MiB  # a ranged part is 3 MiB
+    with FaultyProxy(moto.port, after=cut_after, mode="cut", direction="down") as proxy:
         set_connection(
             "aws_cut",
             moto.connection()
             | {"extra": {"endpoint_url": f"http://127.0.0.1:{proxy.port}", "region_name": "us-east-1"}},
         )
         result = S3ToSFTPHook(aws_conn_id="aws_cut").stream_object(
-            bucket, "k", str(remote_dir / "k"), DeliveryOptions(chunk_size=MiB)
+            bucket,
+            "k",
+            str(remote_dir / "k"),
+            DeliveryOptions(chunk_size=MiB, parallel_parts=parallel_parts, part_size=3 * MiB),
         )
     assert proxy.faults == 1
     assert result["s3_retries"] >= 1
@@ -103,8 +108,9 @@ def test_s3_body_cut_mid_object_resumes_with_a_pinned_ranged_get(
     assert result["source_check"] is not None
 
 
+@pytest.mark.parametrize("parallel_parts", [1, 4], ids=["single-stream", "parallel-ranged"])
 def test_s3_object_replaced_mid_transfer_fails_and_never_mixes(
-    moto, sshd, s3, bucket, remote_dir, set_connection
+    moto, sshd, s3, bucket, remote_dir, set_connection, parallel_parts
 ):
     old_remote = b"yesterday's complete file"
     (remote_dir / "k").write_bytes(old_remote)
@@ -113,7 +119,8 @@ def test_s3_object_replaced_mid_transfer_fails_and_never_mixes(
     def overwrite() -> None:
         s3.put_object(Bucket=bucket, Key="k", Body=os.urandom(16 * MiB))
 
-    with FaultyProxy(moto.port, after=6 * MiB, mode="cut", direction="down", on_fault=overwrite) as proxy:
+    cut_after = 6 * MiB if parallel_parts == 1 else 2 * MiB  # a ranged part is 3 MiB
+    with FaultyProxy(moto.port, after=cut_after, mode="cut", direction="down", on_fault=overwrite) as proxy:
         set_connection(
             "aws_swap",
             moto.connection()
@@ -121,7 +128,10 @@ def test_s3_object_replaced_mid_transfer_fails_and_never_mixes(
         )
         with pytest.raises(SourceChangedError, match=rf"s3://{bucket}/k changed while it was being read"):
             S3ToSFTPHook(aws_conn_id="aws_swap").stream_object(
-                bucket, "k", str(remote_dir / "k"), DeliveryOptions(chunk_size=MiB)
+                bucket,
+                "k",
+                str(remote_dir / "k"),
+                DeliveryOptions(chunk_size=MiB, parallel_parts=parallel_parts, part_size=3 * MiB),
             )
     assert (remote_dir / "k").read_bytes() == old_remote
     assert files(remote_dir) == ["k"]

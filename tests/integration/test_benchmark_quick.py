@@ -1,0 +1,56 @@
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software distributed under the License
+# is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
+"""Smoke test of ``python -m benchmarks --quick``: every method runs and lands the right bytes (no speed asserts)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.runner import MAIN_METHODS, THROTTLED_METHODS
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(240)
+def test_quick_benchmark_runs_every_method_and_verifies_bytes(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "benchmark-8MiB.json").read_text())
+
+    rows = {row["method"]: row for row in result["summary"]}
+    assert set(rows) == {method.name for method in MAIN_METHODS}
+    for name, row in rows.items():
+        if name == "rclone" and not shutil.which("rclone"):
+            assert row["status"] == "not installed"
+            continue
+        assert row["status"] == "ok", row
+        assert row["mb_per_s"] > 0, row
+        assert row["sha256_verified"] is True, row
+        assert row["peak_rss_mib"] > 0, row
+    assert rows["stock-operator"]["peak_temp_bytes"] >= 8 * 1024 * 1024  # its temp file, measured
+    assert rows["ours-default"]["peak_temp_bytes"] == 0
+    assert rows["ours-default"]["verified"] == "size"
+    assert rows["ours-verify-checksum"]["verified"] == "checksum"
+
+    throttled = {row["method"]: row for row in result["throttled_summary"]}
+    assert set(throttled) == set(THROTTLED_METHODS)
+    for row in throttled.values():
+        assert row["mb_per_s"] > 0, row
+        assert row["sha256_verified"] is True, row
+    assert "| ours-default |" in (tmp_path / "benchmark-8MiB.md").read_text()
