@@ -13,7 +13,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from airflow_s3sftp.exceptions import HostKeyVerificationError
+from airflow_s3sftp.exceptions import AuthenticationError, HostKeyVerificationError
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from airflow_s3sftp.transfer.paths import TEMP_SUFFIX
 from airflow_s3sftp.transfer.sftp import read_range
@@ -253,7 +253,9 @@ def test_invalid_location(remote_dir, bucket_arg, key, message):
 def test_refused_login(sshd, s3, bucket, remote_dir, set_connection):
     s3.put_object(Bucket=bucket, Key="k", Body=b"x")
     set_connection("sftp_wrong_user", sshd.connection() | {"login": "nobody-here"})
-    with pytest.raises(PermissionError, match=rf"SFTP login refused for nobody-here@127.0.0.1:{sshd.port}"):
+    with pytest.raises(
+        AuthenticationError, match=rf"127.0.0.1:{sshd.port} refused the login of user .nobody-here."
+    ):
         run(s3_bucket=bucket, s3_key="k", sftp_path=f"{remote_dir}/", sftp_conn_id="sftp_wrong_user")
     assert list(remote_dir.iterdir()) == []
 
