@@ -99,11 +99,14 @@ class Observer(threading.Thread):
                 continue
             time.sleep(0.002)
 
-    def wait_for_final(self, content: bytes, timeout: float = 20.0) -> None:
+    def wait_for_final(self, content: bytes, timeout: float = 60.0) -> None:
         """Wait until the observer has read ``content`` under the final name."""
         deadline = time.monotonic() + timeout
         while (not self.final_seen or self.final_seen[-1] != sha256(content)) and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert self.final_seen and self.final_seen[-1] == sha256(content), (
+            f"the observer did not see the expected content within {timeout}s: {self.transient_errors}, {self.crashed}"
+        )
 
     def __enter__(self) -> Observer:
         self.start()
