@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,8 @@ from airflow_s3sftp.exceptions import AuthenticationError, HostKeyVerificationEr
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+log = logging.getLogger(__name__)
+
 
 def bulk_sftp_hook(conn_id: str, **kwargs: Any) -> SFTPHook:
     """Return an ``SFTPHook`` for bulk data: zlib compression off unless the connection asks for it.
@@ -29,6 +32,13 @@ def bulk_sftp_hook(conn_id: str, **kwargs: Any) -> SFTPHook:
     hook = SFTPHook(ssh_conn_id=conn_id, **kwargs)
     if "compress" not in hook.get_connection(conn_id).extra_dejson:
         hook.compress = False
+    if hook.no_host_key_check:
+        log.warning(
+            "Connection %r sets no_host_key_check: the host key of %s is NOT verified, so a "
+            "man-in-the-middle could receive the files",
+            conn_id,
+            server_name(hook),
+        )
     return hook
 
 
