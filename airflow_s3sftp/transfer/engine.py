@@ -50,8 +50,8 @@ class DeliveryOptions:
     if_exists: IfExists = "replace"
     create_dirs: bool = True
     file_mode: int | None = 0o644
-    chunk_size: int = 4 * MiB
-    read_ahead: int = 4
+    chunk_size: int = MiB
+    read_ahead: int = 8
     write_size: int | None = None
     strict_order: bool = False
     fsync: bool = True
@@ -139,18 +139,23 @@ class _Progress:
 
 
 class Checkpoints:
-    """Digest states of what was read at chunk boundaries, so a retry can prove and reuse a prefix.
+    """Digest states of what was read at recent chunk boundaries, so a retry can prove and reuse a prefix.
 
     Each entry holds copies of the checksum hasher and of the S3 integrity hasher after the
-    first ``offset`` bytes; states are a few hundred bytes each.
+    first ``offset`` bytes (a few hundred bytes each). Only the latest ``keep`` are kept: when a
+    connection drops, the server holds everything up to a few chunks behind the reader, so older
+    states are never the best resume point, and memory stays flat whatever the object size.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 64) -> None:
         self._points: dict[int, tuple[Any, Any]] = {}
+        self._keep = keep
         self.owns_temp = False  # set once a delivery created the temp file: a retry may replace it
 
     def record(self, offset: int, hasher: Any, source_hasher: Any) -> None:
         self._points[offset] = (hasher.copy(), source_hasher.copy() if source_hasher is not None else None)
+        if len(self._points) > self._keep:
+            del self._points[min(self._points)]
 
     def best_at_or_below(self, size: int) -> tuple[int, Any, Any] | None:
         """Return ``(offset, hasher, source_hasher)`` copies for the largest offset <= ``size``."""
