@@ -197,14 +197,22 @@ class MotoServer:
             self.process.kill()
 
 
-def start_moto(port: int | None = None) -> MotoServer:
-    """Start ``moto_server`` on a loopback port and wait until it answers HTTP."""
+def start_moto(port: int | None = None, *, enforce_iam_after: int | None = None) -> MotoServer:
+    """Start ``moto_server`` on a loopback port and wait until it answers HTTP.
+
+    ``enforce_iam_after=N`` lets the first N requests through unauthenticated (to set things up)
+    and then checks credentials and IAM policies like AWS does.
+    """
     port = port or free_port()
     moto = Path(sys.executable).with_name("moto_server")
+    env = dict(os.environ)
+    if enforce_iam_after is not None:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(enforce_iam_after)
     process = subprocess.Popen(
         [str(moto), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     deadline = time.monotonic() + 30
     while True:
