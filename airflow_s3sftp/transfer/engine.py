@@ -25,7 +25,7 @@ from airflow_s3sftp.transfer import sftp as remote
 from airflow_s3sftp.transfer.ordered import OrderedWriter
 from airflow_s3sftp.transfer.paths import backup_path_for, temp_path_for
 from airflow_s3sftp.transfer.ranged import OpenRange, RangedReader
-from airflow_s3sftp.transfer.reader import ChunkReader, Hasher, MiB, OpenStream
+from airflow_s3sftp.transfer.reader import ChunkReader, Hasher, MiB, OpenStream, ReadAhead
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -292,34 +292,23 @@ def deliver(
         writer = OrderedWriter(pipeline, start=start)
         progress = _Progress(f"{describe} -> {path}", size, options.progress_interval)
         log.info("Streaming %s (%s bytes) to %s via %s", describe, size, path, write_path)
-        reader: ChunkReader | RangedReader
+        shared: dict[str, Any] = {
+            "start": start,
+            "chunk_size": options.chunk_size,
+            "depth": options.read_ahead,
+            "hashers": hashers,
+            "is_retryable": is_retryable,
+            "describe": describe,
+            "on_chunk": checkpoint,
+        }
+        reader: ReadAhead
         if options.parallel_parts > 1 and open_range is not None and size is not None:
             # Parallel ranged GETs for sources capped per connection; bytes still leave in order.
             reader = RangedReader(
-                open_range,
-                size=size,
-                start=start,
-                part_size=options.part_size,
-                parts=options.parallel_parts,
-                chunk_size=options.chunk_size,
-                depth=options.read_ahead,
-                hashers=hashers,
-                is_retryable=is_retryable,
-                describe=describe,
-                on_chunk=checkpoint,
+                open_range, size=size, part_size=options.part_size, parts=options.parallel_parts, **shared
             )
         else:
-            reader = ChunkReader(
-                open_stream,
-                size=size,
-                start=start,
-                chunk_size=options.chunk_size,
-                depth=options.read_ahead,
-                hashers=hashers,
-                is_retryable=is_retryable,
-                describe=describe,
-                on_chunk=checkpoint,
-            )
+            reader = ChunkReader(open_stream, size=size, **shared)
         with reader:
             try:
                 for chunk in reader:

@@ -7,15 +7,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from airflow_s3sftp.transfer.reader import MiB
+from airflow_s3sftp.transfer.reader import MiB, ReadAhead, _End
 
 if TYPE_CHECKING:
     from airflow_s3sftp.transfer.reader import Hasher, Readable
@@ -24,10 +22,6 @@ log = logging.getLogger(__name__)
 
 OpenRange = Callable[[int, int], "Readable"]
 """Open bytes ``start`` to ``end`` (inclusive) of the source: a ranged GET pinned to one object version."""
-
-
-class _End:
-    """Marks the end of the stream in the output queue."""
 
 
 class _Part:
@@ -42,7 +36,7 @@ class _Part:
         self.done = False
 
 
-class RangedReader:
+class RangedReader(ReadAhead):
     """Read a source of known size as parallel ranged requests, yielding its bytes strictly in order.
 
     The source is cut into parts of ``part_size`` bytes; ``parts`` worker threads fetch them
@@ -90,21 +84,24 @@ class RangedReader:
         describe: str = "source",
         on_chunk: Callable[[int], None] | None = None,
     ) -> None:
-        if part_size <= 0 or parts <= 0 or chunk_size <= 0 or depth <= 0:
-            raise ValueError("part_size, parts, chunk_size and depth must be positive")
+        if part_size <= 0 or parts <= 0:
+            raise ValueError("part_size and parts must be positive")
         if size < 0 or not 0 <= start <= size:
             raise ValueError(f"start must lie within the source (start={start}, size={size})")
+        super().__init__(
+            chunk_size=chunk_size,
+            depth=depth,
+            hashers=hashers,
+            is_retryable=is_retryable,
+            max_retries=max_retries,
+            retry_delay=retry_delay,
+            describe=describe,
+            on_chunk=on_chunk,
+        )
         self._open_range = open_range
         self._size = size
         self._part_size = part_size
         self._window = parts
-        self._chunk_size = chunk_size
-        self._hashers = tuple(hashers)
-        self._is_retryable = is_retryable
-        self._max_retries = max_retries
-        self._retry_delay = retry_delay
-        self._describe = describe
-        self._on_chunk = on_chunk
         self._starts = list(range(start, size, part_size))
         self._cond = threading.Condition()
         self._parts: dict[int, _Part] = {}
@@ -112,33 +109,15 @@ class RangedReader:
         self._current = 0  # index of the part the sequencer hands on
         self._failure: BaseException | None = None
         self._open: set[Readable] = set()
-        self._stop = threading.Event()
-        self._queue: queue.Queue[bytes | BaseException | _End] = queue.Queue(maxsize=depth)
         self._workers = [
             threading.Thread(target=self._work, name=f"s3sftp-range-{n}", daemon=True)
             for n in range(min(parts, len(self._starts)))
         ]
         self._sequencer = threading.Thread(target=self._sequence, name="s3sftp-sequencer", daemon=True)
-        self.retries = 0
         self.max_parts_in_memory = 0  # high-water mark, for tests and benchmarks
 
-    def __enter__(self) -> RangedReader:
-        for thread in self._workers:
-            thread.start()
-        self._sequencer.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __iter__(self) -> Iterator[bytes]:
-        while True:
-            item = self._queue.get()
-            if isinstance(item, _End):
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+    def _threads(self) -> Sequence[threading.Thread]:
+        return (*self._workers, self._sequencer)
 
     def close(self) -> None:
         """Stop every thread, abort the open requests and drop what was buffered."""
@@ -148,11 +127,7 @@ class RangedReader:
             streams = list(self._open)
         for stream in streams:  # unblocks a worker stuck in read(); best effort
             self._closed(stream)
-        for thread in (self._sequencer, *self._workers):
-            while thread.is_alive():
-                with contextlib.suppress(queue.Empty):
-                    self._queue.get(timeout=0.05)
-                thread.join(timeout=0.05)
+        super().close()
 
     # -- workers: fetch parts in parallel -------------------------------------------------------
 
@@ -191,7 +166,7 @@ class RangedReader:
                         stream = self._open_range(offset, part.end - 1)
                         with self._cond:
                             self._open.add(stream)
-                    chunk, broken = self._read_chunk(stream, part.end - offset)
+                    chunk, broken = self._read_chunk(stream, min(self._chunk_size, part.end - offset))
                     if chunk:
                         offset += len(chunk)
                         with self._cond:
@@ -209,7 +184,7 @@ class RangedReader:
                 except Exception as err:
                     if self._stop.is_set():
                         return
-                    attempt = self._take_retry() if self._is_retryable(err) else 0
+                    attempt = self._may_retry(err)
                     if not attempt:
                         raise
                     self._backoff(err, offset, attempt)
@@ -218,59 +193,11 @@ class RangedReader:
         finally:
             self._release(stream)
 
-    def _read_chunk(self, stream: Readable, remaining: int) -> tuple[bytes, Exception | None]:
-        """Return up to one chunk and the error that cut it short, if any.
-
-        Short reads are joined into whole chunks so the writer issues few, big requests; the
-        bytes read before an error are kept, so a retry starts exactly where the stream broke.
-        """
-        pieces: list[bytes] = []
-        wanted = min(self._chunk_size, remaining)
-        broken: Exception | None = None
-        try:
-            while wanted > 0:
-                data = stream.read(wanted)
-                if not data:
-                    break
-                pieces.append(data)
-                wanted -= len(data)
-        except Exception as err:
-            broken = err
-        return (pieces[0] if len(pieces) == 1 else b"".join(pieces)), broken
-
-    def _take_retry(self) -> int:
-        """Count one more reopen and return its number, or 0 when none are left."""
-        with self._cond:
-            if self.retries >= self._max_retries:
-                return 0
-            self.retries += 1
-            return self.retries
-
-    def _backoff(self, err: BaseException, offset: int, attempt: int) -> None:
-        delay = self._retry_delay * 2 ** (attempt - 1)
-        log.warning(
-            "Reading %s broke at byte %s (%s); reopening there in %.1fs (attempt %s of %s)",
-            self._describe,
-            offset,
-            err,
-            delay,
-            attempt,
-            self._max_retries,
-        )
-        self._stop.wait(delay)
-
     def _release(self, stream: Readable | None) -> None:
         if stream is not None:
             with self._cond:
                 self._open.discard(stream)
             self._closed(stream)
-
-    @staticmethod
-    def _closed(stream: Readable) -> None:
-        try:
-            stream.close()
-        except Exception:  # the stream may be broken already; closing is best effort
-            log.debug("Closing a source stream failed", exc_info=True)
 
     # -- sequencer: hand the chunks on in offset order ------------------------------------------
 
@@ -301,12 +228,8 @@ class RangedReader:
                     part.chunks.clear()
                     finished = part.done
                 for chunk in chunks:
-                    for hasher in self._hashers:
-                        hasher.update(chunk)
                     offset += len(chunk)
-                    if self._on_chunk is not None:
-                        self._on_chunk(offset)
-                    if not self._put(chunk):
+                    if not self._hand_on(chunk, offset):
                         return False
                 if finished:
                     break
@@ -315,12 +238,3 @@ class RangedReader:
                 self._current = index + 1  # frees a slot for the next part
                 self._cond.notify_all()
         return True
-
-    def _put(self, item: bytes | BaseException | _End) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False

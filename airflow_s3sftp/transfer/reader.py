@@ -12,7 +12,10 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,135 @@ class _End:
     """Marks the end of the stream in the queue."""
 
 
-class ChunkReader:
+class ReadAhead:
+    """What both readers share: a bounded queue to the consumer, in-order hashing, retries.
+
+    Subclasses produce chunks on their own threads and hand each one on with :meth:`_hand_on`
+    in offset order; the consumer iterates. ``depth`` chunks wait in the queue at most.
+    """
+
+    def __init__(
+        self,
+        *,
+        chunk_size: int,
+        depth: int,
+        hashers: Sequence[Hasher],
+        is_retryable: Callable[[BaseException], bool],
+        max_retries: int,
+        retry_delay: float,
+        describe: str,
+        on_chunk: Callable[[int], None] | None,
+    ) -> None:
+        if chunk_size <= 0 or depth <= 0:
+            raise ValueError("chunk_size and depth must be positive")
+        self._chunk_size = chunk_size
+        self._hashers = tuple(hashers)
+        self._is_retryable = is_retryable
+        self._max_retries = max_retries
+        self._retry_delay = retry_delay
+        self._describe = describe
+        self._on_chunk = on_chunk
+        self._queue: queue.Queue[bytes | BaseException | _End] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._retry_lock = threading.Lock()
+        self.retries = 0
+
+    def _threads(self) -> Sequence[threading.Thread]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for thread in self._threads():
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, _End):
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop the threads and drop what they buffered."""
+        self._stop.set()
+        for thread in self._threads():
+            while thread.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get(timeout=0.05)
+                thread.join(timeout=0.05)
+
+    def _put(self, item: bytes | BaseException | _End) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _hand_on(self, chunk: bytes, offset: int) -> bool:
+        """Hash ``chunk`` (which ends at ``offset``), record the offset and queue it for the consumer."""
+        for hasher in self._hashers:
+            hasher.update(chunk)
+        if self._on_chunk is not None:
+            self._on_chunk(offset)
+        return self._put(chunk)
+
+    def _read_chunk(self, stream: Readable, wanted: int) -> tuple[bytes, Exception | None]:
+        """Return up to ``wanted`` bytes and the error that cut them short, if any.
+
+        Short reads are joined into whole chunks so the writer issues few, big requests; the
+        bytes read before an error are kept, so a retry starts exactly where the stream broke.
+        """
+        pieces: list[bytes] = []
+        broken: Exception | None = None
+        try:
+            while wanted > 0:
+                data = stream.read(wanted)
+                if not data:
+                    break
+                pieces.append(data)
+                wanted -= len(data)
+        except Exception as err:
+            broken = err
+        return (pieces[0] if len(pieces) == 1 else b"".join(pieces)), broken
+
+    def _may_retry(self, err: BaseException) -> int:
+        """Count one more reopen after ``err`` and return its number, or 0 when it must not be retried."""
+        with self._retry_lock:
+            if not self._is_retryable(err) or self.retries >= self._max_retries:
+                return 0
+            self.retries += 1
+            return self.retries
+
+    def _backoff(self, err: BaseException, offset: int, attempt: int) -> None:
+        delay = self._retry_delay * 2 ** (attempt - 1)
+        log.warning(
+            "Reading %s broke at byte %s (%s); reopening there in %.1fs (attempt %s of %s)",
+            self._describe,
+            offset,
+            err,
+            delay,
+            attempt,
+            self._max_retries,
+        )
+        self._stop.wait(delay)
+
+    @staticmethod
+    def _closed(stream: Readable | None) -> None:
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:  # the stream may be broken already; closing is best effort
+                log.debug("Closing a source stream failed", exc_info=True)
+
+
+class ChunkReader(ReadAhead):
     """Read a source in a background thread into a bounded queue of fixed-size chunks.
 
     At most ``depth`` chunks of ``chunk_size`` bytes wait in memory, whatever the size of the
@@ -78,55 +209,23 @@ class ChunkReader:
         describe: str = "source",
         on_chunk: Callable[[int], None] | None = None,
     ) -> None:
-        if chunk_size <= 0 or depth <= 0:
-            raise ValueError("chunk_size and depth must be positive")
+        super().__init__(
+            chunk_size=chunk_size,
+            depth=depth,
+            hashers=hashers,
+            is_retryable=is_retryable,
+            max_retries=max_retries,
+            retry_delay=retry_delay,
+            describe=describe,
+            on_chunk=on_chunk,
+        )
         self._open_stream = open_stream
         self._size = size
         self._offset = start
-        self._chunk_size = chunk_size
-        self._hashers = tuple(hashers)
-        self._is_retryable = is_retryable
-        self._max_retries = max_retries
-        self._retry_delay = retry_delay
-        self._describe = describe
-        self._on_chunk = on_chunk
-        self._queue: queue.Queue[bytes | BaseException | _End] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="s3sftp-reader", daemon=True)
-        self.retries = 0
 
-    def __enter__(self) -> ChunkReader:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __iter__(self) -> Iterator[bytes]:
-        while True:
-            item = self._queue.get()
-            if isinstance(item, _End):
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        """Stop the reader thread and drop what it buffered."""
-        self._stop.set()
-        while self._thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                self._queue.get(timeout=0.05)
-            self._thread.join(timeout=0.05)
-
-    def _put(self, item: bytes | BaseException | _End) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def _threads(self) -> Sequence[threading.Thread]:
+        return (self._thread,)
 
     def _run(self) -> None:
         try:
@@ -142,71 +241,31 @@ class ChunkReader:
             while not self._stop.is_set():
                 if self._size is not None and self._offset >= self._size:
                     return
+                wanted = (
+                    self._chunk_size
+                    if self._size is None
+                    else min(self._chunk_size, self._size - self._offset)
+                )
                 try:
                     if stream is None:
                         stream = self._open_stream(self._offset)
-                    chunk = self._read_chunk(stream)
-                except Exception as err:
-                    if not self._is_retryable(err) or self.retries >= self._max_retries:
-                        raise
-                    self._backoff(err)
-                    stream = self._closed(stream)
-                    continue
-                if not chunk:
+                    chunk, broken = self._read_chunk(stream, wanted)
+                except Exception as err:  # opening failed
+                    chunk, broken = b"", err
+                if chunk:
+                    self._offset += len(chunk)
+                    if not self._hand_on(chunk, self._offset):
+                        return
+                if broken is None and not chunk:
                     if self._size is None:
                         return
-                    early_end = ConnectionError(
-                        f"{self._describe} ended at byte {self._offset} of {self._size}"
-                    )
-                    if self.retries >= self._max_retries:
-                        raise early_end
-                    self._backoff(early_end)
-                    stream = self._closed(stream)
-                    continue
-                for hasher in self._hashers:
-                    hasher.update(chunk)
-                self._offset += len(chunk)
-                if self._on_chunk is not None:
-                    self._on_chunk(self._offset)
-                if not self._put(chunk):
-                    return
+                    broken = ConnectionError(f"{self._describe} ended at byte {self._offset} of {self._size}")
+                if broken is not None:
+                    attempt = self._may_retry(broken)
+                    if not attempt:
+                        raise broken
+                    self._backoff(broken, self._offset, attempt)
+                    self._closed(stream)
+                    stream = None
         finally:
             self._closed(stream)
-
-    def _read_chunk(self, stream: Readable) -> bytes:
-        # A short read is not the end: keep reading until the chunk is full or the stream ends,
-        # so chunks stay large and the writer issues few, big requests.
-        parts: list[bytes] = []
-        wanted = self._chunk_size
-        if self._size is not None:
-            wanted = min(wanted, self._size - self._offset)
-        while wanted > 0:
-            data = stream.read(wanted)
-            if not data:
-                break
-            parts.append(data)
-            wanted -= len(data)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def _backoff(self, err: BaseException) -> None:
-        self.retries += 1
-        delay = self._retry_delay * 2 ** (self.retries - 1)
-        log.warning(
-            "Reading %s broke at byte %s (%s); reopening there in %.1fs (attempt %s of %s)",
-            self._describe,
-            self._offset,
-            err,
-            delay,
-            self.retries,
-            self._max_retries,
-        )
-        self._stop.wait(delay)
-
-    @staticmethod
-    def _closed(stream: Readable | None) -> None:
-        if stream is not None:
-            try:
-                stream.close()
-            except Exception:  # the stream is already broken; closing is best effort
-                log.debug("Closing a broken source stream failed", exc_info=True)
-        return None
