@@ -45,11 +45,18 @@ def parse_s3_prefix(bucket: str | None, prefix: str) -> tuple[str, str]:
 
 
 def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a path glob: ``*`` and ``?`` stay within one path segment, ``**`` crosses segments."""
+    """Compile a path glob: ``*`` and ``?`` stay within one path segment, ``**`` crosses segments.
+
+    As in ``glob.glob(recursive=True)``, ``**/`` also matches no directory at all, so ``**/*.csv``
+    matches ``a.csv`` and ``x/y/a.csv``.
+    """
     parts = []
     i = 0
     while i < len(pattern):
-        if pattern.startswith("**", i):
+        if pattern.startswith("**/", i):
+            parts.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
             parts.append(".*")
             i += 2
         elif pattern[i] == "*":

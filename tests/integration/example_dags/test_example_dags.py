@@ -21,7 +21,12 @@ import pytest
 from tests.servers import SSHDServer
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[3] / "example_dags"
-EXPECTED_DAG_IDS = {"example_s3_to_sftp_delivery", "example_sftp_inbound_stable"}
+EXPECTED_DAG_IDS = {
+    "example_s3_to_sftp_delivery",
+    "example_sftp_inbound_stable",
+    "example_s3_to_sftp_prefix",
+    "example_s3_to_sftp_mapped",
+}
 LOGICAL_DATE = datetime.datetime(2024, 5, 1, tzinfo=datetime.timezone.utc)
 DS = LOGICAL_DATE.strftime("%Y-%m-%d")
 

@@ -57,7 +57,8 @@ def test_prefix_keeps_relative_paths(bucket, remote_dir, tree):
     ("filters", "expected"),
     [
         ({"s3_glob": "*.csv"}, {"a.csv", "d.csv"}),
-        ({"s3_glob": "**/*.csv"}, {"sub/b.csv"}),
+        ({"s3_glob": "**/*.csv"}, {"a.csv", "d.csv", "sub/b.csv"}),
+        ({"s3_glob": "sub/*.csv"}, {"sub/b.csv"}),
         ({"s3_glob": "**.csv"}, {"a.csv", "d.csv", "sub/b.csv"}),
         ({"s3_glob": "sub/?.*"}, {"sub/b.csv", "sub/c.json"}),
         ({"s3_regex": r"\.json$"}, {"sub/c.json"}),
