@@ -21,6 +21,8 @@ from airflow_s3sftp.exceptions import ChecksumMismatchError, VerificationError
 #: SFTP v3 carries mtimes in whole seconds: a write within the second of the last mtime leaves it unchanged.
 MTIME_RESOLUTION = 1.0
 STATE_VERSION = 1
+#: Where the expected checksum can come from besides ``expected_checksum``: the ``<path>.<algorithm>`` file.
+EXPECTED_CHECKSUM_SOURCES = ("sidecar",)
 
 # Monotonic readings only compare within one process; this names the process that took them.
 _PROCESS_CLOCK = uuid.uuid4().hex
@@ -114,6 +116,8 @@ class Policy:
     :param expected_size: exact size the file must reach, or ``None``
     :param algorithm: digest algorithm to prove the content with, or ``None`` for size and mtime only
     :param expected_checksum: ``"<algorithm>:<hex>"`` the content must equal, or ``None``
+    :param expected_checksum_from: ``"sidecar"`` to take the expected digest from the sidecar
+        ``<path>.<algorithm>`` once the file is stable (see :func:`assess_sidecar`), or ``None``
     """
 
     target: str
@@ -122,6 +126,7 @@ class Policy:
     expected_size: int | None = None
     algorithm: str | None = "sha256"
     expected_checksum: str | None = None
+    expected_checksum_from: str | None = None
 
     @classmethod
     def build(
@@ -132,6 +137,7 @@ class Policy:
         checksum: str | None,
         expected_size: int | str | None = None,
         expected_checksum: str | None = None,
+        expected_checksum_from: str | None = None,
         min_size: int = 1,
     ) -> Policy:
         """Return a validated policy, raising ``ValueError`` that names ``target`` for a bad argument."""
@@ -165,6 +171,22 @@ class Policy:
             # The algorithm of the expected value wins: that is the digest we can compare.
             algorithm = expected_algorithm
             expected = format_checksum(expected_algorithm, hexdigest)
+        if expected_checksum_from is not None:
+            if expected_checksum_from not in EXPECTED_CHECKSUM_SOURCES:
+                choices = ", ".join(map(repr, EXPECTED_CHECKSUM_SOURCES))
+                raise ValueError(
+                    f"expected_checksum_from for {target} must be one of {choices} or None, "
+                    f"got {expected_checksum_from!r}"
+                )
+            if expected is not None:
+                raise ValueError(
+                    f"{target}: pass either expected_checksum or expected_checksum_from, not both"
+                )
+            if algorithm is None:
+                raise ValueError(
+                    f"{target}: expected_checksum_from={expected_checksum_from!r} needs a checksum "
+                    "algorithm (it names the sidecar, e.g. <path>.sha256); checksum=None was given"
+                )
         return cls(
             target=target,
             stable_for=float(seconds),
@@ -172,6 +194,7 @@ class Policy:
             expected_size=size,
             algorithm=algorithm,
             expected_checksum=expected,
+            expected_checksum_from=expected_checksum_from,
         )
 
     @property
@@ -228,19 +251,27 @@ class Action(str, enum.Enum):
     """What the caller does next."""
 
     WAIT = "wait"  # poll again later
+    READ_SIDECAR = "read_sidecar"  # read ``<path>.<algorithm>``, then call :func:`assess_sidecar`
     HASH = "hash"  # read the content, stat again, then call :func:`assess_digest`
     FIRE = "fire"  # the file is complete
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The outcome of one assessment: an action, the state to carry on, and a reason for the log."""
+    """
+    The outcome of one assessment: an action, the state to carry on, and a reason for the log.
+
+    ``algorithm`` names the digest to read (``READ_SIDECAR``) or compute (``HASH``); ``expected_checksum``
+    is what a ``HASH`` must find, when it was resolved during this poll (from a sidecar); ``checksum`` is the
+    digest that fired.
+    """
 
     action: Action
     state: State
     reason: str
     algorithm: str | None = None
     checksum: str | None = None
+    expected_checksum: str | None = None
 
 
 def _describe(observation: Observation) -> str:
@@ -284,6 +315,14 @@ def assess(state: State, observation: Observation, policy: Policy) -> Verdict:
         )
     if policy.algorithm is None:
         return Verdict(Action.FIRE, current, f"{_describe(observation)} unchanged for {span:.1f}s")
+    if policy.expected_checksum_from == "sidecar":
+        # Only now: a waiting poll stays one STAT, and the uploader writes the sidecar after the file.
+        return Verdict(
+            Action.READ_SIDECAR,
+            current,
+            f"{_describe(observation)} unchanged for {span:.1f}s, reading the {policy.algorithm} sidecar",
+            algorithm=policy.algorithm,
+        )
     return Verdict(
         Action.HASH,
         current,
@@ -292,7 +331,40 @@ def assess(state: State, observation: Observation, policy: Policy) -> Verdict:
     )
 
 
-def assess_digest(state: State, observation: Observation, checksum: str | None, policy: Policy) -> Verdict:
+def assess_sidecar(state: State, recorded: str | None, policy: Policy) -> Verdict:
+    """
+    Fold the digest read from the sidecar into the state of a :attr:`Action.READ_SIDECAR` verdict.
+
+    A missing sidecar, or one without a valid digest, is "not yet": the uploader writes it after the file.
+    Otherwise the file is hashed and its digest must equal the sidecar's, exactly as with
+    ``expected_checksum``.
+
+    :param state: the state of the ``READ_SIDECAR`` verdict
+    :param recorded: the hex digest in the sidecar, or ``None`` when there is none
+    :param policy: the policy the state was built with
+    """
+    algorithm = policy.algorithm
+    if algorithm is None or policy.expected_checksum_from != "sidecar":
+        raise ValueError(f"{policy.target}: the policy takes no expected checksum from a sidecar")
+    if recorded is None:
+        return Verdict(Action.WAIT, state, f"stable, but its sidecar holds no {algorithm} digest yet")
+    expected = format_checksum(algorithm, recorded)
+    return Verdict(
+        Action.HASH,
+        state,
+        f"the sidecar expects {expected}, hashing the content",
+        algorithm=algorithm,
+        expected_checksum=expected,
+    )
+
+
+def assess_digest(
+    state: State,
+    observation: Observation,
+    checksum: str | None,
+    policy: Policy,
+    expected_checksum: str | None = None,
+) -> Verdict:
     """
     Fold a digest into the state of a :attr:`Action.HASH` verdict and say what to do next.
 
@@ -300,10 +372,15 @@ def assess_digest(state: State, observation: Observation, checksum: str | None, 
     :param observation: a fresh stat taken after the content was read
     :param checksum: ``"<algorithm>:<hex>"`` of the content, or ``None`` when the read came up short
     :param policy: the policy the state was built with
+    :param expected_checksum: the ``HASH`` verdict's ``expected_checksum`` (read from a sidecar), which
+        stands in for the policy's
 
-    Raises :class:`~airflow_s3sftp.exceptions.ChecksumMismatchError` when a stable file differs from
-    ``expected_checksum``.
+    Raises :class:`~airflow_s3sftp.exceptions.ChecksumMismatchError` when a stable file differs from the
+    expected checksum.
     """
+    expected = expected_checksum if expected_checksum is not None else policy.expected_checksum
+    if policy.expected_checksum_from is not None and expected_checksum is None:
+        raise ValueError(f"{policy.target}: no expected checksum was read from the sidecar")
     before = state.last
     if checksum is None or before is None or not before.same_file_as(observation):
         restarted = State(
@@ -311,10 +388,11 @@ def assess_digest(state: State, observation: Observation, checksum: str | None, 
         )
         return Verdict(Action.WAIT, restarted, "the file changed while it was being hashed")
     current = dataclasses.replace(state, last=observation)
-    if policy.expected_checksum is not None:
-        if checksum == policy.expected_checksum:
-            return Verdict(Action.FIRE, current, "content matches expected_checksum", checksum=checksum)
-        raise ChecksumMismatchError(policy.target, policy.expected_checksum, checksum)
+    if expected is not None:
+        source = "the sidecar" if expected_checksum is not None else "expected_checksum"
+        if checksum == expected:
+            return Verdict(Action.FIRE, current, f"content matches {source}", checksum=checksum)
+        raise ChecksumMismatchError(policy.target, expected, checksum)
     if state.checksum is not None and state.checksum_poll is not None and state.checksum_poll < state.polls:
         if state.checksum == checksum:
             return Verdict(

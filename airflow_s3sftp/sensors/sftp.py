@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import stat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 
@@ -24,6 +24,7 @@ from airflow_s3sftp.exceptions import (
 )
 from airflow_s3sftp.hooks.sftp import bulk_sftp_hook, clear_connection_errors, server_name
 from airflow_s3sftp.transfer.sftp import read_range
+from airflow_s3sftp.transfer.sidecar import read_sidecar, sidecar_path
 from airflow_s3sftp.triggers.sftp import DEFAULT_CHUNK_SIZE, SFTPFileStableTrigger
 
 if TYPE_CHECKING:
@@ -111,6 +112,18 @@ class _SFTPSession:
             raise PermissionError(f"Permission denied when reading {self.target(path)}") from err
         return format_checksum(algorithm, hasher.hexdigest())
 
+    def read_sidecar(self, path: str, algorithm: str) -> str | None:
+        """Return the hex digest in the sidecar ``<path>.<algorithm>``, or ``None`` while there is none."""
+        client = self.client()
+        try:
+            return read_sidecar(client, path, algorithm)
+        except FileNotFoundError:
+            return None  # removed between its stat and its open
+        except PermissionError as err:
+            raise PermissionError(
+                f"Permission denied when reading {self.target(sidecar_path(path, algorithm))}"
+            ) from err
+
     def close(self) -> None:
         """Close the SFTP channel and the SSH connection, if open."""
         self._sftp = None
@@ -127,14 +140,16 @@ class SFTPFileStableSensor(BaseSensorOperator):
     The sensor fires once the file exists, is at least ``min_size`` bytes, and its size and mtime stayed
     the same across observations spanning ``stable_for`` seconds (plus one second, as SFTP mtimes are whole
     seconds). With ``checksum`` set it then reads the file and hashes it: the digest must equal
-    ``expected_checksum`` when given, otherwise two digests taken at least one poll apart, with size and
+    ``expected_checksum`` when given, or the one in the sidecar ``<path>.<algorithm>`` with
+    ``expected_checksum_from="sidecar"``; otherwise two digests taken at least one poll apart, with size and
     mtime unchanged in between, must agree. Size and mtime alone (``checksum=None``) is a weaker mode: an
     uploader that writes out of order or preserves the source's mtime can look stable while incomplete.
 
-    A stable file larger than ``expected_size`` or whose digest differs from ``expected_checksum`` fails at
-    once, without waiting for the timeout. A missing file is "not yet". A refused login, an unknown host
-    key, a permission error, a directory, or a malformed ``expected_checksum`` fail with a message that names
-    the server and path.
+    A stable file larger than ``expected_size`` or whose digest differs from ``expected_checksum`` (or from
+    the sidecar's) fails at once, without waiting for the timeout. A missing file is "not yet", and so is a
+    stable file whose sidecar does not exist yet or holds no valid digest (the uploader writes it last). A
+    refused login, an unknown host key, a permission error, a directory, or a malformed ``expected_checksum``
+    fail with a message that names the server and path.
 
     In ``reschedule`` mode the observations are kept in Airflow's task state store (Airflow 3.3+), scoped to
     the current try. With ``deferrable=True`` the sensor checks once, then hands its observations to
@@ -153,6 +168,9 @@ class SFTPFileStableSensor(BaseSensorOperator):
         (templated)
     :param expected_checksum: ``"<algorithm>:<hex>"`` the content must equal, e.g. the upload operator's XCom
         ``checksum``; its algorithm wins over ``checksum`` (templated)
+    :param expected_checksum_from: ``"sidecar"`` to read the expected checksum from ``<path>.<checksum>``
+        (``sha256sum -c`` format, as ``S3ToSFTPStreamOperator(sidecar=True)`` writes it) once the file is
+        stable, or ``None``; excludes ``expected_checksum`` and needs ``checksum``
     :param min_size: smallest size in bytes that counts as a file worth firing for
     :param chunk_size: bytes per read while hashing
     :param deferrable: poll from the triggerer instead of a worker slot
@@ -170,6 +188,7 @@ class SFTPFileStableSensor(BaseSensorOperator):
         checksum: str | None = "sha256",
         expected_size: int | None = None,
         expected_checksum: str | None = None,
+        expected_checksum_from: Literal["sidecar"] | None = None,
         min_size: int = 1,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
@@ -182,6 +201,7 @@ class SFTPFileStableSensor(BaseSensorOperator):
         self.checksum = checksum
         self.expected_size = expected_size
         self.expected_checksum = expected_checksum
+        self.expected_checksum_from = expected_checksum_from
         self.min_size = min_size
         self.chunk_size = chunk_size
         self.deferrable = deferrable
@@ -205,6 +225,7 @@ class SFTPFileStableSensor(BaseSensorOperator):
                 checksum=self.checksum,
                 expected_size=self.expected_size,
                 expected_checksum=self.expected_checksum,
+                expected_checksum_from=self.expected_checksum_from,
                 min_size=self.min_size,
             )
             self._session = session
@@ -234,6 +255,7 @@ class SFTPFileStableSensor(BaseSensorOperator):
                     checksum=self.checksum,
                     expected_size=policy.expected_size,
                     expected_checksum=self.expected_checksum,
+                    expected_checksum_from=self.expected_checksum_from,
                     min_size=self.min_size,
                     poll_interval=self.poke_interval,
                     chunk_size=self.chunk_size,
@@ -258,9 +280,12 @@ class SFTPFileStableSensor(BaseSensorOperator):
         return False
 
     def _poll(self, state: stability.State) -> stability.Verdict:
-        """Run one poll: stat, and when size and mtime are stable, hash and stat again."""
+        """Run one poll: stat; once size and mtime are stable, read the sidecar if asked, hash, stat again."""
         session, policy = self._open()
         verdict = stability.assess(state, session.observe(self.path), policy)
+        if verdict.action is stability.Action.READ_SIDECAR and verdict.algorithm is not None:
+            recorded = session.read_sidecar(self.path, verdict.algorithm)
+            verdict = stability.assess_sidecar(verdict.state, recorded, policy)
         if verdict.action is stability.Action.HASH and verdict.algorithm is not None:
             before = verdict.state.last
             size = before.size if before is not None and before.size is not None else 0
@@ -268,7 +293,9 @@ class SFTPFileStableSensor(BaseSensorOperator):
                 "Hashing %s (%d bytes, %s): %s", policy.target, size, verdict.algorithm, verdict.reason
             )
             checksum = session.digest(self.path, verdict.algorithm, size, self.chunk_size)
-            verdict = stability.assess_digest(verdict.state, session.observe(self.path), checksum, policy)
+            verdict = stability.assess_digest(
+                verdict.state, session.observe(self.path), checksum, policy, verdict.expected_checksum
+            )
         if verdict.action is stability.Action.FIRE:
             self.log.info("%s is complete: %s (%s)", policy.target, verdict.reason, verdict.checksum)
         return verdict

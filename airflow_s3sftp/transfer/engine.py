@@ -81,6 +81,7 @@ class DeliveryOptions:
             )
         if self.checksum is not None:
             new_hasher(self.checksum)
+            object.__setattr__(self, "checksum", self.checksum.lower())  # "SHA256" names sidecars .sha256
         if self.verify == "checksum" and self.checksum is None:
             raise ValueError("verify='checksum' needs a checksum algorithm (checksum=None was given)")
         if self.parallel_parts <= 0 or self.part_size <= 0:

@@ -11,7 +11,7 @@ import asyncio
 import collections
 import itertools
 import stat
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import asyncssh
 from airflow.providers.sftp.hooks.sftp import SFTPHookAsync
@@ -20,6 +20,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_s3sftp import stability
 from airflow_s3sftp.checksums import format_checksum, new_hasher
 from airflow_s3sftp.exceptions import AuthenticationError, ChecksumMismatchError, HostKeyVerificationError
+from airflow_s3sftp.transfer.sidecar import MAX_SIDECAR_BYTES, parse_sidecar, sidecar_path
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -91,6 +92,23 @@ async def _digest(
     return format_checksum(algorithm, hasher.hexdigest())
 
 
+async def _read_sidecar(sftp: asyncssh.SFTPClient, path: str, target: str, algorithm: str) -> str | None:
+    """Return the hex digest in the sidecar ``<path>.<algorithm>``, or ``None`` while there is none."""
+    side = sidecar_path(path, algorithm)
+    try:
+        attrs = await sftp.stat(side)
+        if (attrs.size or 0) > MAX_SIDECAR_BYTES:
+            return None  # not a checksum line: the same answer as the sensor's reader
+        async with sftp.open(side, "rb") as handle:
+            # A few bytes: read it whole; opened in binary mode, asyncssh returns bytes.
+            data = cast("bytes", await handle.read(MAX_SIDECAR_BYTES))
+    except asyncssh.SFTPNoSuchFile:
+        return None
+    except asyncssh.SFTPPermissionDenied as err:
+        raise PermissionError(f"Permission denied when reading {side}, the sidecar of {target}") from err
+    return parse_sidecar(data.decode("utf-8", "replace"), algorithm)
+
+
 def error_event(error: BaseException, target: str) -> dict[str, Any]:
     """Return the payload of an error event; :meth:`SFTPFileStableSensor.execute_complete` raises it."""
     payload: dict[str, Any] = {
@@ -120,6 +138,8 @@ class SFTPFileStableTrigger(BaseTrigger):
     :param checksum: digest algorithm proving the content, or ``None`` for size and mtime only
     :param expected_size: exact size the file must reach, or ``None``
     :param expected_checksum: ``"<algorithm>:<hex>"`` the content must equal, or ``None``
+    :param expected_checksum_from: ``"sidecar"`` to read the expected checksum from ``<path>.<checksum>``
+        once the file is stable, or ``None``
     :param min_size: smallest size in bytes that can fire
     :param poll_interval: seconds between polls
     :param chunk_size: bytes per read while hashing
@@ -135,6 +155,7 @@ class SFTPFileStableTrigger(BaseTrigger):
         checksum: str | None = "sha256",
         expected_size: int | None = None,
         expected_checksum: str | None = None,
+        expected_checksum_from: Literal["sidecar"] | None = None,
         min_size: int = 1,
         poll_interval: float = 60.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -147,6 +168,7 @@ class SFTPFileStableTrigger(BaseTrigger):
         self.checksum = checksum
         self.expected_size = expected_size
         self.expected_checksum = expected_checksum
+        self.expected_checksum_from = expected_checksum_from
         self.min_size = min_size
         self.poll_interval = poll_interval
         self.chunk_size = chunk_size
@@ -163,6 +185,7 @@ class SFTPFileStableTrigger(BaseTrigger):
                 "checksum": self.checksum,
                 "expected_size": self.expected_size,
                 "expected_checksum": self.expected_checksum,
+                "expected_checksum_from": self.expected_checksum_from,
                 "min_size": self.min_size,
                 "poll_interval": self.poll_interval,
                 "chunk_size": self.chunk_size,
@@ -192,6 +215,7 @@ class SFTPFileStableTrigger(BaseTrigger):
             checksum=self.checksum,
             expected_size=self.expected_size,
             expected_checksum=self.expected_checksum,
+            expected_checksum_from=self.expected_checksum_from,
             min_size=self.min_size,
         )
         state = stability.State.from_dict(self.state) if self.state else stability.State()
@@ -219,13 +243,17 @@ class SFTPFileStableTrigger(BaseTrigger):
     async def _poll(
         self, sftp: asyncssh.SFTPClient, state: stability.State, policy: stability.Policy
     ) -> stability.Verdict:
-        """Run one poll: stat, and when size and mtime are stable, hash and stat again."""
+        """Run one poll: stat; once size and mtime are stable, read the sidecar if asked, hash, stat again."""
         verdict = stability.assess(state, await _observe(sftp, self.path, policy.target), policy)
+        if verdict.action is stability.Action.READ_SIDECAR and verdict.algorithm is not None:
+            recorded = await _read_sidecar(sftp, self.path, policy.target, verdict.algorithm)
+            verdict = stability.assess_sidecar(verdict.state, recorded, policy)
         if verdict.action is stability.Action.HASH and verdict.algorithm is not None:
             before = verdict.state.last
             size = before.size if before is not None and before.size is not None else 0
             self.log.info("Hashing %s (%d bytes, %s)", policy.target, size, verdict.algorithm)
             checksum = await _digest(sftp, self.path, policy.target, verdict.algorithm, size, self.chunk_size)
             after = await _observe(sftp, self.path, policy.target)
-            verdict = stability.assess_digest(verdict.state, after, checksum, policy)
+            expected = verdict.expected_checksum
+            verdict = stability.assess_digest(verdict.state, after, checksum, policy, expected)
         return verdict

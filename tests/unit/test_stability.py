@@ -72,6 +72,12 @@ class TestPolicy:
             ({"min_size": -1}, "min_size"),
             ({"expected_size": 0}, "below min_size"),
             ({"expected_size": "many"}, "must be an integer"),
+            (
+                {"expected_checksum": DIGEST_A, "expected_checksum_from": "sidecar"},
+                "either expected_checksum or expected_checksum_from",
+            ),
+            ({"checksum": None, "expected_checksum_from": "sidecar"}, "needs a checksum algorithm"),
+            ({"expected_checksum_from": "s3"}, "expected_checksum_from for sftp://h:22/in/f must be one of"),
         ],
     )
     def test_bad_arguments(self, kwargs: dict[str, object], message: str) -> None:
@@ -219,6 +225,63 @@ class TestAssessDigest:
             assess_digest(feed(p, seen(0), seen(3)).state, seen(3.1), DIGEST_B, p)
         assert (err.value.expected, err.value.actual) == (DIGEST_A, DIGEST_B)
         assert "sftp://h:22/in/f" in str(err.value)
+
+
+class TestSidecar:
+    """``expected_checksum_from="sidecar"``: the sidecar's digest, once there, acts as ``expected_checksum``."""
+
+    def stable(self, p: Policy) -> stability.Verdict:
+        return feed(p, seen(0), seen(3))
+
+    def test_the_sidecar_is_read_only_once_size_and_mtime_are_stable(self) -> None:
+        p = policy(expected_checksum_from="sidecar")
+        assert feed(p, seen(0), seen(1)).action is Action.WAIT
+        verdict = self.stable(p)
+        assert verdict.action is Action.READ_SIDECAR and verdict.algorithm == "sha256"
+
+    def test_empty_templated_expected_checksum_does_not_conflict(self) -> None:
+        assert policy(expected_checksum="", expected_checksum_from="sidecar").expected_checksum is None
+
+    def test_no_sidecar_is_not_yet_and_keeps_the_run(self) -> None:
+        p = policy(expected_checksum_from="sidecar")
+        stable = self.stable(p)
+        verdict = stability.assess_sidecar(stable.state, None, p)
+        assert verdict.action is Action.WAIT and verdict.state == stable.state
+        assert "sidecar holds no sha256 digest yet" in verdict.reason
+        # Still stable at the next poll: ask for the sidecar again, without a second stable span.
+        assert assess(verdict.state, seen(3.5), p).action is Action.READ_SIDECAR
+
+    def test_sidecar_digest_then_matching_content_fires_on_the_first_digest(self) -> None:
+        p = policy(expected_checksum_from="sidecar", checksum="SHA256")
+        stable = self.stable(p)
+        verdict = stability.assess_sidecar(stable.state, "a" * 64, p)
+        assert verdict.action is Action.HASH
+        assert (verdict.algorithm, verdict.expected_checksum) == ("sha256", DIGEST_A)
+        fired = assess_digest(verdict.state, seen(3.1), DIGEST_A, p, verdict.expected_checksum)
+        assert fired.action is Action.FIRE and fired.checksum == DIGEST_A
+        assert "sidecar" in fired.reason
+
+    def test_sidecar_mismatch_fails_naming_both(self) -> None:
+        p = policy(expected_checksum_from="sidecar")
+        verdict = stability.assess_sidecar(self.stable(p).state, "a" * 64, p)
+        with pytest.raises(ChecksumMismatchError) as err:
+            assess_digest(verdict.state, seen(3.1), DIGEST_B, p, verdict.expected_checksum)
+        assert (err.value.expected, err.value.actual) == (DIGEST_A, DIGEST_B)
+        assert "sftp://h:22/in/f" in str(err.value)
+
+    def test_change_while_hashing_restarts(self) -> None:
+        p = policy(expected_checksum_from="sidecar")
+        verdict = stability.assess_sidecar(self.stable(p).state, "a" * 64, p)
+        restarted = assess_digest(verdict.state, seen(3.1, size=200), DIGEST_B, p, verdict.expected_checksum)
+        assert restarted.action is Action.WAIT and restarted.state.since == seen(3.1, size=200)
+
+    def test_the_digest_cannot_skip_the_sidecar(self) -> None:
+        """Without the sidecar's digest there is no two-digest fallback: that would fire without it."""
+        p = policy(expected_checksum_from="sidecar")
+        with pytest.raises(ValueError, match="no expected checksum was read from the sidecar"):
+            assess_digest(self.stable(p).state, seen(3.1), DIGEST_A, p)
+        with pytest.raises(ValueError, match="takes no expected checksum from a sidecar"):
+            stability.assess_sidecar(self.stable(policy()).state, "a" * 64, policy())
 
 
 def test_same_verdict_after_a_reschedule_or_deferral() -> None:

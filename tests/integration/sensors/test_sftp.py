@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,16 @@ import paramiko
 import pytest
 from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException, TaskDeferred
 
+from airflow_s3sftp import stability
 from airflow_s3sftp.exceptions import (
     AuthenticationError,
     ChecksumMismatchError,
     HostKeyVerificationError,
     VerificationError,
 )
+from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
+from airflow_s3sftp.transfer.sidecar import MAX_SIDECAR_BYTES, sidecar_path, sidecar_text
 from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
 from tests.integration.sftp_writers import OLD_MTIME, SlowWriter, random_bytes, sha256
 from tests.servers import TEST_PASSWORD, SSHDServer
@@ -56,6 +60,47 @@ def run_trigger(trigger: SFTPFileStableTrigger) -> list[dict[str, Any]]:
 def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     path.write_bytes(data)
     path.chmod(mode)
+
+
+def write_sidecar(target: Path, text: str, algorithm: str = "sha256") -> Path:
+    """Write ``<target>.<algorithm>`` under a temp name and rename it in, as the upload operator does."""
+    side = Path(sidecar_path(str(target), algorithm))
+    temp = side.with_name(side.name + ".part")
+    write_file(temp, text.encode())
+    temp.rename(side)
+    return side
+
+
+def sidecar_for(target: Path, data: bytes, algorithm: str = "sha256") -> str:
+    return sidecar_text(str(target), hashlib.new(algorithm, data).hexdigest())
+
+
+class LateSidecar(threading.Thread):
+    """Write the sidecar ``delay`` seconds from now, recording when it appeared."""
+
+    def __init__(self, target: Path, text: str, delay: float, algorithm: str = "sha256") -> None:
+        super().__init__(daemon=True)
+        self.target, self.text, self.delay, self.algorithm = target, text, delay, algorithm
+        self.written_at: float | None = None
+
+    def run(self) -> None:
+        time.sleep(self.delay)
+        write_sidecar(self.target, self.text, self.algorithm)
+        self.written_at = time.monotonic()
+
+
+def spy_on_sidecar_verdicts(monkeypatch: pytest.MonkeyPatch) -> list[stability.Verdict]:
+    """Record what :func:`stability.assess_sidecar` decided, to prove the sidecar was consulted."""
+    verdicts: list[stability.Verdict] = []
+    real = stability.assess_sidecar
+
+    def recording(*args: Any, **kwargs: Any) -> stability.Verdict:
+        verdict = real(*args, **kwargs)
+        verdicts.append(verdict)
+        return verdict
+
+    monkeypatch.setattr(stability, "assess_sidecar", recording)
+    return verdicts
 
 
 class TestOutOfOrderWriter:
@@ -208,6 +253,161 @@ class TestExpectedChecksum:
         assert str(remote_dir / "x.bin") in str(err.value)
 
 
+class TestExpectedChecksumFromSidecar:
+    @pytest.mark.parametrize("algorithm", ["sha256", "md5"])
+    def test_fires_with_the_sidecars_checksum_once_it_appears(
+        self, remote_dir: Path, monkeypatch: pytest.MonkeyPatch, algorithm: str
+    ) -> None:
+        data = random_bytes(100_000)
+        target = remote_dir / "report.csv"
+        write_file(target, data)
+        verdicts = spy_on_sidecar_verdicts(monkeypatch)
+        # Later than one stable span (stable_for + 1 s): the sensor finds the file stable, sidecar missing.
+        late = LateSidecar(target, sidecar_for(target, data, algorithm), delay=2.5, algorithm=algorithm)
+        late.start()
+
+        result = make_sensor(target, checksum=algorithm, expected_checksum_from="sidecar").execute(NO_CONTEXT)
+        fired_at = time.monotonic()
+        late.join()
+
+        expected = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+        assert result["checksum"] == expected
+        assert late.written_at is not None and fired_at > late.written_at
+        assert [v.action for v in verdicts][-1] is stability.Action.HASH
+        assert stability.Action.WAIT in [v.action for v in verdicts], "the missing sidecar was never read"
+
+    def test_wrong_digest_fails_at_once_naming_both_checksums(self, remote_dir: Path) -> None:
+        data = random_bytes(50_000)
+        target = remote_dir / "report.csv"
+        write_file(target, data)
+        wrong = sha256(b"yesterday's report")
+        write_sidecar(target, sidecar_text(str(target), wrong.split(":")[1]))
+        started = time.monotonic()
+
+        with pytest.raises(ChecksumMismatchError) as err:
+            make_sensor(target, expected_checksum_from="sidecar", timeout=60).execute(NO_CONTEXT)
+
+        assert time.monotonic() - started < 5
+        assert (err.value.expected, err.value.actual) == (wrong, sha256(data))
+        assert wrong in str(err.value) and sha256(data) in str(err.value)
+        assert str(target) in str(err.value)
+
+    @pytest.mark.parametrize(
+        "sidecar",
+        [
+            pytest.param(None, id="missing"),
+            pytest.param("", id="empty"),
+            pytest.param("not a digest  report.csv\n", id="garbage"),
+            pytest.param(f"{'0' * 32}  report.csv\n", id="md5-length-in-a-sha256-sidecar"),
+            pytest.param(f"{'0' * 64}  report.csv\n" + "#" * MAX_SIDECAR_BYTES, id="over-64-KiB"),
+        ],
+    )
+    def test_no_valid_sidecar_keeps_waiting_until_the_timeout(
+        self, remote_dir: Path, monkeypatch: pytest.MonkeyPatch, sidecar: str | None
+    ) -> None:
+        target = remote_dir / "report.csv"
+        write_file(target, random_bytes(10_000))
+        if sidecar is not None:
+            write_sidecar(target, sidecar)
+        verdicts = spy_on_sidecar_verdicts(monkeypatch)
+
+        with pytest.raises(AirflowSensorTimeout):
+            make_sensor(target, expected_checksum_from="sidecar", stable_for=0, timeout=2.0).execute(
+                NO_CONTEXT
+            )
+
+        assert verdicts, "the file never became stable, so the sidecar was never read"
+        assert {v.action for v in verdicts} == {stability.Action.WAIT}
+
+    def test_unreadable_sidecar_names_it(self, remote_dir: Path) -> None:
+        target = remote_dir / "report.csv"
+        write_file(target, b"data")
+        side = write_sidecar(target, f"{'0' * 64}  report.csv\n")
+        side.chmod(0o000)
+
+        with pytest.raises(PermissionError, match="Permission denied when reading") as err:
+            make_sensor(target, expected_checksum_from="sidecar", stable_for=0).execute(NO_CONTEXT)
+        assert str(side) in str(err.value)
+
+    @pytest.mark.parametrize("deferrable", [False, True], ids=["poke", "deferrable"])
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            (
+                {"expected_checksum": "sha256:" + "0" * 64},
+                "either expected_checksum or expected_checksum_from, not both",
+            ),
+            ({"checksum": None}, "needs a checksum algorithm"),
+        ],
+        ids=["with-expected-checksum", "without-checksum"],
+    )
+    def test_bad_combinations_fail_before_polling(
+        self, remote_dir: Path, kwargs: dict[str, Any], message: str, deferrable: bool
+    ) -> None:
+        sensor = make_sensor(
+            remote_dir / "report.csv", expected_checksum_from="sidecar", deferrable=deferrable, **kwargs
+        )
+        with pytest.raises(ValueError, match=message) as err:
+            sensor.execute(NO_CONTEXT)
+        assert str(remote_dir / "report.csv") in str(err.value)
+
+    def test_unknown_source_fails(self, remote_dir: Path) -> None:
+        with pytest.raises(ValueError, match=r"expected_checksum_from for .* must be one of 'sidecar'"):
+            make_sensor(remote_dir / "report.csv", expected_checksum_from="s3").execute(NO_CONTEXT)
+
+    def test_deferrable_hands_the_source_to_the_trigger(self, remote_dir: Path) -> None:
+        data = random_bytes(200_000)
+        target = remote_dir / "report.csv"
+        write_file(target, data)
+        sensor = make_sensor(target, expected_checksum_from="sidecar", deferrable=True)
+
+        with pytest.raises(TaskDeferred) as deferred:
+            sensor.execute(NO_CONTEXT)
+
+        trigger = deferred.value.trigger
+        assert isinstance(trigger, SFTPFileStableTrigger)
+        assert trigger.expected_checksum_from == "sidecar" and trigger.expected_checksum is None
+        late = LateSidecar(target, sidecar_for(target, data), delay=2.5)
+        late.start()
+        events = run_trigger(trigger)
+        fired_at = time.monotonic()
+        late.join()
+
+        assert len(events) == 1
+        result = sensor.execute_complete(NO_CONTEXT, events[0])
+        assert result["checksum"] == sha256(data)
+        assert late.written_at is not None and fired_at > late.written_at
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["poke", "deferrable"])
+def test_after_the_upload_operator_with_a_sidecar(
+    s3: Any, bucket: str, remote_dir: Path, deferrable: bool
+) -> None:
+    """End to end: the operator publishes the file and then its sidecar; the sensor proves the bytes."""
+    data = random_bytes(300_000)
+    s3.put_object(Bucket=bucket, Key="exports/report.csv", Body=data)
+    upload = S3ToSFTPStreamOperator(
+        task_id="upload",
+        s3_bucket=bucket,
+        s3_key="exports/report.csv",
+        sftp_path=f"{remote_dir}/",
+        sidecar=True,
+    ).execute(NO_CONTEXT)
+    assert upload["sidecar_path"] == f"{remote_dir}/report.csv.sha256"
+
+    sensor = make_sensor(upload["sftp_path"], expected_checksum_from="sidecar", deferrable=deferrable)
+    if deferrable:
+        with pytest.raises(TaskDeferred) as deferred:
+            sensor.execute(NO_CONTEXT)
+        events = run_trigger(deferred.value.trigger)
+        result = sensor.execute_complete(NO_CONTEXT, events[0])
+    else:
+        result = sensor.execute(NO_CONTEXT)
+
+    assert result["checksum"] == upload["checksum"] == sha256(data)
+    assert result["path"] == upload["sftp_path"] == str(remote_dir / "report.csv")
+
+
 class TestExpectedSize:
     def test_larger_stable_file_fails_at_once(self, remote_dir: Path) -> None:
         target = remote_dir / "too_big.bin"
@@ -333,6 +533,7 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime.datetime(2024, 1, 1), ca
         timeout=60,
         mode={mode!r},
         deferrable={deferrable!r},
+        expected_checksum_from={expected_checksum_from!r},
     )
 """
 
@@ -363,6 +564,7 @@ def run_dag(dags: Path, **params: Any) -> tuple[Any, dict[str, Any] | None, int,
 
     dag_id = f"stable_{time.monotonic_ns()}"
     dag_file = dags / f"{dag_id}.py"
+    params.setdefault("expected_checksum_from", None)
     dag_file.write_text(DAG_FILE.format(dag_id=dag_id, **params))
     spec = importlib.util.spec_from_file_location(dag_id, dag_file)
     assert spec is not None and spec.loader is not None
@@ -421,6 +623,33 @@ class TestThroughTheTaskRunner:
         assert stored["state"]["since"]["at"].endswith("+00:00")
         assert stored["state"]["checksum"] == sha256(data)
         assert stored["state"]["checksum_poll"] == 2
+
+    @pytest.mark.parametrize(
+        ("mode", "deferrable"), [("reschedule", False), ("poke", True)], ids=["reschedule", "deferrable"]
+    )
+    def test_expected_checksum_from_sidecar(
+        self, remote_dir: Path, airflow_db: Path, mode: str, deferrable: bool
+    ) -> None:
+        data = random_bytes(200_000)
+        target = remote_dir / "report.csv"
+        write_file(target, data)
+        write_sidecar(target, sidecar_for(target, data))
+
+        dag_run, xcom, reschedules, _ = run_dag(
+            airflow_db,
+            path=str(target),
+            stable_for=0,
+            poke_interval=0.2,
+            mode=mode,
+            deferrable=deferrable,
+            expected_checksum_from="sidecar",
+        )
+
+        assert dag_run.state == "success"
+        assert xcom is not None and xcom["checksum"] == sha256(data)
+        if mode == "reschedule":
+            # The first poke observes; the next finds it stable, reads the sidecar, hashes once and fires.
+            assert (reschedules, xcom["polls"]) == (1, 2)
 
     def test_deferrable_through_the_triggerer_path(self, remote_dir: Path, airflow_db: Path) -> None:
         """Trigger arguments go through Airflow serde, the event back into ``execute_complete``."""

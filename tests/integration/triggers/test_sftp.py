@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import importlib
+import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from airflow_s3sftp.exceptions import (
     VerificationError,
 )
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
+from airflow_s3sftp.transfer.sidecar import MAX_SIDECAR_BYTES, sidecar_text
 from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
 from tests.integration.sftp_writers import random_bytes, sha256
 from tests.servers import TEST_PASSWORD, SSHDServer
@@ -140,6 +142,125 @@ def test_oversize_is_one_error_event(remote_dir: Path) -> None:
         complete_with(make_trigger(target), events)
 
 
+def write_sidecar(target: Path, hexdigest_or_text: str, raw: bool = False) -> Path:
+    """Write ``<target>.sha256`` under a temp name and rename it in, as the upload operator does."""
+    side = target.with_name(target.name + ".sha256")
+    temp = target.with_name(target.name + ".sha256.part")
+    temp.write_text(hexdigest_or_text if raw else sidecar_text(str(target), hexdigest_or_text))
+    temp.rename(side)
+    return side
+
+
+@pytest.fixture
+def sidecar_actions(monkeypatch: pytest.MonkeyPatch) -> list[stability.Action]:
+    """Record what :func:`stability.assess_sidecar` decided, to prove the sidecar was consulted."""
+    actions: list[stability.Action] = []
+    real = stability.assess_sidecar
+
+    def recording(*args: Any, **kwargs: Any) -> stability.Verdict:
+        verdict = real(*args, **kwargs)
+        actions.append(verdict.action)
+        return verdict
+
+    monkeypatch.setattr(stability, "assess_sidecar", recording)
+    return actions
+
+
+class TestExpectedChecksumFromSidecar:
+    def test_waits_for_the_sidecar_then_fires_with_its_checksum(
+        self, remote_dir: Path, sidecar_actions: list[stability.Action]
+    ) -> None:
+        data = random_bytes(600_000)  # several reads per digest
+        target = remote_dir / "report.csv"
+        target.write_bytes(data)
+        trigger = make_trigger(target, stable_for=0, expected_checksum_from="sidecar", chunk_size=64 * 1024)
+
+        async def main() -> tuple[list[dict[str, Any]], float, float]:
+            async def late_sidecar() -> float:
+                # After the first stable span (1 s of mtime resolution): the trigger meets no sidecar first.
+                await asyncio.sleep(2.0)
+                write_sidecar(target, sha256(data).split(":")[1])
+                return time.monotonic()
+
+            writer = asyncio.create_task(late_sidecar())
+            events = [event.payload async for event in trigger.run()]
+            return events, time.monotonic(), await writer
+
+        events, fired_at, written_at = asyncio.run(asyncio.wait_for(main(), 30))
+
+        result = complete_with(trigger, events)
+        assert result["checksum"] == sha256(data)
+        assert fired_at > written_at
+        assert stability.Action.WAIT in sidecar_actions and sidecar_actions[-1] is stability.Action.HASH
+
+    def test_wrong_digest_is_one_checksum_mismatch_event(self, remote_dir: Path) -> None:
+        data = random_bytes(20_000)
+        target = remote_dir / "report.csv"
+        target.write_bytes(data)
+        wrong = sha256(b"yesterday's report")
+        write_sidecar(target, wrong.split(":")[1])
+
+        events = run_trigger(make_trigger(target, stable_for=0, expected_checksum_from="sidecar"))
+
+        assert len(events) == 1 and events[0]["status"] == "error"
+        with pytest.raises(ChecksumMismatchError) as err:
+            complete_with(make_trigger(target), events)
+        assert (err.value.expected, err.value.actual) == (wrong, sha256(data))
+        assert str(target) in str(err.value)
+
+    @pytest.mark.parametrize(
+        "sidecar",
+        [
+            pytest.param(None, id="missing"),
+            pytest.param("not a digest  report.csv\n", id="garbage"),
+            pytest.param(f"{'0' * 64}  report.csv\n" + "#" * MAX_SIDECAR_BYTES, id="over-64-KiB"),
+        ],
+    )
+    def test_no_valid_sidecar_never_fires(
+        self, remote_dir: Path, sidecar_actions: list[stability.Action], sidecar: str | None
+    ) -> None:
+        target = remote_dir / "report.csv"
+        target.write_bytes(b"complete" * 100)
+        if sidecar is not None:
+            write_sidecar(target, sidecar, raw=True)
+        trigger = make_trigger(target, stable_for=0, expected_checksum_from="sidecar")
+
+        async def first_event() -> Any:
+            async for event in trigger.run():
+                return event
+            return None
+
+        with pytest.raises(TimeoutError):
+            asyncio.run(asyncio.wait_for(first_event(), 2.0))
+        assert sidecar_actions, "the file never became stable, so the sidecar was never read"
+        assert set(sidecar_actions) == {stability.Action.WAIT}
+
+    def test_unreadable_sidecar_is_one_permission_error_event(self, remote_dir: Path) -> None:
+        target = remote_dir / "report.csv"
+        target.write_bytes(b"data")
+        write_sidecar(target, "0" * 64).chmod(0o000)
+
+        events = run_trigger(make_trigger(target, stable_for=0, expected_checksum_from="sidecar"))
+
+        with pytest.raises(PermissionError, match=f"Permission denied when reading {target}.sha256"):
+            complete_with(make_trigger(target), events)
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"expected_checksum": "sha256:" + "0" * 64}, "not both"),
+            ({"checksum": None}, "needs a checksum algorithm"),
+        ],
+    )
+    def test_bad_combinations_are_one_value_error_event(
+        self, remote_dir: Path, kwargs: dict[str, Any], message: str
+    ) -> None:
+        target = remote_dir / "report.csv"
+        events = run_trigger(make_trigger(target, expected_checksum_from="sidecar", **kwargs))
+        with pytest.raises(ValueError, match=message):
+            complete_with(make_trigger(target), events)
+
+
 class TestClearErrors:
     def test_directory(self, remote_dir: Path) -> None:
         events = run_trigger(make_trigger(remote_dir))
@@ -187,7 +308,15 @@ class TestClearErrors:
             complete_with(make_trigger(remote_dir), events)
 
 
-def test_serialize_returns_exactly_the_constructor_arguments() -> None:
+@pytest.mark.parametrize(
+    "expected",
+    [
+        {"expected_checksum": "md5:" + "0" * 32, "expected_checksum_from": None},
+        {"expected_checksum": None, "expected_checksum_from": "sidecar"},
+    ],
+    ids=["expected-checksum", "from-sidecar"],
+)
+def test_serialize_returns_exactly_the_constructor_arguments(expected: dict[str, Any]) -> None:
     from airflow.sdk.serde import deserialize, serialize
 
     kwargs: dict[str, Any] = {
@@ -196,7 +325,7 @@ def test_serialize_returns_exactly_the_constructor_arguments() -> None:
         "stable_for": 30.0,
         "checksum": "sha512",
         "expected_size": 1234,
-        "expected_checksum": "md5:" + "0" * 32,
+        **expected,
         "min_size": 5,
         "poll_interval": 15.0,
         "chunk_size": 65536,
@@ -211,6 +340,7 @@ def test_serialize_returns_exactly_the_constructor_arguments() -> None:
     classpath, serialized = SFTPFileStableTrigger(**kwargs).serialize()
 
     assert serialized == kwargs
+    assert list(serialized) == list(inspect.signature(SFTPFileStableTrigger).parameters)
     module, _, name = classpath.rpartition(".")
     assert classpath == "airflow_s3sftp.triggers.sftp.SFTPFileStableTrigger"
     # The way the task runner ships trigger arguments: Airflow serde there and back.
