@@ -98,3 +98,39 @@ def test_missing_directory_and_prefix_delivery(s3, bucket, target):
     assert summary["count"] == 2
     assert (local / "out" / "x" / "b.txt").read_bytes() == b"b"
     assert (local / "out" / "a.txt.sha256").read_text().endswith("  a.txt\n")
+
+
+def test_sensor_and_trigger_prove_the_file_on_asyncssh(s3, bucket, target):
+    """The sensor suite's core guarantee on the second implementation: poke and trigger paths."""
+    import asyncio
+
+    from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
+    from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
+
+    conn_id, _, remote = target
+    data = os.urandom(MiB + 3)
+    s3.put_object(Bucket=bucket, Key="k", Body=data)
+    result = run(conn_id, s3_bucket=bucket, s3_key="k", sftp_path=f"{remote}/", sidecar=True)
+    sensor = SFTPFileStableSensor(
+        task_id="wait", path=f"{remote}/k", sftp_conn_id=conn_id, stable_for=1, poke_interval=0.3, timeout=30
+    )
+    fired = sensor.execute(context={})  # type: ignore[arg-type]
+    assert fired["checksum"] == result["checksum"]
+    assert fired["size"] == len(data)
+
+    trigger = SFTPFileStableTrigger(
+        path=f"{remote}/k",
+        sftp_conn_id=conn_id,
+        stable_for=1,
+        poll_interval=0.3,
+        expected_checksum_from="sidecar",
+    )
+
+    async def first_event() -> dict[str, object]:
+        async for event in trigger.run():
+            return dict(event.payload)
+        raise AssertionError("the trigger yielded nothing")
+
+    event = asyncio.run(first_event())
+    assert event["status"] == "success", event
+    assert event["result"]["checksum"] == result["checksum"]  # type: ignore[index]

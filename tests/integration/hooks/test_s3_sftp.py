@@ -169,3 +169,21 @@ def test_a_transfer_in_progress_is_not_clobbered(s3, bucket, remote_dir):
         thread.join()
     assert temp.exists()
     assert not (remote_dir / "k").exists()
+
+
+def test_progress_is_logged_with_rate_and_eta_and_a_final_summary(s3, bucket, remote_dir, caplog):
+    import logging
+
+    data = os.urandom(8 * MiB)
+    s3.put_object(Bucket=bucket, Key="k", Body=data)
+    caplog.set_level(logging.INFO, logger="airflow_s3sftp")
+    S3ToSFTPHook().stream_object(
+        bucket, "k", str(remote_dir / "k"), DeliveryOptions(chunk_size=256 * 1024, progress_interval=0.0)
+    )
+    progress = [r.getMessage() for r in caplog.records if "%)" in r.getMessage() and "ETA" in r.getMessage()]
+    assert progress, caplog.text
+    assert all(" MB/s" in line and "of 8388608 bytes" in line for line in progress)
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Delivered 8388608 bytes")]
+    assert len(summary) == 1
+    assert "checksum sha256:" in summary[0]
+    assert "MB/s" in summary[0]
