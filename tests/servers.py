@@ -95,7 +95,7 @@ def _keygen(path: Path, kind: str = "ed25519") -> None:
     )
 
 
-def start_sshd(*, port: int | None = None) -> SSHDServer:
+def start_sshd(*, port: int | None = None, extra_config: tuple[str, ...] = ()) -> SSHDServer:
     """Start ``sshd`` on a loopback port with a generated config, host key and user key.
 
     Its files live in a fresh world-traversable directory under /tmp, since the unprivileged
@@ -133,6 +133,7 @@ def start_sshd(*, port: int | None = None) -> SSHDServer:
                 "MaxStartups 200:30:400",
                 "LogLevel ERROR",
                 f"Subsystem sftp {SFTP_SERVER}",
+                *extra_config,
                 "",
             ]
         )

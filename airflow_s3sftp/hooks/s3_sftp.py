@@ -27,7 +27,7 @@ from botocore.exceptions import (
 from urllib3.exceptions import HTTPError as URLLib3HTTPError
 
 from airflow_s3sftp.exceptions import ConnectionLostError, SourceChangedError
-from airflow_s3sftp.hooks.sftp import bulk_sftp_hook, clear_connection_errors
+from airflow_s3sftp.hooks.sftp import bulk_sftp_hook, clear_connection_errors, close_sftp, connect_sftp
 from airflow_s3sftp.transfer.engine import Checkpoints, DeliveryOptions, DeliveryResult, deliver
 from airflow_s3sftp.transfer.integrity import choose_source_check
 from airflow_s3sftp.transfer.paths import temp_path_for
@@ -103,15 +103,16 @@ class S3ToSFTPHook(BaseHook):
     @contextmanager
     def sftp_client(self) -> Iterator[paramiko.SFTPClient]:
         """Open an SFTP session tuned for bulk writes; connection failures raise errors that name the host."""
-        with (
-            clear_connection_errors(self.sftp_hook, self.sftp_conn_id),
-            self.sftp_hook.get_managed_conn() as sftp,
-        ):
+        with clear_connection_errors(self.sftp_hook, self.sftp_conn_id):
+            sftp = connect_sftp(self.sftp_hook)
+        try:
             sock = sftp.get_channel().get_transport().sock  # type: ignore[union-attr]
             if isinstance(sock, socket.socket):
                 # paramiko never sets it: an unacknowledged small write would wait ~40 ms.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             yield sftp
+        finally:
+            close_sftp(self.sftp_hook)
 
     def head_object(self, bucket: str, key: str) -> dict[str, Any]:
         """Return the object's metadata with its checksums; missing or denied objects raise clear errors."""

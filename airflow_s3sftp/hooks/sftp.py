@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import paramiko
 from airflow.providers.sftp.hooks.sftp import SFTPHook
+from airflow.providers.ssh.hooks.ssh import SSHHook
 
 from airflow_s3sftp.exceptions import AuthenticationError, HostKeyVerificationError
 
@@ -22,16 +23,36 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Turned off for the first handshake so that AES-GCM is chosen: paramiko then needs no separate
+# HMAC-SHA256 per packet, which measured 25% less client CPU and ~30% more throughput (FIELD_NOTES).
+_NON_AEAD_CIPHERS = (
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+    "aes128-cbc",
+    "aes192-cbc",
+    "aes256-cbc",
+    "3des-cbc",
+)
 
-def bulk_sftp_hook(conn_id: str, **kwargs: Any) -> SFTPHook:
-    """Return an ``SFTPHook`` for bulk data: zlib compression off unless the connection asks for it.
+
+class BulkSFTPHook(SFTPHook):
+    """The sftp provider's hook, remembering whether to negotiate AES-GCM first (see :func:`connect_sftp`)."""
+
+    prefer_aes_gcm = False
+
+
+def bulk_sftp_hook(conn_id: str, **kwargs: Any) -> BulkSFTPHook:
+    """Return an ``SFTPHook`` for bulk data: no zlib, AES-GCM first, unless the connection says otherwise.
 
     zlib cuts incompressible data to about a quarter of the speed; an explicit ``compress`` extra
-    in the connection still wins.
+    in the connection still wins. Connect with :func:`connect_sftp` to get AES-GCM.
     """
-    hook = SFTPHook(ssh_conn_id=conn_id, **kwargs)
+    hook = BulkSFTPHook(ssh_conn_id=conn_id, **kwargs)
     if "compress" not in hook.get_connection(conn_id).extra_dejson:
         hook.compress = False
+    # A connection that names its ciphers or disabled algorithms keeps exactly those.
+    hook.prefer_aes_gcm = not hook.ciphers and not hook.disabled_algorithms
     if hook.no_host_key_check:
         log.warning(
             "Connection %r sets no_host_key_check: the host key of %s is NOT verified, so a "
@@ -74,3 +95,49 @@ def clear_connection_errors(hook: SFTPHook, conn_id: str) -> Iterator[None]:
         raise ConnectionError(f"SFTP host {hook.remote_host!r} cannot be resolved: {err}") from err
     except (ConnectionRefusedError, TimeoutError, paramiko.ssh_exception.NoValidConnectionsError) as err:
         raise ConnectionError(f"Cannot connect to SFTP server {where}: {err}") from err
+
+
+def connect_sftp(hook: SFTPHook) -> paramiko.SFTPClient:
+    """Connect ``hook`` and open an SFTP session, negotiating AES-GCM when the server offers it.
+
+    The first handshake leaves out the non-AEAD ciphers; a server without AES-GCM (or any other
+    failure of that single attempt) gets a normal connection with the hook's own settings and
+    retries. Login and host-key failures are final and raised at once.
+    """
+    if isinstance(hook, BulkSFTPHook) and hook.prefer_aes_gcm and hook.client is None:
+        saved = hook.disabled_algorithms, hook.conn_retry_attempts
+        hook.disabled_algorithms = {"ciphers": list(_NON_AEAD_CIPHERS)}
+        hook.conn_retry_attempts = 1
+        try:
+            hook.conn = SSHHook.get_conn(hook).open_sftp()
+            return hook.conn
+        except (paramiko.AuthenticationException, paramiko.BadHostKeyException):
+            raise
+        except paramiko.SSHException as err:
+            if "known_hosts" in str(err):
+                raise
+            log.info(
+                "AES-GCM not negotiated with %s (%s); connecting with the default ciphers",
+                server_name(hook),
+                err,
+            )
+        except OSError as err:
+            log.info(
+                "First connection to %s failed (%s); retrying with the default ciphers",
+                server_name(hook),
+                err,
+            )
+        finally:
+            hook.disabled_algorithms, hook.conn_retry_attempts = saved
+        hook.client = None
+    hook.conn = None
+    sftp: paramiko.SFTPClient = hook.get_conn()
+    return sftp
+
+
+def close_sftp(hook: SFTPHook) -> None:
+    """Close the SFTP session and the SSH connection of ``hook``."""
+    hook.close_conn()
+    if hook.client is not None:
+        hook.client.close()
+        hook.client = None

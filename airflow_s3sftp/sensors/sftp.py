@@ -22,7 +22,13 @@ from airflow_s3sftp.exceptions import (
     S3SFTPError,
     VerificationError,
 )
-from airflow_s3sftp.hooks.sftp import bulk_sftp_hook, clear_connection_errors, server_name
+from airflow_s3sftp.hooks.sftp import (
+    bulk_sftp_hook,
+    clear_connection_errors,
+    close_sftp,
+    connect_sftp,
+    server_name,
+)
 from airflow_s3sftp.transfer.sftp import read_range
 from airflow_s3sftp.transfer.sidecar import read_sidecar, sidecar_path
 from airflow_s3sftp.triggers.sftp import DEFAULT_CHUNK_SIZE, SFTPFileStableTrigger
@@ -75,7 +81,7 @@ class _SFTPSession:
                 return self._sftp
             self.close()  # the server or the network dropped the session: reconnect
         with clear_connection_errors(self.hook, self.conn_id):
-            sftp: paramiko.SFTPClient = self.hook.get_conn()
+            sftp: paramiko.SFTPClient = connect_sftp(self.hook)
         self._sftp = sftp
         return sftp
 
@@ -127,10 +133,7 @@ class _SFTPSession:
     def close(self) -> None:
         """Close the SFTP channel and the SSH connection, if open."""
         self._sftp = None
-        self.hook.close_conn()
-        if self.hook.client is not None:
-            self.hook.client.close()
-            self.hook.client = None
+        close_sftp(self.hook)
 
 
 class SFTPFileStableSensor(BaseSensorOperator):

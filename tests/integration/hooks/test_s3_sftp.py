@@ -187,3 +187,37 @@ def test_progress_is_logged_with_rate_and_eta_and_a_final_summary(s3, bucket, re
     assert len(summary) == 1
     assert "checksum sha256:" in summary[0]
     assert "MB/s" in summary[0]
+
+
+def test_aes_gcm_is_negotiated_unless_the_connection_chooses(sshd, set_connection):
+    hook = S3ToSFTPHook()
+    with hook.sftp_client() as sftp:
+        assert sftp.get_channel().get_transport().local_cipher == "aes128-gcm@openssh.com"
+    set_connection(
+        "sftp_ctr",
+        sshd.connection(
+            disabled_algorithms={"ciphers": ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]}
+        ),
+    )
+    with S3ToSFTPHook(sftp_conn_id="sftp_ctr").sftp_client() as sftp:
+        assert "gcm" not in sftp.get_channel().get_transport().local_cipher
+
+
+def test_server_without_aes_gcm_falls_back_to_its_ciphers(s3, bucket, set_connection):
+    from tests.servers import start_sshd
+
+    server = start_sshd(extra_config=("Ciphers aes128-ctr,aes256-ctr",))
+    try:
+        set_connection("sftp_no_gcm", server.connection())
+        data = os.urandom(MiB)
+        s3.put_object(Bucket=bucket, Key="k", Body=data)
+        hook = S3ToSFTPHook(sftp_conn_id="sftp_no_gcm")
+        started = time.monotonic()
+        with hook.sftp_client() as sftp:
+            assert sftp.get_channel().get_transport().local_cipher == "aes128-ctr"
+        assert time.monotonic() - started < 10  # one refused handshake, not the hook's slow retries
+        target = server.root / "k"
+        hook.stream_object(bucket, "k", str(target), DeliveryOptions())
+        assert target.read_bytes() == data
+    finally:
+        server.stop()
