@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Turned off for the first handshake so that AES-GCM is chosen: paramiko then needs no separate
-# HMAC-SHA256 per packet, which measured 25% less client CPU and ~30% more throughput (FIELD_NOTES).
+# HMAC-SHA256 per packet: measured 25% less client CPU and ~30% more throughput on loopback.
 _NON_AEAD_CIPHERS = (
     "aes128-ctr",
     "aes192-ctr",

@@ -30,7 +30,7 @@ from airflow_s3sftp.transfer.reader import ChunkReader, Hasher, MiB, OpenStream,
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from paramiko import SFTPClient, SFTPFile
+    from paramiko import SFTPAttributes, SFTPClient, SFTPFile
 
     from airflow_s3sftp.transfer.integrity import SourceCheck
 
@@ -210,6 +210,52 @@ def _try_resume(
     return handle, offset, hasher, source_hasher
 
 
+def _verify(
+    sftp: SFTPClient, write_path: str, sent: int, checksum: str | None, options: DeliveryOptions
+) -> tuple[SFTPAttributes, str]:
+    """Check what landed before it is published; return its attributes and how it was verified."""
+    landed = remote.stat_or_none(sftp, write_path)
+    if landed is None:
+        raise FileNotFoundError(
+            f"SFTP file {write_path!r} vanished during the transfer (was its directory removed?)"
+        )
+    verified = "none"
+    if options.verify != "none":
+        if landed.st_size != sent:
+            raise VerificationError(
+                f"SFTP file {write_path!r} has {landed.st_size} bytes after sending {sent}"
+            )
+        verified = "size"
+    if options.verify == "checksum" and options.checksum and checksum:
+        reread = new_hasher(options.checksum)
+        remote.hash_remote(sftp, write_path, reread, sent)
+        actual = format_checksum(options.checksum, reread.hexdigest())
+        if actual != checksum:
+            raise ChecksumMismatchError(f"SFTP file {write_path!r} read back", checksum, actual)
+        verified = "checksum"
+    return landed, verified
+
+
+def _publish(
+    sftp: SFTPClient, write_path: str, path: str, landed: SFTPAttributes, options: DeliveryOptions
+) -> str:
+    """Give the verified file its final mode and name; return how the name was given."""
+    if options.file_mode is not None:
+        try:
+            sftp.chmod(write_path, options.file_mode)
+        except OSError as err:
+            log.warning("Server refused chmod %o on %s: %s", options.file_mode, write_path, err)
+    if not options.atomic:
+        return "direct"
+    # Someone who took over our temp file (after a stall) would have changed it.
+    now = remote.stat_or_none(sftp, write_path)
+    if now is None or (now.st_size, now.st_mtime) != (landed.st_size, landed.st_mtime):
+        raise TransferInProgressError(f"SFTP temp file {write_path!r} changed under us before publish")
+    return remote.publish(
+        sftp, write_path, path, replace=options.if_exists != "fail", backup=backup_path_for(path)
+    )
+
+
 def deliver(
     sftp: SFTPClient,
     path: str,
@@ -329,49 +375,11 @@ def deliver(
         if source_check is not None and (problem := source_check.verify()):
             raise VerificationError(f"{describe} changed or was corrupted in transit: {problem}")
 
-        landed = remote.stat_or_none(sftp, write_path)
-        if landed is None:
-            raise FileNotFoundError(
-                f"SFTP file {write_path!r} vanished during the transfer (was its directory removed?)"
-            )
-        verified = "none"
-        if options.verify != "none":
-            if landed.st_size != sent:
-                raise VerificationError(
-                    f"SFTP file {write_path!r} has {landed.st_size} bytes after sending {sent}"
-                )
-            verified = "size"
         checksum = (
             format_checksum(options.checksum, hasher.hexdigest()) if hasher and options.checksum else None
         )
-        if options.verify == "checksum" and options.checksum and checksum:
-            reread = new_hasher(options.checksum)
-            remote.hash_remote(sftp, write_path, reread, sent)
-            actual = format_checksum(options.checksum, reread.hexdigest())
-            if actual != checksum:
-                raise ChecksumMismatchError(f"SFTP file {write_path!r} read back", checksum, actual)
-            verified = "checksum"
-        if options.file_mode is not None:
-            try:
-                sftp.chmod(write_path, options.file_mode)
-            except OSError as err:
-                log.warning("Server refused chmod %o on %s: %s", options.file_mode, write_path, err)
-
-        published_with = "direct"
-        if options.atomic:
-            # Someone who took over our temp file (after a stall) would have changed it.
-            now = remote.stat_or_none(sftp, write_path)
-            if now is None or (now.st_size, now.st_mtime) != (landed.st_size, landed.st_mtime):
-                raise TransferInProgressError(
-                    f"SFTP temp file {write_path!r} changed under us before publish"
-                )
-            published_with = remote.publish(
-                sftp,
-                write_path,
-                path,
-                replace=options.if_exists != "fail",
-                backup=backup_path_for(path),
-            )
+        landed, verified = _verify(sftp, write_path, sent, checksum, options)
+        published_with = _publish(sftp, write_path, path, landed, options)
         published = True
     except Exception as err:
         if connection_lost(sftp, err):
