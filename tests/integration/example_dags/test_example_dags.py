@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -29,20 +28,6 @@ EXPECTED_DAG_IDS = {
 }
 LOGICAL_DATE = datetime.datetime(2024, 5, 1, tzinfo=datetime.timezone.utc)
 DS = LOGICAL_DATE.strftime("%Y-%m-%d")
-
-
-@pytest.fixture(scope="module")
-def dags_folder() -> Path:
-    """Create the metadata DB of the tests' AIRFLOW_HOME and deploy the example DAGs to its DAGs folder."""
-    from airflow.configuration import conf
-    from airflow.utils import db
-
-    db.resetdb()
-    folder = Path(conf.get("core", "dags_folder"))
-    folder.mkdir(parents=True, exist_ok=True)
-    for source in EXAMPLE_DAGS.glob("example_*.py"):
-        shutil.copy(source, folder / source.name)
-    return folder
 
 
 @pytest.fixture

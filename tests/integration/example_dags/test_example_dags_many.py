@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +21,6 @@ MAPPED_DAG_ID = "example_s3_to_sftp_mapped"
 # Below feeds/<ds>/: three CSVs (one nested, one large enough for two read chunks), one object that
 # does not match, and a CSV of another day that is outside the prefix.
 MATCHING = ("orders.csv", "customers.csv", "eu/returns.csv")
-
-
-@pytest.fixture(scope="module")
-def dags_folder() -> Path:
-    """Create the metadata DB of the tests' AIRFLOW_HOME and deploy the example DAGs to its DAGs folder."""
-    from airflow.configuration import conf
-    from airflow.utils import db
-
-    db.resetdb()
-    folder = Path(conf.get("core", "dags_folder"))
-    folder.mkdir(parents=True, exist_ok=True)
-    for source in EXAMPLE_DAGS.glob("example_*.py"):
-        shutil.copy(source, folder / source.name)
-    return folder
 
 
 @pytest.fixture
