@@ -35,13 +35,13 @@ from airflow_s3sftp.transfer.sftp import remove_quietly
 from airflow_s3sftp.transfer.sidecar import find_identical, sidecar_path, sidecar_text, write_small_file
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     import paramiko
     from airflow.providers.sftp.hooks.sftp import SFTPHook
     from mypy_boto3_s3.client import S3Client
 
-    from airflow_s3sftp.transfer.reader import Readable
+    from airflow_s3sftp.transfer.reader import OpenSource, Readable
 
 _TRANSIENT_S3_ERRORS = (
     URLLib3HTTPError,
@@ -144,7 +144,7 @@ class S3ToSFTPHook(BaseHook):
         client: S3Client = self.s3_hook.get_conn()
         return client
 
-    def _opener(self, bucket: str, key: str, head: dict[str, Any]) -> Callable[..., Readable]:
+    def _opener(self, bucket: str, key: str, head: dict[str, Any]) -> OpenSource:
         """Return ``open_range(start, end=None)`` for the object, pinned to the version in ``head``.
 
         ``end`` is inclusive; None reads to the end. Every GET carries ``IfMatch`` (and the
@@ -194,30 +194,29 @@ class S3ToSFTPHook(BaseHook):
         size = int(head["ContentLength"])
         opener = self._opener(bucket, key, head)
         identity = {"s3_uri": uri, "etag": str(head["ETag"]).strip('"'), "version_id": head.get("VersionId")}
-        if options.if_exists == "skip_identical":
-            algorithm = options.checksum or "sha256"
-            with self.sftp_client() as sftp:
-                identical = find_identical(sftp, sftp_path, head, algorithm, lambda: opener(0))
-            if identical is not None:
-                self.log.info("%s already holds %s (%s): skipped", sftp_path, uri, identical)
-                return {
-                    "sftp_path": sftp_path,
-                    "size": size,
-                    "checksum": identical,
-                    "skipped": True,
-                    **identity,
-                }
         source_check = choose_source_check(head, preferred=options.checksum)
         checkpoints = Checkpoints()
         attempt = 0
         while True:
             try:
                 with self.sftp_client() as sftp:
+                    if attempt == 0 and options.if_exists == "skip_identical":
+                        identical = find_identical(
+                            sftp, sftp_path, head, options.checksum or "sha256", lambda: opener(0)
+                        )
+                        if identical is not None:
+                            self.log.info("%s already holds %s (%s): skipped", sftp_path, uri, identical)
+                            return {
+                                "sftp_path": sftp_path,
+                                "size": size,
+                                "checksum": identical,
+                                "skipped": True,
+                                **identity,
+                            }
                     result: DeliveryResult = deliver(
                         sftp,
                         sftp_path,
                         opener,
-                        open_range=opener,
                         size=size,
                         options=options,
                         source_check=source_check,

@@ -24,8 +24,8 @@ from airflow_s3sftp.exceptions import (
 from airflow_s3sftp.transfer import sftp as remote
 from airflow_s3sftp.transfer.ordered import OrderedWriter
 from airflow_s3sftp.transfer.paths import backup_path_for, temp_path_for
-from airflow_s3sftp.transfer.ranged import OpenRange, RangedReader
-from airflow_s3sftp.transfer.reader import ChunkReader, Hasher, MiB, OpenStream, ReadAhead
+from airflow_s3sftp.transfer.ranged import RangedReader
+from airflow_s3sftp.transfer.reader import ChunkReader, Hasher, MiB, OpenSource, ReadAhead
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -259,7 +259,7 @@ def _publish(
 def deliver(
     sftp: SFTPClient,
     path: str,
-    open_stream: OpenStream,
+    open_source: OpenSource,
     *,
     size: int | None,
     options: DeliveryOptions,
@@ -267,9 +267,8 @@ def deliver(
     is_retryable: Callable[[BaseException], bool] = lambda err: False,
     describe: str = "source",
     checkpoints: Checkpoints | None = None,
-    open_range: OpenRange | None = None,
 ) -> DeliveryResult:
-    """Stream ``open_stream(0)`` into ``path`` on ``sftp``: in order, verified, published atomically.
+    """Stream ``open_source(0)`` into ``path`` on ``sftp``: in order, verified, published atomically.
 
     The final name is touched only by the last step (a rename). On any failure the temp file is
     removed when the connection still allows it, and the final name keeps its previous content.
@@ -349,13 +348,13 @@ def deliver(
             "on_chunk": checkpoint,
         }
         reader: ReadAhead
-        if options.parallel_parts > 1 and open_range is not None and size is not None:
+        if options.parallel_parts > 1 and size is not None:
             # Parallel ranged GETs for sources capped per connection; bytes still leave in order.
             reader = RangedReader(
-                open_range, size=size, part_size=options.part_size, parts=options.parallel_parts, **shared
+                open_source, size=size, part_size=options.part_size, parts=options.parallel_parts, **shared
             )
         else:
-            reader = ChunkReader(open_stream, size=size, **shared)
+            reader = ChunkReader(open_source, size=size, **shared)
         with reader:
             try:
                 for chunk in reader:

@@ -40,6 +40,16 @@ OpenStream = Callable[[int], Readable]
 """Open the source at a byte offset (a ranged GET pinned to one object version)."""
 
 
+class OpenSource(Protocol):
+    """Open bytes ``start`` to ``end`` (inclusive; None for the end) of the source.
+
+    One callable serves both readers: :class:`ChunkReader` passes only ``start``, the ranged
+    reader passes both.
+    """
+
+    def __call__(self, start: int, end: int | None = None, /) -> Readable: ...
+
+
 class _End:
     """Marks the end of the stream in the queue."""
 
