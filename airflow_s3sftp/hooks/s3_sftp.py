@@ -26,13 +26,13 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import HTTPError as URLLib3HTTPError
 
+from airflow_s3sftp.core.engine import Checkpoints, DeliveryOptions, DeliveryResult, deliver
+from airflow_s3sftp.core.integrity import choose_source_check
+from airflow_s3sftp.core.paths import temp_path_for
+from airflow_s3sftp.core.sftp import remove_quietly
+from airflow_s3sftp.core.sidecar import find_identical, sidecar_path, sidecar_text, write_small_file
 from airflow_s3sftp.exceptions import ConnectionLostError, SourceChangedError
 from airflow_s3sftp.hooks.sftp import bulk_sftp_hook, clear_connection_errors, close_sftp, connect_sftp
-from airflow_s3sftp.transfer.engine import Checkpoints, DeliveryOptions, DeliveryResult, deliver
-from airflow_s3sftp.transfer.integrity import choose_source_check
-from airflow_s3sftp.transfer.paths import temp_path_for
-from airflow_s3sftp.transfer.sftp import remove_quietly
-from airflow_s3sftp.transfer.sidecar import find_identical, sidecar_path, sidecar_text, write_small_file
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from airflow.providers.sftp.hooks.sftp import SFTPHook
     from mypy_boto3_s3.client import S3Client
 
-    from airflow_s3sftp.transfer.reader import OpenSource, Readable
+    from airflow_s3sftp.core.reader import OpenSource, Readable
 
 _TRANSIENT_S3_ERRORS = (
     URLLib3HTTPError,

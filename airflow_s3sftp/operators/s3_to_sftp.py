@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
 
-from airflow_s3sftp.exceptions import DeliveryFailedError
-from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
-from airflow_s3sftp.transfer.engine import DeliveryOptions
-from airflow_s3sftp.transfer.paths import (
+from airflow_s3sftp.core.engine import DeliveryOptions
+from airflow_s3sftp.core.paths import (
     glob_to_regex,
     parse_s3_location,
     parse_s3_prefix,
     remote_path_for,
     safe_name,
 )
-from airflow_s3sftp.transfer.reader import MiB
+from airflow_s3sftp.core.reader import MiB
+from airflow_s3sftp.exceptions import DeliveryFailedError
+from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 
-from airflow_s3sftp import stability
-from airflow_s3sftp.checksums import format_checksum, new_hasher
+from airflow_s3sftp.core import stability
+from airflow_s3sftp.core.checksums import format_checksum, new_hasher
+from airflow_s3sftp.core.sftp import read_range
+from airflow_s3sftp.core.sidecar import read_sidecar, sidecar_path
 from airflow_s3sftp.exceptions import (
     AuthenticationError,
     ChecksumMismatchError,
@@ -29,8 +31,6 @@ from airflow_s3sftp.hooks.sftp import (
     connect_sftp,
     server_name,
 )
-from airflow_s3sftp.transfer.sftp import read_range
-from airflow_s3sftp.transfer.sidecar import read_sidecar, sidecar_path
 from airflow_s3sftp.triggers.sftp import DEFAULT_CHUNK_SIZE, SFTPFileStableTrigger
 
 if TYPE_CHECKING:

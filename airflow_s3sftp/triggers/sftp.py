@@ -17,10 +17,10 @@ import asyncssh
 from airflow.providers.sftp.hooks.sftp import SFTPHookAsync
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_s3sftp import stability
-from airflow_s3sftp.checksums import format_checksum, new_hasher
+from airflow_s3sftp.core import stability
+from airflow_s3sftp.core.checksums import format_checksum, new_hasher
+from airflow_s3sftp.core.sidecar import MAX_SIDECAR_BYTES, parse_sidecar, sidecar_path
 from airflow_s3sftp.exceptions import AuthenticationError, ChecksumMismatchError, HostKeyVerificationError
-from airflow_s3sftp.transfer.sidecar import MAX_SIDECAR_BYTES, parse_sidecar, sidecar_path
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -126,7 +126,7 @@ class SFTPFileStableTrigger(BaseTrigger):
     """
     Poll an SFTP file until it is complete, with the same rules as :class:`SFTPFileStableSensor`.
 
-    Both call :mod:`airflow_s3sftp.stability`, so they reach the same verdict from the same observations.
+    Both call :mod:`airflow_s3sftp.core.stability`, so they reach the same verdict from the same observations.
     The trigger continues from the observations the sensor made before deferring (``state``), keeps one
     SSH connection through ``SFTPHookAsync`` (so ``host_key``, ``known_hosts``, ``no_host_key_check``,
     ``key_file`` and ``private_key`` extras apply), reads in ``chunk_size`` pieces when hashing, yields
@@ -143,7 +143,7 @@ class SFTPFileStableTrigger(BaseTrigger):
     :param min_size: smallest size in bytes that can fire
     :param poll_interval: seconds between polls
     :param chunk_size: bytes per read while hashing
-    :param state: observations made so far (:meth:`airflow_s3sftp.stability.State.to_dict`), or ``None``
+    :param state: observations made so far (:meth:`airflow_s3sftp.core.stability.State.to_dict`), or ``None``
     """
 
     def __init__(

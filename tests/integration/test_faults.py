@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from airflow_s3sftp.core.engine import DeliveryOptions
 from airflow_s3sftp.exceptions import ConnectionLostError, SourceChangedError, TransferInProgressError
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
-from airflow_s3sftp.transfer.engine import DeliveryOptions
 from tests.faults import FaultyProxy
 
 MiB = 1024 * 1024
@@ -185,7 +185,7 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys
     from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
-    from airflow_s3sftp.transfer.engine import DeliveryOptions
+    from airflow_s3sftp.core.engine import DeliveryOptions
     S3ToSFTPHook().stream_object(sys.argv[1], "k", sys.argv[2], DeliveryOptions(chunk_size=64 * 1024, read_ahead=1))
     """
 )

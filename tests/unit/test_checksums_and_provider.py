@@ -7,7 +7,7 @@ from importlib.metadata import entry_points
 import pytest
 
 from airflow_s3sftp import __version__
-from airflow_s3sftp.checksums import format_checksum, new_hasher, parse_checksum
+from airflow_s3sftp.core.checksums import format_checksum, new_hasher, parse_checksum
 
 
 def test_round_trip():

@@ -10,12 +10,12 @@ import time
 import pytest
 from boto3.s3.transfer import TransferConfig
 
+from airflow_s3sftp.core.engine import DeliveryOptions, deliver
+from airflow_s3sftp.core.integrity import choose_source_check
+from airflow_s3sftp.core.ordered import OrderedWriter
+from airflow_s3sftp.core.paths import temp_path_for
 from airflow_s3sftp.exceptions import SourceChangedError, TransferInProgressError, VerificationError
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
-from airflow_s3sftp.transfer.engine import DeliveryOptions, deliver
-from airflow_s3sftp.transfer.integrity import choose_source_check
-from airflow_s3sftp.transfer.ordered import OrderedWriter
-from airflow_s3sftp.transfer.paths import temp_path_for
 
 MiB = 1024 * 1024
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from airflow_s3sftp.core.paths import TEMP_SUFFIX
+from airflow_s3sftp.core.sftp import read_range
 from airflow_s3sftp.exceptions import AuthenticationError, HostKeyVerificationError
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
-from airflow_s3sftp.transfer.paths import TEMP_SUFFIX
-from airflow_s3sftp.transfer.sftp import read_range
 from tests.conftest import open_sftp
 
 MiB = 1024 * 1024

@@ -22,7 +22,8 @@ import paramiko
 import pytest
 from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException, TaskDeferred
 
-from airflow_s3sftp import stability
+from airflow_s3sftp.core import stability
+from airflow_s3sftp.core.sidecar import MAX_SIDECAR_BYTES, sidecar_path, sidecar_text
 from airflow_s3sftp.exceptions import (
     AuthenticationError,
     ChecksumMismatchError,
@@ -31,7 +32,6 @@ from airflow_s3sftp.exceptions import (
 )
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
-from airflow_s3sftp.transfer.sidecar import MAX_SIDECAR_BYTES, sidecar_path, sidecar_text
 from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
 from tests.integration.sftp_writers import OLD_MTIME, SlowWriter, random_bytes, sha256
 from tests.servers import TEST_PASSWORD, SSHDServer

@@ -18,7 +18,8 @@ from typing import Any
 import asyncssh
 import pytest
 
-from airflow_s3sftp import stability
+from airflow_s3sftp.core import stability
+from airflow_s3sftp.core.sidecar import MAX_SIDECAR_BYTES, sidecar_text
 from airflow_s3sftp.exceptions import (
     AuthenticationError,
     ChecksumMismatchError,
@@ -26,7 +27,6 @@ from airflow_s3sftp.exceptions import (
     VerificationError,
 )
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
-from airflow_s3sftp.transfer.sidecar import MAX_SIDECAR_BYTES, sidecar_text
 from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
 from tests.integration.sftp_writers import random_bytes, sha256
 from tests.servers import TEST_PASSWORD, SSHDServer

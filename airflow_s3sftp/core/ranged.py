@@ -13,10 +13,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from airflow_s3sftp.transfer.reader import MiB, ReadAhead, _End
+from airflow_s3sftp.core.reader import MiB, ReadAhead, _End
 
 if TYPE_CHECKING:
-    from airflow_s3sftp.transfer.reader import Hasher, Readable
+    from airflow_s3sftp.core.reader import Hasher, Readable
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class RangedReader(ReadAhead):
     them for the consumer. A part whose stream breaks (or ends early) is reopened at the exact
     offset where it broke, up to ``max_retries`` times per transfer, when ``is_retryable`` says
     the error is transient. The consumer interface is the one of
-    :class:`~airflow_s3sftp.transfer.reader.ChunkReader`.
+    :class:`~airflow_s3sftp.core.reader.ChunkReader`.
 
     Parallel ranges pay off where one stream is capped per connection (S3 over a long path);
     on a fast local link one stream is usually enough.

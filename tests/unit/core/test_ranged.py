@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from airflow_s3sftp.transfer.ranged import RangedReader
+from airflow_s3sftp.core.ranged import RangedReader
 
 KiB = 1024
 

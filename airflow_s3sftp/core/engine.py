@@ -14,25 +14,25 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow_s3sftp.checksums import format_checksum, new_hasher
+from airflow_s3sftp.core import sftp as remote
+from airflow_s3sftp.core.checksums import format_checksum, new_hasher
+from airflow_s3sftp.core.ordered import OrderedWriter
+from airflow_s3sftp.core.paths import backup_path_for, temp_path_for
+from airflow_s3sftp.core.ranged import RangedReader
+from airflow_s3sftp.core.reader import ChunkReader, Hasher, MiB, OpenSource, ReadAhead
 from airflow_s3sftp.exceptions import (
     ChecksumMismatchError,
     ConnectionLostError,
     TransferInProgressError,
     VerificationError,
 )
-from airflow_s3sftp.transfer import sftp as remote
-from airflow_s3sftp.transfer.ordered import OrderedWriter
-from airflow_s3sftp.transfer.paths import backup_path_for, temp_path_for
-from airflow_s3sftp.transfer.ranged import RangedReader
-from airflow_s3sftp.transfer.reader import ChunkReader, Hasher, MiB, OpenSource, ReadAhead
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from paramiko import SFTPAttributes, SFTPClient, SFTPFile
 
-    from airflow_s3sftp.transfer.integrity import SourceCheck
+    from airflow_s3sftp.core.integrity import SourceCheck
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import io
 
 import pytest
 
+from airflow_s3sftp.core.ordered import OrderedWriter
 from airflow_s3sftp.exceptions import OutOfOrderWriteError
-from airflow_s3sftp.transfer.ordered import OrderedWriter
 
 
 def test_appends_in_order():

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_s3sftp.checksums import format_checksum, new_hasher, parse_checksum
+from airflow_s3sftp.core.checksums import format_checksum, new_hasher, parse_checksum
 from airflow_s3sftp.exceptions import ChecksumMismatchError, VerificationError
 
 #: SFTP v3 carries mtimes in whole seconds: a write within the second of the last mtime leaves it unchanged.

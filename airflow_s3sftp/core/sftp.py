@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from paramiko import Message, SFTPAttributes, SFTPClient, SFTPFile
 
-    from airflow_s3sftp.transfer.reader import Hasher
+    from airflow_s3sftp.core.reader import Hasher
 
 log = logging.getLogger(__name__)
 

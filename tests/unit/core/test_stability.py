@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from airflow_s3sftp import stability
+from airflow_s3sftp.core import stability
+from airflow_s3sftp.core.stability import Action, Observation, Policy, State, assess, assess_digest
 from airflow_s3sftp.exceptions import ChecksumMismatchError, VerificationError
-from airflow_s3sftp.stability import Action, Observation, Policy, State, assess, assess_digest
 
 T0 = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
 DIGEST_A = "sha256:" + "a" * 64
@@ -295,8 +295,6 @@ def test_same_verdict_after_a_reschedule_or_deferral() -> None:
 
 
 def test_the_rules_import_nothing_from_airflow() -> None:
-    code = (
-        "import sys, airflow_s3sftp.stability; print(any(m.split('.')[0] == 'airflow' for m in sys.modules))"
-    )
+    code = "import sys, airflow_s3sftp.core.stability; print(any(m.split('.')[0] == 'airflow' for m in sys.modules))"
     output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert output.stdout.strip() == "False"

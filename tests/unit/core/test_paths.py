@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_s3sftp.transfer.paths import (
+from airflow_s3sftp.core.paths import (
     backup_path_for,
     parse_s3_location,
     remote_path_for,

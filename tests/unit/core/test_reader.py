@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from airflow_s3sftp.transfer.reader import ChunkReader
+from airflow_s3sftp.core.reader import ChunkReader
 
 DATA = os.urandom(1_000_003)
 

@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from airflow_s3sftp.transfer.integrity import choose_source_check
+from airflow_s3sftp.core.integrity import choose_source_check
 
 DATA = b"hello world" * 1000
 MD5 = hashlib.md5(DATA).hexdigest()

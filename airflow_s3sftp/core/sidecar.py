@@ -11,17 +11,17 @@ import logging
 import posixpath
 from typing import TYPE_CHECKING, Any
 
-from airflow_s3sftp.checksums import new_hasher
-from airflow_s3sftp.transfer import sftp as remote
-from airflow_s3sftp.transfer.integrity import choose_source_check
-from airflow_s3sftp.transfer.paths import backup_path_for, temp_path_for
+from airflow_s3sftp.core.checksums import new_hasher
+from airflow_s3sftp.core.integrity import choose_source_check
+from airflow_s3sftp.core.paths import backup_path_for, temp_path_for
+from airflow_s3sftp.core.sftp import hash_remote, is_dir, publish, stat_or_none
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from paramiko import SFTPClient
 
-    from airflow_s3sftp.transfer.reader import Hasher, Readable
+    from airflow_s3sftp.core.reader import Hasher, Readable
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def parse_sidecar(text: str, algorithm: str) -> str | None:
 def read_sidecar(sftp: SFTPClient, path: str, algorithm: str) -> str | None:
     """Return the digest recorded in the sidecar of ``path``, or None when there is none."""
     side = sidecar_path(path, algorithm)
-    attrs = remote.stat_or_none(sftp, side)
+    attrs = stat_or_none(sftp, side)
     if attrs is None or (attrs.st_size or 0) > MAX_SIDECAR_BYTES:
         return None
     with sftp.open(side, "rb") as handle:
@@ -81,7 +81,7 @@ def write_small_file(sftp: SFTPClient, path: str, content: bytes, mode: int | No
             sftp.chmod(temp, mode)
         except OSError as err:
             log.warning("Server refused chmod %o on %s: %s", mode, temp, err)
-    remote.publish(sftp, temp, path, replace=True, backup=backup_path_for(path))
+    publish(sftp, temp, path, replace=True, backup=backup_path_for(path))
 
 
 def find_identical(
@@ -98,9 +98,9 @@ def find_identical(
     ETag; when S3 has neither, the object itself is hashed and compared with the sidecar or the
     read-back digest.
     """
-    attrs = remote.stat_or_none(sftp, path)
+    attrs = stat_or_none(sftp, path)
     size = int(head["ContentLength"])
-    if attrs is None or remote.is_dir(attrs) or attrs.st_size != size:
+    if attrs is None or is_dir(attrs) or attrs.st_size != size:
         return None
     recorded = read_sidecar(sftp, path, algorithm)
     check = choose_source_check(head, preferred=algorithm)
@@ -108,10 +108,10 @@ def find_identical(
         return f"{algorithm}:{recorded}" if recorded == check.expected.hex() else None
     ours = new_hasher(algorithm)
     if check is not None:
-        remote.hash_remote(sftp, path, _Tee(ours, check.hasher), size)
+        hash_remote(sftp, path, _Tee(ours, check.hasher), size)
         return f"{algorithm}:{ours.hexdigest()}" if check.verify() is None else None
     if recorded is None:
-        remote.hash_remote(sftp, path, ours, size)
+        hash_remote(sftp, path, ours, size)
         recorded = ours.hexdigest()
     source = new_hasher(algorithm)
     stream = read_source()
