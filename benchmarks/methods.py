@@ -40,13 +40,9 @@ def _mib(kib: float) -> float:
 # -- the methods -----------------------------------------------------------------------------------
 
 
-def openssh_sftp(job: Job) -> dict[str, Any]:
-    """Put the local copy with OpenSSH's ``sftp -b``: the write-side limit of this server."""
+def _sftp_command(job: Job, batch: Path) -> list[str]:
     sftp = job["sftp"]
-    # Beside the source, so the temp-disk probe (TMPDIR) sees only what the method itself writes.
-    batch = Path(job["local_source"]).with_suffix(".batch")
-    batch.write_text(f'put "{job["local_source"]}" "{job["remote_path"]}"\n')
-    command = [
+    return [
         shutil.which("sftp") or "sftp",
         "-b",
         str(batch),
@@ -66,8 +62,143 @@ def openssh_sftp(job: Job) -> dict[str, Any]:
         f"UserKnownHostsFile={sftp['known_hosts']}",
         f"{sftp['user']}@127.0.0.1",
     ]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+
+def openssh_sftp(job: Job) -> dict[str, Any]:
+    """Put the local copy with OpenSSH's ``sftp -b``: the write-side limit of this server."""
+    # Beside the source, so the temp-disk probe (TMPDIR) sees only what the method itself writes.
+    batch = Path(job["local_source"]).with_suffix(".batch")
+    batch.write_text(f'put "{job["local_source"]}" "{job["remote_path"]}"\n')
+    subprocess.run(_sftp_command(job, batch), check=True, stdout=subprocess.DEVNULL)
     batch.unlink()
+    return {}
+
+
+class RequestCounter:
+    """Count, in this process, SSH handshakes and SFTP requests by kind, and latency-bound round trips.
+
+    A round trip is counted when a request leaves while no other request of that session is
+    waiting for its reply: pipelined requests (writes behind writes) ride on the trip already
+    counted, a request sent after waiting for the previous reply starts a new one. Measurement
+    only: it wraps paramiko's private ``SFTPClient._async_request``, which every request goes through.
+    """
+
+    def __init__(self) -> None:
+        import collections
+        import threading
+
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.round_trips = 0
+        self.handshakes = 0
+        self._lock = threading.Lock()
+
+    def install(self) -> RequestCounter:
+        import paramiko
+        from paramiko.sftp import CMD_EXTENDED, CMD_NAMES
+
+        counter = self
+        send = paramiko.SFTPClient._async_request  # type: ignore[attr-defined]
+        start_client = paramiko.Transport.start_client
+
+        def _async_request(client: Any, fileobj: Any, kind: int, *args: Any) -> Any:
+            name = CMD_NAMES.get(kind, str(kind))
+            if kind == CMD_EXTENDED and args:
+                name = f"extended:{args[0]}"
+            with counter._lock:
+                counter.requests[name] += 1
+                if not len(client._expecting):
+                    counter.round_trips += 1
+            return send(client, fileobj, kind, *args)
+
+        def counted_start_client(transport: Any, *args: Any, **kwargs: Any) -> Any:
+            with counter._lock:
+                counter.handshakes += 1
+            return start_client(transport, *args, **kwargs)
+
+        paramiko.SFTPClient._async_request = _async_request  # type: ignore[attr-defined]
+        paramiko.Transport.start_client = counted_start_client  # type: ignore[method-assign]
+        return self
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.requests),
+            "round_trips": self.round_trips,
+            "ssh_handshakes": self.handshakes,
+        }
+
+
+def _files_batch(job: Job) -> Path:
+    batch = Path(job["local_dir"]) / "put.batch"
+    lines = [f'put "{local}" "{remote}"' for local, remote in job["files"]]
+    batch.write_text("\n".join(lines) + "\n")
+    return batch
+
+
+def many_openssh(job: Job) -> dict[str, Any]:
+    """Put every local copy over one ``sftp -b`` connection: the reference for many small files."""
+    batch = _files_batch(job)
+    subprocess.run(_sftp_command(job, batch), check=True, stdout=subprocess.DEVNULL)
+    batch.unlink()
+    return {"files": len(job["files"])}
+
+
+def many_rclone(job: Job) -> dict[str, Any]:
+    """``rclone copy`` of the prefix (or of the listed subset) from S3 to the SFTP directory."""
+    command = [
+        shutil.which("rclone") or "rclone",
+        "copy",
+        f"src:{job['bucket']}/{job['prefix']}",
+        f"dst:{job['remote_dir']}",
+    ]
+    if job.get("subset"):
+        listing = Path(job["local_dir"]) / "rclone.files"
+        listing.write_text("\n".join(key[len(job["prefix"]) :] for key in job["keys"]) + "\n")
+        command += ["--files-from", str(listing)]
+    subprocess.run(command, check=True, env=_rclone_env(job))
+    return {"files": len(job["keys"])}
+
+
+def many_stock(job: Job) -> dict[str, Any]:
+    """Loop the amazon provider's ``S3ToSFTPOperator`` over the keys, one operator per key."""
+    from airflow.providers.amazon.aws.transfers.s3_to_sftp import S3ToSFTPOperator
+
+    for number, key in enumerate(job["keys"]):
+        S3ToSFTPOperator(
+            task_id=f"stock_{number}",
+            s3_bucket=job["bucket"],
+            s3_key=key,
+            sftp_path=f"{job['remote_dir']}/{key[len(job['prefix']) :]}",
+            sftp_conn_id=SFTP_CONN_ID,
+            aws_conn_id=AWS_CONN_ID,
+        ).execute(context={})  # type: ignore[arg-type]
+    return {"files": len(job["keys"])}
+
+
+def many_ours(job: Job) -> dict[str, Any]:
+    """``S3ToSFTPStreamOperator(s3_prefix=...)`` with its defaults, counting SFTP requests."""
+    from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
+
+    counter = RequestCounter().install()
+    operator = S3ToSFTPStreamOperator(
+        task_id="ours_many",
+        s3_bucket=job["bucket"],
+        s3_prefix=job["prefix"],
+        sftp_path=job["remote_dir"] + "/",
+        aws_conn_id=AWS_CONN_ID,
+        sftp_conn_id=SFTP_CONN_ID,
+        **job.get("variant", {}).get("op", {}),
+    )
+    summary = operator.execute(context={})  # type: ignore[arg-type]
+    records = summary["objects"]
+    return {
+        "files": len(records),
+        "record": records[0] if records else None,
+        "sftp": counter.report(),
+    }
+
+
+def imports_only(job: Job) -> dict[str, Any]:
+    """Do nothing after the imports: the RSS and CPU baseline of a task process."""
     return {}
 
 
@@ -155,10 +286,14 @@ def stock_operator(job: Job) -> dict[str, Any]:
     return {"phases": phases}
 
 
-def rclone(job: Job) -> dict[str, Any]:
-    """``rclone copyto`` from an S3 remote to an SFTP remote, both configured by environment."""
+def _rclone_env(job: Job) -> dict[str, str]:
+    """Return the environment configuring ``src:`` (S3) and ``dst:`` (SFTP) remotes for rclone.
+
+    The CA bundle variables these machines export make rclone's S3 client fail to start against
+    a plain-http endpoint (FIELD_NOTES), so they are cleared for the child.
+    """
     sftp = job["sftp"]
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE")}
     env.update(
         RCLONE_CONFIG_SRC_TYPE="s3",
         RCLONE_CONFIG_SRC_PROVIDER="Other",
@@ -173,6 +308,11 @@ def rclone(job: Job) -> dict[str, Any]:
         RCLONE_CONFIG_DST_KEY_FILE=sftp["key_file"],
         RCLONE_CONFIG_DST_KNOWN_HOSTS_FILE=sftp["known_hosts"],
     )
+    return env
+
+
+def rclone(job: Job) -> dict[str, Any]:
+    """``rclone copyto`` from an S3 remote to an SFTP remote, both configured by environment."""
     subprocess.run(
         [
             shutil.which("rclone") or "rclone",
@@ -181,7 +321,7 @@ def rclone(job: Job) -> dict[str, Any]:
             f"dst:{job['remote_path']}",
         ],
         check=True,
-        env=env,
+        env=_rclone_env(job),
     )
     return {}
 
@@ -232,8 +372,9 @@ def ours(job: Job) -> dict[str, Any]:
         sftp_conn_id=SFTP_CONN_ID,
         **variant.get("op", {}),
     )
+    counter = RequestCounter().install()
     record = operator.execute(context={})  # type: ignore[arg-type]
-    return {"record": record}
+    return {"record": record, "sftp": counter.report()}
 
 
 METHODS: dict[str, Callable[[Job], dict[str, Any]]] = {
@@ -242,19 +383,24 @@ METHODS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "putfo": paramiko_putfo,
     "rclone": rclone,
     "ours": ours,
+    "imports": imports_only,
+    "many-openssh": many_openssh,
+    "many-rclone": many_rclone,
+    "many-stock": many_stock,
+    "many-ours": many_ours,
 }
 
 
 def _warm_up(kind: str) -> None:
     """Import what the method will use before the clock starts, so RSS growth is the transfer's own."""
-    if kind in ("putfo", "stock", "ours"):
+    if kind in ("putfo", "stock", "ours", "imports", "many-stock", "many-ours"):
         import boto3
         import paramiko  # noqa: F401
 
         boto3.session.Session().client("s3", region_name="us-east-1")  # loads the S3 service model
-    if kind == "stock":
+    if kind in ("stock", "many-stock"):
         import airflow.providers.amazon.aws.transfers.s3_to_sftp  # noqa: F401
-    if kind == "ours":
+    if kind in ("ours", "imports", "many-ours"):
         import airflow_s3sftp.operators.s3_to_sftp  # noqa: F401
 
 

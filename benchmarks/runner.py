@@ -99,6 +99,8 @@ TUNING_METHODS = (
     Method("ours-ranged-2x16MiB", "ours", {"op": {"parallel_parts": 2, "part_size": 16 * MiB}}),
     Method("stock-no-compress", "stock", {"sftp_extra": {"compress": "false"}}, "compress=false extra"),
 )
+IMPORTS_ONLY = Method("imports-only", "imports", note="imports, then nothing: the RSS/CPU baseline")
+LATENCY_METHODS = ("openssh-sftp", "ours-default")
 THROTTLED_METHODS = ("stock-operator", "paramiko-putfo", "ours-default", "ours-ranged-4x16MiB")
 
 
@@ -138,6 +140,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--throttle-latency", type=float, default=0.020, help="one-way seconds")
     parser.add_argument("--throttle-size", type=parse_size, default=256 * MiB, help="object size there")
     parser.add_argument(
+        "--many",
+        default="200x64KiB,2000x4KiB",
+        help="many-small-objects sets, COUNTxSIZE comma-separated ('' for none)",
+    )
+    parser.add_argument("--many-methods", default="openssh-sftp,ours,rclone,stock-operator")
+    parser.add_argument("--stock-keys", type=int, default=100, help="keys the stock operator loops over")
+    parser.add_argument("--rclone-keys", type=int, default=0, help="keys rclone copies (0: all)")
+    parser.add_argument(
+        "--latency",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also compare through a proxy adding latency in front of sshd (default: on)",
+    )
+    parser.add_argument("--latency-ms", type=float, default=20.0, help="one-way ms added by that proxy")
+    parser.add_argument("--latency-size", type=parse_size, default=256 * MiB)
+    parser.add_argument(
+        "--memory-sizes",
+        default="256MiB,2GiB",
+        help="other object sizes ours-default moves, to show RSS stays flat ('' for none)",
+    )
+    parser.add_argument(
         "--source-checksum",
         choices=("sha256", "none"),
         default="sha256",
@@ -168,6 +191,13 @@ class Bench:
     airflow_home: Path
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
     rclone: str | None = shutil.which("rclone")
+
+    def known_hosts_for(self, port: int) -> Path:
+        """Return a known_hosts file naming the sshd's host key at ``port`` (sshd or a proxy to it)."""
+        path = self.workdir / f"known_hosts-{port}"
+        if not path.exists():
+            path.write_text(f"[127.0.0.1]:{port} {self.sshd.host_key}\n")
+        return path
 
     def sftp_job(self) -> dict[str, Any]:
         return {
@@ -283,36 +313,30 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def run_one(
+def launch(
     bench: Bench,
     method: Method,
-    obj: dict[str, Any],
+    job: dict[str, Any],
     *,
-    round_no: int,
     package_root: Path,
-    s3_endpoint: str,
     timeout: float,
-    label: str,
+    tag: str,
+    sftp_port: int | None = None,
 ) -> dict[str, Any]:
-    """Run ``method`` once in a fresh subprocess; measure it and check what landed."""
-    remote = bench.remote_dir / f"{method.name}-{label}-r{round_no}.bin"
-    tmpdir = bench.workdir / f"tmp-{method.name}-{label}-r{round_no}"
+    """Run ``python -m benchmarks.methods`` for ``job`` in a fresh subprocess and measure it.
+
+    Returns the row: exit code, peak temp disk under the child's ``TMPDIR``, CPU of the sshd
+    sessions and of moto during the run, and what the child reported (``BENCH-RESULT``).
+    """
+    tmpdir = bench.workdir / f"tmp-{tag}"
     tmpdir.mkdir()
-    job = {
-        "kind": method.kind,
-        "name": method.name,
-        "variant": method.variant,
-        "bucket": BUCKET,
-        "key": obj["key"],
-        "size": obj["size"],
-        "local_source": obj["local"],
-        "remote_path": str(remote),
-        "s3_endpoint": s3_endpoint,
-        "sftp": bench.sftp_job(),
-    }
+    port = sftp_port or bench.sshd.port
+    job = {**job, "kind": method.kind, "name": method.name, "variant": method.variant}
+    job["sftp"] = {**bench.sftp_job(), "port": port, "known_hosts": str(bench.known_hosts_for(port))}
     aws = bench.moto.connection()
-    aws["extra"] = {**aws["extra"], "endpoint_url": s3_endpoint}  # type: ignore[dict-item]
+    aws["extra"] = {**aws["extra"], "endpoint_url": job["s3_endpoint"]}  # type: ignore[dict-item]
     sftp = bench.sshd.connection(**method.variant.get("sftp_extra", {}))
+    sftp["port"] = port
     env = dict(os.environ)
     env.update(
         [conn_env(AWS_CONN_ID, aws), conn_env(SFTP_CONN_ID, sftp)],
@@ -329,7 +353,7 @@ def run_one(
     _wait_for_sessions_to_end(sshd_proc)
     moto_cpu = _own_cpu(moto_proc)
     sshd_seen: dict[int, float] = {}
-    log = bench.workdir / f"{method.name}-{label}-r{round_no}.log"
+    log = bench.workdir / f"{tag}.log"
     load_before = os.getloadavg()[0]  # other work on the machine skews the numbers: record it
     peak_temp = 0
     started = time.monotonic()
@@ -361,9 +385,6 @@ def run_one(
     _wait_for_sessions_to_end(sshd_proc)
     row: dict[str, Any] = {
         "method": method.name,
-        "label": label,
-        "round": round_no,
-        "size": obj["size"],
         "exit_code": child.returncode,
         "peak_temp_bytes": peak_temp,
         "sshd_cpu_s": round(sum(sshd_seen.values()), 3),
@@ -374,23 +395,63 @@ def run_one(
     for line in b"".join(stdout_chunks).decode(errors="replace").splitlines():
         if line.startswith(RESULT_PREFIX):
             row.update(json.loads(line[len(RESULT_PREFIX) :]))
-    ok = child.returncode == 0 and "seconds" in row and remote.exists()
+    if child.returncode != 0 or "seconds" not in row:
+        row["error"] = log.read_text(errors="replace")[-2000:]
+    else:
+        log.unlink()
+    shutil.rmtree(tmpdir, ignore_errors=True)
+    return row
+
+
+def run_one(
+    bench: Bench,
+    method: Method,
+    obj: dict[str, Any],
+    *,
+    round_no: int,
+    package_root: Path,
+    s3_endpoint: str,
+    timeout: float,
+    label: str,
+    sftp_port: int | None = None,
+) -> dict[str, Any]:
+    """Run ``method`` once on one object in a fresh subprocess; measure it and check what landed."""
+    remote = bench.remote_dir / f"{method.name}-{label}-r{round_no}.bin"
+    job = {
+        "bucket": BUCKET,
+        "key": obj["key"],
+        "size": obj["size"],
+        "local_source": obj["local"],
+        "remote_path": str(remote),
+        "s3_endpoint": s3_endpoint,
+    }
+    row = launch(
+        bench,
+        method,
+        job,
+        package_root=package_root,
+        timeout=timeout,
+        tag=f"{method.name}-{label}-r{round_no}",
+        sftp_port=sftp_port,
+    )
+    row.update(label=label, round=round_no, size=obj["size"])
+    if method.kind == "imports":
+        print(f"  {label:<9} r{round_no} {method.name:<28} rss {row.get('peak_rss_mib')} MiB", flush=True)
+        return row
+    ok = "error" not in row and remote.exists()
     row["sha256_verified"] = (
         ok and remote.stat().st_size == obj["size"] and _sha256_of(remote) == obj["sha256"]
     )
     row["leftovers"] = sorted(p.name for p in bench.remote_dir.iterdir() if p.name.startswith("."))
     if ok:
         row["mb_per_s"] = round(obj["size"] / row["seconds"] / 1e6, 2)
-    else:
-        row["error"] = log.read_text(errors="replace")[-2000:]
+    elif "error" not in row:
+        row["error"] = f"{remote} was not written"
     with contextlib.suppress(FileNotFoundError):
         remote.unlink()
     for leftover in row["leftovers"]:
         with contextlib.suppress(OSError):
             (bench.remote_dir / leftover).unlink()
-    shutil.rmtree(tmpdir, ignore_errors=True)
-    if ok:
-        log.unlink()
     print(_progress_line(row), flush=True)
     return row
 
@@ -421,9 +482,16 @@ def _progress_line(row: dict[str, Any]) -> str:
 
 
 def summarize(
-    rows: Sequence[dict[str, Any]], methods: Sequence[Method], rclone: str | None
+    rows: Sequence[dict[str, Any]],
+    methods: Sequence[Method],
+    rclone: str | None,
+    imports_rss: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Return one line per method: medians over rounds, peaks over rounds."""
+    """Return one line per method: medians over rounds, peaks over rounds.
+
+    ``imports_rss`` is the peak RSS of a process that only imported what ours imports: the
+    Python methods' peak is also shown as the excess over it.
+    """
     summary: list[dict[str, Any]] = []
     by_name = {m.name: [r for r in rows if r["method"] == m.name] for m in methods}
     reference = by_name.get("openssh-sftp") or []
@@ -457,6 +525,11 @@ def summarize(
             "mb_per_s_all": [r["mb_per_s"] for r in good],
             "vs_openssh": round(speed / ref_speed, 2) if ref_speed else None,
             "peak_rss_mib": max(peak_rss),
+            "rss_over_imports_mib": (
+                round(max(peak_rss) - imports_rss, 1)
+                if imports_rss is not None and method.kind in ("ours", "putfo", "stock")
+                else None
+            ),
             "rss_growth_mib": (
                 None
                 if method.kind in ("openssh-sftp", "rclone")
@@ -483,26 +556,28 @@ def summarize(
 
 def format_table(summary: Sequence[dict[str, Any]], title: str) -> str:
     header = (
-        "| method | MB/s (median) | x OpenSSH sftp | peak RSS MiB | RSS growth MiB | CPU s/GiB client "
-        "| CPU s/GiB sshd | CPU s/GiB moto | temp disk | sha256 verified |"
+        "| method | MB/s (median) | x OpenSSH sftp | peak RSS MiB | RSS over imports-only MiB "
+        "| RSS growth MiB | CPU s/GiB client | CPU s/GiB sshd | CPU s/GiB moto | temp disk | sha256 verified |"
     )
-    lines = [f"### {title}", "", header, "|" + "---|" * 10]
+    lines = [f"### {title}", "", header, "|" + "---|" * 11]
     for s in summary:
         if s.get("status") in ("not installed", "failed"):
-            lines.append(f"| {s['method']} | {s['status']} | | | | | | | | |")
+            lines.append(f"| {s['method']} | {s['status']} |" + " |" * 9)
             continue
+        over = "-" if s.get("rss_over_imports_mib") is None else f"{s['rss_over_imports_mib']:.1f}"
         temp = human(s["peak_temp_bytes"]) if s["peak_temp_bytes"] else "0"
         ratio = f"{s['vs_openssh']:.2f}" if s.get("vs_openssh") is not None else "-"
         growth = "-" if s["rss_growth_mib"] is None else f"{s['rss_growth_mib']:.1f}"
         lines.append(
-            f"| {s['method']} | {s['mb_per_s']:.1f} | {ratio} | {s['peak_rss_mib']:.1f} | {growth} "
+            f"| {s['method']} | {s['mb_per_s']:.1f} | {ratio} | {s['peak_rss_mib']:.1f} | {over} | {growth} "
             f"| {s['cpu_s_per_gib']:.2f} | {s['sshd_cpu_s_per_gib']:.2f} | {s['moto_cpu_s_per_gib']:.2f} "
             f"| {temp} | {'yes' if s['sha256_verified'] else 'NO'} |"
         )
     return "\n".join(lines)
 
 
-def write_chart(path: Path, groups: dict[str, Sequence[dict[str, Any]]]) -> str:
+def write_chart(path: Path, groups: dict[str, tuple[Sequence[dict[str, Any]], str, str]]) -> str:
+    """Draw one bar chart per group: ``{title: (summary rows, metric key, axis label)}``."""
     try:
         import matplotlib
 
@@ -510,19 +585,29 @@ def write_chart(path: Path, groups: dict[str, Sequence[dict[str, Any]]]) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed: skipped the chart (pip install matplotlib)"
-    groups = {title: [s for s in rows if "mb_per_s" in s] for title, rows in groups.items() if rows}
-    groups = {title: rows for title, rows in groups.items() if rows}
-    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 5), squeeze=False)
-    for axis, (title, rows) in zip(axes[0], groups.items(), strict=True):
+    panels = {
+        title: ([s for s in rows if key in s], key, axis_label)
+        for title, (rows, key, axis_label) in groups.items()
+    }
+    panels = {title: panel for title, panel in panels.items() if panel[0]}
+    if not panels:
+        return "nothing to chart"
+    columns = min(3, len(panels))
+    rows_n = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows_n, columns, figsize=(6.5 * columns, 4 * rows_n), squeeze=False)
+    flat = [axis for row in axes for axis in row]
+    for axis, (title, (rows, key, axis_label)) in zip(flat, panels.items(), strict=False):
         names = [s["method"] for s in rows]
         colors = ["#4c72b0" if n.startswith("ours") else "#999999" for n in names]
-        bars = axis.barh(names, [s["mb_per_s"] for s in rows], color=colors)
-        axis.bar_label(bars, fmt="%.0f", padding=2)
+        bars = axis.barh(names, [s[key] for s in rows], color=colors)
+        axis.bar_label(bars, fmt="%.1f", padding=2)
         axis.invert_yaxis()
-        axis.set_xlabel("MB/s (median, MB = 10^6 bytes)")
-        axis.set_title(title)
+        axis.set_xlabel(axis_label)
+        axis.set_title(title, fontsize=10)
+    for axis in flat[len(panels) :]:
+        axis.set_visible(False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return f"chart: {path}"
 
@@ -577,39 +662,105 @@ def select_methods(args: argparse.Namespace) -> list[Method]:
     return chosen
 
 
+def rclone_problem(bench: Bench) -> str | None:
+    """Return why rclone cannot be used here (not installed, or it fails to list the bucket), or None."""
+    from benchmarks.methods import _rclone_env
+
+    if not bench.rclone:
+        return "not installed (shutil.which('rclone') found nothing)"
+    job = {"sftp": bench.sftp_job(), "s3_endpoint": bench.moto.endpoint_url}
+    probe = subprocess.run(
+        [bench.rclone, "lsf", "--max-depth", "1", f"src:{BUCKET}"],
+        env=_rclone_env(job),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return f"rclone lsf src:{BUCKET} failed: {probe.stderr.strip()[-300:]}"
+    return None
+
+
+def _sizes(text: str) -> list[int]:
+    return [parse_size(part) for part in text.split(",") if part.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from benchmarks.scenarios import (
+        MANY_METHODS,
+        create_dataset,
+        format_many,
+        parse_many,
+        run_many,
+        summarize_many,
+    )
+
     args = build_parser().parse_args(argv)
     if args.quick:
         args.size, args.rounds = 8 * MiB, 1
         args.throttle_size = min(args.throttle_size, 8 * MiB)
+        args.latency_size = min(args.latency_size, 8 * MiB)
+        args.many = "20x64KiB"
+        args.memory_sizes = ""
     throttle = args.throttle if args.throttle is not None else True
+    latency = args.latency if args.latency is not None else True
     methods = select_methods(args)
     known = {m.name: m for m in (*MAIN_METHODS, *TUNING_METHODS)}
     throttled = [known[name] for name in THROTTLED_METHODS] if throttle else []
+    many_sets = parse_many(args.many)
+    many_known = {m.name: m for m in MANY_METHODS}
+    many_methods = [many_known[name.strip()] for name in args.many_methods.split(",") if name.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
     timeout = 120 + args.size / 2e6  # the stock operator with compression is the slow one
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
+    many_rows: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+
+    def once(method: Method, obj: dict[str, Any], round_no: int, label: str, **kwargs: Any) -> None:
+        kwargs.setdefault("s3_endpoint", bench.moto.endpoint_url)
+        kwargs.setdefault("timeout", 120 + obj["size"] / 2e6)
+        rows.append(
+            run_one(
+                bench, method, obj, round_no=round_no, package_root=args.package_root, label=label, **kwargs
+            )
+        )
+
     with bench_environment(args) as bench:
         print(f"sshd on :{bench.sshd.port}, moto on :{bench.moto.port}, workdir {bench.workdir}", flush=True)
         obj = create_object(bench, f"object-{args.size}", args.size, args.source_checksum)
-        runnable = [m for m in methods if m.kind != "rclone" or bench.rclone]
-        if len(runnable) < len(methods):
-            print("rclone: not installed (shutil.which('rclone') found nothing); skipped", flush=True)
+        if problem := rclone_problem(bench):
+            skipped["rclone"] = problem
+            print(f"rclone skipped: {problem}", flush=True)
+        runnable = [m for m in methods if m.kind != "rclone" or "rclone" not in skipped]
         for round_no in range(1, args.rounds + 1):
+            once(IMPORTS_ONLY, obj, round_no, "direct")
             for method in runnable:
-                rows.append(
-                    run_one(
-                        bench,
-                        method,
-                        obj,
-                        round_no=round_no,
-                        package_root=args.package_root,
-                        s3_endpoint=bench.moto.endpoint_url,
-                        timeout=timeout,
-                        label="direct",
-                    )
+                once(method, obj, round_no, "direct", timeout=timeout)
+        for size in _sizes(args.memory_sizes):
+            if size != args.size:
+                once(
+                    known["ours-default"],
+                    create_object(bench, f"object-{size}", size, args.source_checksum),
+                    1,
+                    "memory",
                 )
+        if latency:
+            lobj = create_object(
+                bench, f"object-{args.latency_size}", args.latency_size, args.source_checksum
+            )
+            with ThrottleProxy(bench.sshd.port, rate=0, latency=args.latency_ms / 1000, depth=4096) as proxy:
+                for round_no in range(1, args.rounds + 1):
+                    for name in LATENCY_METHODS:
+                        once(
+                            known[name],
+                            lobj,
+                            round_no,
+                            "latency",
+                            sftp_port=proxy.port,
+                            timeout=120 + args.latency_size / 1e6,
+                        )
         if throttled:
             tobj = create_object(
                 bench, f"object-{args.throttle_size}", args.throttle_size, args.source_checksum
@@ -617,31 +768,92 @@ def main(argv: Sequence[str] | None = None) -> int:
             with ThrottleProxy(
                 bench.moto.port, rate=args.throttle_rate, latency=args.throttle_latency
             ) as proxy:
-                endpoint = f"http://127.0.0.1:{proxy.port}"
                 for round_no in range(1, args.rounds + 1):
                     for method in throttled:
-                        rows.append(
-                            run_one(
-                                bench,
-                                method,
-                                tobj,
-                                round_no=round_no,
-                                package_root=args.package_root,
-                                s3_endpoint=endpoint,
-                                timeout=120 + args.throttle_size / 1e6,
-                                label="throttled",
-                            )
+                        once(
+                            method,
+                            tobj,
+                            round_no,
+                            "throttled",
+                            s3_endpoint=f"http://127.0.0.1:{proxy.port}",
+                            timeout=120 + args.throttle_size / 1e6,
                         )
-        rclone = bench.rclone
-    direct = summarize([r for r in rows if r["label"] == "direct"], methods, rclone)
-    limited = summarize(
-        [r for r in rows if r["label"] == "throttled"],
-        [known["openssh-sftp"], *throttled] if throttled else [],
-        rclone,
+        for count, size in many_sets:
+            dataset = create_dataset(bench, count, size)
+            for method in many_methods:
+                if method.name in skipped:
+                    continue
+                limit = {"stock-operator": args.stock_keys, "rclone": args.rclone_keys}.get(method.name, 0)
+                many_rows.append(
+                    run_many(
+                        bench,
+                        method,
+                        dataset,
+                        round_no=1,
+                        package_root=args.package_root,
+                        s3_endpoint=bench.moto.endpoint_url,
+                        limit=limit,
+                    )
+                )
+        rclone = None if "rclone" in skipped else bench.rclone
+
+    imports = [r["peak_rss_mib"] for r in rows if r["method"] == IMPORTS_ONLY.name and "peak_rss_mib" in r]
+    imports_rss = max(imports) if imports else None
+
+    def summary_of(label: str, chosen: Sequence[Method]) -> list[dict[str, Any]]:
+        return summarize([r for r in rows if r["label"] == label], chosen, rclone, imports_rss)
+
+    direct = summary_of("direct", methods)
+    memory = [
+        {**line, "size": r["size"]}
+        for r in rows
+        if r["label"] in ("memory", "direct") and r["method"] == "ours-default" and "mb_per_s" in r
+        for line in [
+            {
+                "peak_rss_mib": r["peak_rss_mib"],
+                "rss_growth_mib": round(r["peak_rss_mib"] - r["rss_before_mib"], 1),
+            }
+        ]
+    ]
+    lat = summary_of("latency", [known[name] for name in LATENCY_METHODS]) if latency else []
+    limited = (
+        [
+            s
+            for s in summary_of("throttled", [known["openssh-sftp"], *throttled])
+            if s["method"] != "openssh-sftp"
+        ]
+        if throttled
+        else []
     )
-    limited = [s for s in limited if s["method"] != "openssh-sftp"]
+    many = summarize_many(many_rows, many_methods)
     tables = [format_table(direct, f"{human(args.size)} object, loopback, {args.rounds} round(s)")]
-    if throttled:
+    if imports_rss is not None:
+        tables.append(
+            f"Import-only process (Airflow, both providers, boto3's S3 model, airflow_s3sftp): "
+            f"peak RSS {imports_rss:.1f} MiB."
+        )
+    if memory:
+        lines = [
+            "### Memory of ours-default by object size",
+            "",
+            "| object | peak RSS MiB | over imports-only MiB | growth during the transfer MiB |",
+            "|---|---|---|---|",
+        ]
+        for m in sorted(memory, key=lambda m: m["size"]):
+            over = f"{m['peak_rss_mib'] - imports_rss:.1f}" if imports_rss is not None else "-"
+            lines.append(
+                f"| {human(m['size'])} | {m['peak_rss_mib']:.1f} | {over} | {m['rss_growth_mib']:.1f} |"
+            )
+        tables.append("\n".join(lines))
+    if lat:
+        tables.append(
+            format_table(
+                lat,
+                f"{human(args.latency_size)} object, SFTP through a proxy adding "
+                f"{args.latency_ms:g} ms each way, {args.rounds} round(s)",
+            )
+        )
+    if limited:
         tables.append(
             format_table(
                 limited,
@@ -649,38 +861,44 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{args.throttle_rate / 1e6:g} MB/s with {args.throttle_latency * 1000:g} ms latency each way",
             )
         )
+    if many:
+        tables.append(format_many(many))
+    for name, reason in skipped.items():
+        tables.append(f"{name}: skipped, {reason}")
     report = "\n\n".join(tables)
     print("\n" + report + "\n")
     result = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
-        "config": {
-            "size": args.size,
-            "rounds": args.rounds,
-            "quick": args.quick,
-            "source_checksum": args.source_checksum,
-            "throttle": {
-                "rate": args.throttle_rate,
-                "latency": args.throttle_latency,
-                "size": args.throttle_size,
-            }
-            if throttled
-            else None,
-            "methods": [m.name for m in methods],
-            "package_root": str(args.package_root),
-        },
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "imports_only_rss_mib": imports_rss,
         "summary": direct,
+        "memory": memory,
+        "latency_summary": lat,
         "throttled_summary": limited,
+        "many_summary": many,
+        "skipped": skipped,
         "runs": rows,
+        "many_runs": many_rows,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     stem = f"benchmark-{human(args.size).replace(' ', '')}"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
     (args.out / f"{stem}.md").write_text(report + "\n")
-    print(write_chart(args.out / f"{stem}.png", {"loopback": direct, "throttled S3": limited}))
-    print(f"results: {args.out / stem}.json (+ .md), {result['elapsed_s']}s in all")
-    failed = [s["method"] for s in (*direct, *limited) if s.get("status") not in ("ok", "not installed")]
-    wrong = [s["method"] for s in (*direct, *limited) if s.get("sha256_verified") is False]
+    groups: dict[str, tuple[Sequence[dict[str, Any]], str, str]] = {
+        f"{human(args.size)}, loopback": (direct, "mb_per_s", "MB/s (median)"),
+        f"{human(args.latency_size)}, +{args.latency_ms:g} ms each way (SFTP)": (lat, "mb_per_s", "MB/s"),
+        f"{human(args.throttle_size)}, capped S3": (limited, "mb_per_s", "MB/s"),
+    }
+    for label in dict.fromkeys(s["label"] for s in many):
+        groups[f"{label} objects"] = ([s for s in many if s["label"] == label], "files_per_s", "files/s")
+    print(write_chart(args.out / f"{stem}.png", groups))
+    print(f"results: {args.out / stem}.json (+ .md, .png), {result['elapsed_s']}s in all")
+    everything = [*direct, *lat, *limited]
+    failed = [s["method"] for s in everything if s.get("status") not in ("ok", "not installed")]
+    failed += [f"{s['label']}:{s['method']}" for s in many if s.get("status") != "ok"]
+    wrong = [s["method"] for s in everything if s.get("sha256_verified") is False]
+    wrong += [f"{s['label']}:{s['method']}" for s in many if s.get("all_verified") is False]
     if failed or wrong:
         print(f"FAILED: {failed} WRONG BYTES: {wrong}", file=sys.stderr)
         return 1

@@ -30,12 +30,15 @@ class ThrottleProxy:
     :param target_port: loopback port to forward to
     :param rate: download cap per connection in bytes per second (0 for none)
     :param latency: one-way delay in seconds
+    :param depth: reads of up to 64 KiB held per direction; with latency this caps the bytes in
+        flight, so raise it when the proxy itself must not limit throughput
     """
 
-    def __init__(self, target_port: int, *, rate: float, latency: float) -> None:
+    def __init__(self, target_port: int, *, rate: float, latency: float, depth: int = 64) -> None:
         self.target_port = target_port
         self.rate = rate
         self.latency = latency
+        self.depth = depth
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._stop = threading.Event()
@@ -69,7 +72,7 @@ class ThrottleProxy:
             self._pump(upstream, client, rate=self.rate)
 
     def _pump(self, src: socket.socket, dst: socket.socket, *, rate: float) -> None:
-        held: queue.Queue[tuple[float, bytes]] = queue.Queue(maxsize=64)
+        held: queue.Queue[tuple[float, bytes]] = queue.Queue(maxsize=self.depth)
 
         def receive() -> None:
             with contextlib.suppress(OSError):
