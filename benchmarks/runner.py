@@ -325,6 +325,9 @@ def launch(
 ) -> dict[str, Any]:
     """Run ``python -m benchmarks.methods`` for ``job`` in a fresh subprocess and measure it.
 
+    With ``S3SFTP_BENCH_PROFILE=<dir>`` in the environment, the child runs under ``py-spy record``
+    (all threads, raw collapsed stacks to ``<dir>/<tag>.txt``; see ``benchmarks/flame.py``).
+
     Returns the row: exit code, peak temp disk under the child's ``TMPDIR``, CPU of the sshd
     sessions and of moto during the run, and what the child reported (``BENCH-RESULT``).
     """
@@ -358,8 +361,26 @@ def launch(
     peak_temp = 0
     started = time.monotonic()
     with log.open("wb") as err_out:
+        command = [sys.executable, "-m", "benchmarks.methods"]
+        if profile_dir := os.environ.get("S3SFTP_BENCH_PROFILE"):
+            spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            out = Path(profile_dir) / f"{tag}.txt"
+            command = [
+                spy,
+                "record",
+                "--nonblocking",
+                "--threads",
+                "-r",
+                "200",
+                "-f",
+                "raw",
+                "-o",
+                str(out),
+                "--",
+                *command,
+            ]
         child = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.methods"],
+            command,
             env=env,
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
