@@ -42,6 +42,7 @@ def summarize(path: Path, top: int = 25) -> str:
         count = int(count_text)
         frames = stack.split(";")
         thread = next((f for f in frames if f.startswith("thread (") or f.startswith("process ")), "?")
+        thread = re.sub(r"\(\d+\)|[-_]\d+$", "", thread).strip()  # one line per kind of thread
         body = [_frame(f) for f in frames if not (f.startswith("thread (") or f.startswith("process "))]
         if not body:
             continue
@@ -52,7 +53,7 @@ def summarize(path: Path, top: int = 25) -> str:
             inclusive[name] += count
     out = [f"{path.name}: {total} samples"]
     out.append("threads:")
-    out += [f"  {100 * n / total:5.1f}%  {name}" for name, n in threads.most_common()]
+    out += [f"  {100 * n / total:5.1f}%  {name}" for name, n in threads.most_common(8)]
     out.append("self:")
     out += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
     out.append("inclusive:")

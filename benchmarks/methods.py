@@ -350,6 +350,15 @@ def ours(job: Job) -> dict[str, Any]:
     patches = variant.get("patches", {})
     if "window" in patches:
         _patch_window(**patches["window"])
+    if patches.get("lean_writer"):
+        from airflow_s3sftp.core import sftp as core_sftp
+        from benchmarks.write_paths import lean_pipelined_writer
+
+        core_sftp.PipelinedWriter = lean_pipelined_writer()  # type: ignore[misc]
+    if patches.get("no_botocore_checksum"):
+        # botocore >= 1.36 validates GetObject's checksum itself ("when_supported"): a second
+        # sha256/crc pass over bytes the delivery hashes and checks against S3's checksum anyway.
+        os.environ["AWS_RESPONSE_CHECKSUM_VALIDATION"] = "when_required"
     if patches.get("no_source_check"):
         from airflow_s3sftp.hooks import s3_sftp
 

@@ -96,6 +96,18 @@ TUNING_METHODS = (
         {"op": {"verify": "checksum"}, "patches": {"window": {"window": 16 * MiB, "packet": 256 * KiB}}},
         "paramiko window 16 MiB / packet 256 KiB",
     ),
+    Method("ours-lean-writer", "ours", {"patches": {"lean_writer": True}}, "hand-built WRITE packets"),
+    Method(
+        "ours-no-botocore-checksum",
+        "ours",
+        {"patches": {"no_botocore_checksum": True}},
+        "botocore response_checksum_validation=when_required",
+    ),
+    Method(
+        "ours-lean-no-botocore-checksum",
+        "ours",
+        {"patches": {"lean_writer": True, "no_botocore_checksum": True}},
+    ),
     Method("ours-ranged-2x16MiB", "ours", {"op": {"parallel_parts": 2, "part_size": 16 * MiB}}),
     Method("stock-no-compress", "stock", {"sftp_extra": {"compress": "false"}}, "compress=false extra"),
 )
@@ -326,7 +338,8 @@ def launch(
     """Run ``python -m benchmarks.methods`` for ``job`` in a fresh subprocess and measure it.
 
     With ``S3SFTP_BENCH_PROFILE=<dir>`` in the environment, the child runs under ``py-spy record``
-    (all threads, raw collapsed stacks to ``<dir>/<tag>.txt``; see ``benchmarks/flame.py``).
+    (all threads, raw collapsed stacks to ``<dir>/<tag>.txt``; see ``benchmarks/flame.py``);
+    ``S3SFTP_BENCH_PROFILE_FLAGS`` adds py-spy flags (``--gil``: only the thread holding the GIL).
 
     Returns the row: exit code, peak temp disk under the child's ``TMPDIR``, CPU of the sshd
     sessions and of moto during the run, and what the child reported (``BENCH-RESULT``).
@@ -370,6 +383,7 @@ def launch(
                 "record",
                 "--nonblocking",
                 "--threads",
+                *os.environ.get("S3SFTP_BENCH_PROFILE_FLAGS", "").split(),  # e.g. --gil
                 "-r",
                 "200",
                 "-f",
