@@ -1,0 +1,473 @@
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software distributed under the License
+# is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
+"""The delivery guarantees of issue 11 on a real sshd and moto, through the operator's public API only."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_s3sftp import exceptions
+from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
+from tests.faults import FaultyProxy
+from tests.integration.cut_proxy import CutWhen
+
+MiB = 1024 * 1024
+CHUNK = 256 * 1024  # small chunks, so resume checkpoints exist within a few MiB
+FAST = {"chunk_size": CHUNK}
+RETRY_FAST = {"retry_delay": 0.1}  # after a cut, reconnect without the default 1 s backoff
+# Every record (one object, or each element of "objects") carries these keys on every path.
+RECORD_KEYS = {
+    "s3_uri",
+    "sftp_path",
+    "size",
+    "checksum",
+    "etag",
+    "version_id",
+    "skipped",
+    "attempts",
+    "resumed_from",
+    "seconds",
+    "mb_per_s",
+    "verified",
+    "published_with",
+    "source_check",
+    "s3_retries",
+    "sidecar_path",
+    "done_marker_path",
+}
+OURS = re.compile(r"^\..*\.s3sftp-(part|old)$")
+
+
+def deliver(**kwargs: Any) -> dict[str, Any]:
+    """Run the operator as a task would, with a minimal context."""
+    operator = S3ToSFTPStreamOperator(task_id="deliver", **kwargs)
+    return operator.execute(context={})  # type: ignore[arg-type]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def temp_files(directory: Path) -> list[str]:
+    """Return our temp and backup files (``.<name>[.<token>].s3sftp-part`` / ``.s3sftp-old``)."""
+    return [name for name in listing(directory) if OURS.match(name)]
+
+
+def assert_record(record: dict[str, Any]) -> None:
+    missing = RECORD_KEYS - set(record)
+    assert not missing, f"result record lacks {sorted(missing)}: {record}"
+    if record["skipped"]:
+        assert record["attempts"] == 1
+        assert record["published_with"] == "skipped"
+
+
+def put_crc32(s3: Any, bucket: str, key: str, data: bytes) -> None:
+    """Upload as boto3 does by default, and check that S3 keeps a full-object CRC32 for it."""
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    assert head.get("ChecksumCRC32"), "boto3 no longer uploads with CRC32: the test lost its premise"
+
+
+def sftp_through(set_connection: Callable[..., str], sshd: Any, proxy: FaultyProxy) -> str:
+    return set_connection("sftp_faulty", sshd.connection() | {"port": proxy.port})
+
+
+def flip_first_byte(directory: Path) -> None:
+    """Corrupt the first byte of every temp file in ``directory`` (what a bad resume would reuse)."""
+    for name in temp_files(directory):
+        with (directory / name).open("r+b") as handle:
+            first = handle.read(1)
+            handle.seek(0)
+            handle.write(bytes([first[0] ^ 0xFF]) if first else b"\x00")
+
+
+# --- 1. a retry that restarts from byte 0 -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cut_after", "options", "corrupt"),
+    [
+        pytest.param(6000, {}, False, id="cut-before-first-checkpoint"),
+        pytest.param(2 * MiB, {"checksum": None}, False, id="checksum-none"),
+        pytest.param(2 * MiB, {}, True, id="prefix-read-back-mismatch"),
+    ],
+)
+def test_a_retry_that_restarts_from_byte_zero_delivers_identical_bytes(
+    sshd, s3, bucket, remote_dir, set_connection, cut_after, options, corrupt
+):
+    data = os.urandom(4 * MiB + 17)
+    put_crc32(s3, bucket, "k", data)
+    on_fault = (lambda: flip_first_byte(remote_dir)) if corrupt else None
+    with FaultyProxy(sshd.port, after=cut_after, mode="cut", direction="up", on_fault=on_fault) as proxy:
+        result = deliver(
+            s3_bucket=bucket,
+            s3_key="k",
+            sftp_path=str(remote_dir / "k"),
+            sftp_conn_id=sftp_through(set_connection, sshd, proxy),
+            **FAST,
+            **RETRY_FAST,
+            **options,
+        )
+    assert proxy.faults == 1
+    assert (remote_dir / "k").read_bytes() == data
+    assert result["attempts"] == 2
+    assert result["resumed_from"] == 0
+    assert result["source_check"] == "S3 ChecksumCRC32"
+    assert result["checksum"] == (None if "checksum" in options else f"sha256:{sha256(data)}")
+    assert listing(remote_dir) == ["k"]
+    assert_record(result)
+
+
+# --- 2. atomic=False never leaves a partial file -----------------------------------------------------
+
+
+def test_atomic_false_with_retries_exhausted_leaves_no_file_and_says_the_old_version_is_gone(
+    sshd, s3, bucket, remote_dir, set_connection
+):
+    final = remote_dir / "k"
+    final.write_bytes(b"yesterday's complete file")
+    s3.put_object(Bucket=bucket, Key="k", Body=os.urandom(4 * MiB))
+    # Every connection dies after 2 MiB: enough for a cleanup, never enough for the object.
+    with (
+        FaultyProxy(sshd.port, after=2 * MiB, mode="cut", direction="up", faulty=99) as proxy,
+        pytest.raises(exceptions.ConnectionLostError) as info,
+    ):
+        deliver(
+            s3_bucket=bucket,
+            s3_key="k",
+            sftp_path=str(final),
+            sftp_conn_id=sftp_through(set_connection, sshd, proxy),
+            atomic=False,
+            connection_retries=1,
+            **FAST,
+            **RETRY_FAST,
+        )
+    assert proxy.faults >= 2
+    assert not final.exists(), f"a partial file of {final.stat().st_size} bytes stayed under the final name"
+    assert listing(remote_dir) == []
+    assert re.search(r"(previous|old) version.*(gone|lost|removed|deleted)", str(info.value), re.I), str(
+        info.value
+    )
+
+
+# --- 3 and 4. plan-time refusals of names the delivery itself creates --------------------------------
+
+
+def put_all(s3: Any, bucket: str, keys: list[str]) -> None:
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode() * 1000)
+
+
+@pytest.mark.parametrize(
+    "clashing",
+    [".x.bin.s3sftp-part", ".x.bin.0123456789ab.s3sftp-part", ".x.bin.s3sftp-old", ".y.bin.s3sftp-part"],
+)
+def test_a_source_key_shaped_like_our_temp_or_backup_name_is_refused_at_plan_time(
+    s3, bucket, remote_dir, clashing
+):
+    put_all(s3, bucket, ["in/x.bin", f"in/{clashing}"])
+    with pytest.raises(ValueError, match=re.escape(clashing)):
+        deliver(s3_bucket=bucket, s3_prefix="in/", sftp_path=f"{remote_dir}/", **FAST)
+    assert listing(remote_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "clashing"),
+    [
+        pytest.param({"sidecar": True}, "a.csv.sha256", id="sidecar"),
+        pytest.param({"sidecar": True, "checksum": "md5"}, "a.csv.md5", id="sidecar-md5"),
+        pytest.param({"done_marker": ".done"}, "a.csv.done", id="done-marker"),
+    ],
+)
+def test_a_source_key_named_like_another_keys_sidecar_or_marker_is_refused_naming_both(
+    s3, bucket, remote_dir, options, clashing
+):
+    put_all(s3, bucket, ["in/a.csv", f"in/{clashing}"])
+    with pytest.raises(ValueError, match=re.escape(clashing)) as info:
+        deliver(s3_bucket=bucket, s3_prefix="in/", sftp_path=f"{remote_dir}/", **FAST, **options)
+    message = str(info.value)
+    assert re.search(r"a\.csv(?![.\w])", message), f"the message does not name a.csv: {message}"
+    assert listing(remote_dir) == []
+
+
+# --- 5. two deliveries to one path, the first stalling longer than 10 s --------------------------------
+
+
+def test_two_deliveries_to_one_path_with_a_stalled_first_both_end_well(
+    moto, s3, bucket, remote_dir, set_connection
+):
+    first, second = os.urandom(4 * MiB), os.urandom(4 * MiB + 1)
+    s3.put_object(Bucket=bucket, Key="first", Body=first)
+    s3.put_object(Bucket=bucket, Key="second", Body=second)
+    final = remote_dir / "k"
+    outcomes: dict[str, Any] = {}
+    finished: dict[str, float] = {}
+
+    def run(name: str, **kwargs: Any) -> None:
+        try:
+            outcomes[name] = deliver(s3_bucket=bucket, s3_key=name, sftp_path=str(final), **FAST, **kwargs)
+        except Exception as err:
+            outcomes[name] = err
+        finished[name] = time.monotonic()
+
+    # The first delivery's S3 body stalls after 1 MiB until boto3's read timeout (14 s), as S3
+    # throttling or a GC pause would, then continues with a ranged GET on the same SSH session.
+    with FaultyProxy(moto.port, after=MiB, mode="stall", direction="down") as slow_s3:
+        endpoint = f"http://127.0.0.1:{slow_s3.port}"
+        set_connection(
+            "aws_slow",
+            moto.connection()
+            | {
+                "extra": {
+                    "endpoint_url": endpoint,
+                    "region_name": "us-east-1",
+                    "config_kwargs": {"read_timeout": 14},
+                }
+            },
+        )
+        stalled = threading.Thread(target=run, args=("first",), kwargs={"aws_conn_id": "aws_slow"})
+        stalled.start()
+        deadline = time.monotonic() + 30
+        while slow_s3.faults == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert slow_s3.faults == 1, "the first delivery never reached its stall"
+        while not any((remote_dir / name).stat().st_size for name in temp_files(remote_dir)):
+            assert time.monotonic() < deadline, "the first delivery wrote nothing before its stall"
+            time.sleep(0.05)
+        run("second")
+        stalled.join(timeout=120)
+    assert not stalled.is_alive()
+
+    failures = {name: o for name, o in outcomes.items() if isinstance(o, Exception)}
+    assert len(failures) < 2, f"both deliveries failed: {failures}"
+    for err in failures.values():
+        assert isinstance(err, exceptions.SupersededError), repr(err)
+    winners = sorted((finished[name], name) for name in outcomes if name not in failures)
+    last = winners[-1][1]
+    assert final.read_bytes() == {"first": first, "second": second}[last]
+    assert listing(remote_dir) == ["k"]
+    for record in outcomes.values():
+        if isinstance(record, dict):
+            assert_record(record)
+
+
+# --- 6. skip_identical proves identity by content ------------------------------------------------------
+
+
+def put_multipart(s3: Any, bucket: str, key: str, data: bytes) -> None:
+    """Upload in two parts without checksums: S3 then vouches for nothing but a multipart ETag."""
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=key)
+    parts = []
+    for number, (begin, end) in enumerate([(0, 5 * MiB), (5 * MiB, len(data))], start=1):
+        part = s3.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=number, Body=data[begin:end]
+        )
+        parts.append({"ETag": part["ETag"], "PartNumber": number})
+    s3.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
+    )
+    head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    assert head["ETag"].endswith('-2"')
+    assert not any(name.startswith("Checksum") and name != "ChecksumType" for name in head)
+
+
+def put_object_of_kind(s3: Any, bucket: str, kind: str) -> bytes:
+    if kind == "single-part-sha256":
+        data = os.urandom(2 * MiB + 3)
+        s3.put_object(Bucket=bucket, Key="k", Body=data, ChecksumAlgorithm="SHA256")
+        assert s3.head_object(Bucket=bucket, Key="k", ChecksumMode="ENABLED").get("ChecksumSHA256")
+    else:
+        data = os.urandom(5 * MiB + 100)
+        put_multipart(s3, bucket, "k", data)
+    return data
+
+
+def change_one_byte_keeping_size_and_mtime(path: Path) -> None:
+    before = path.stat()
+    with path.open("r+b") as handle:
+        handle.seek(before.st_size // 2)
+        byte = handle.read(1)
+        handle.seek(before.st_size // 2)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+
+
+@pytest.mark.parametrize("kind", ["single-part-sha256", "multipart"])
+def test_skip_identical_redelivers_a_file_whose_bytes_changed_behind_a_matching_sidecar(
+    s3, bucket, remote_dir, kind
+):
+    data = put_object_of_kind(s3, bucket, kind)
+    options = {
+        "s3_bucket": bucket,
+        "s3_key": "k",
+        "sftp_path": str(remote_dir / "k"),
+        "sidecar": True,
+        **FAST,
+    }
+    deliver(**options)
+    change_one_byte_keeping_size_and_mtime(remote_dir / "k")
+
+    result = deliver(if_exists="skip_identical", **options)
+    assert result["skipped"] is False
+    assert (remote_dir / "k").read_bytes() == data
+    assert (remote_dir / "k.sha256").read_text() == f"{sha256(data)}  k\n"
+    assert listing(remote_dir) == ["k", "k.sha256"]
+    assert_record(result)
+
+
+@pytest.mark.parametrize(("kind", "skipped"), [("single-part-sha256", True), ("multipart", False)])
+def test_skip_identical_by_sidecar_trusts_only_a_sidecar_equal_to_a_full_object_checksum(
+    s3, bucket, remote_dir, kind, skipped
+):
+    data = put_object_of_kind(s3, bucket, kind)
+    options = {
+        "s3_bucket": bucket,
+        "s3_key": "k",
+        "sftp_path": str(remote_dir / "k"),
+        "sidecar": True,
+        **FAST,
+    }
+    deliver(**options)
+    change_one_byte_keeping_size_and_mtime(remote_dir / "k")
+
+    result = deliver(if_exists="skip_identical", skip_identical_by="sidecar", **options)
+    # The documented fast mode trusts the sidecar (and so keeps the changed byte) only when it
+    # equals S3's own full-object SHA-256; a multipart ETag vouches for no file digest.
+    assert result["skipped"] is skipped
+    assert ((remote_dir / "k").read_bytes() == data) is not skipped
+    assert_record(result)
+
+
+def test_skip_identical_skips_an_unchanged_file_with_the_same_record_keys(s3, bucket, remote_dir):
+    data = os.urandom(MiB + 5)
+    put_crc32(s3, bucket, "k", data)
+    options = {"s3_bucket": bucket, "s3_key": "k", "sftp_path": str(remote_dir / "k"), **FAST}
+    delivered = deliver(if_exists="skip_identical", **options)
+    skipped = deliver(if_exists="skip_identical", **options)
+    assert delivered["skipped"] is False and skipped["skipped"] is True
+    assert set(skipped) == set(delivered)
+    assert_record(delivered)
+    assert_record(skipped)
+    assert skipped["checksum"] == delivered["checksum"] == f"sha256:{sha256(data)}"
+    assert (skipped["sidecar_path"], skipped["done_marker_path"], skipped["resumed_from"]) == (None, None, 0)
+    assert (remote_dir / "k").read_bytes() == data
+
+
+def test_many_object_records_carry_every_key(s3, bucket, remote_dir):
+    put_all(s3, bucket, ["in/a.bin", "in/b.bin"])
+    deliver(s3_bucket=bucket, s3_key="in/a.bin", sftp_path=f"{remote_dir}/")
+    summary = deliver(
+        s3_bucket=bucket, s3_prefix="in/", sftp_path=f"{remote_dir}/", if_exists="skip_identical"
+    )
+    assert sorted(record["skipped"] for record in summary["objects"]) == [False, True]
+    for record in summary["objects"]:
+        assert_record(record)
+
+
+# --- done when: one cut at any byte, in every mode -------------------------------------------------------
+
+
+SIZE = 2 * MiB + 7
+
+MODES = {
+    "default": {},
+    "checksum-none": {"checksum": None},
+    "verify-checksum": {"verify": "checksum"},
+    "parallel-parts": {"parallel_parts": 2, "part_size": 512 * 1024},
+    "atomic-false": {"atomic": False},
+    "sidecar-and-marker": {"sidecar": True, "done_marker": ".done"},
+}
+
+
+def holds_all_bytes(directory: Path) -> Callable[[], bool]:
+    """True once some file in ``directory`` (the temp file, or the final one) has all SIZE bytes."""
+
+    def check() -> bool:
+        for path in directory.iterdir():
+            try:
+                if path.stat().st_size == SIZE:
+                    return True
+            except FileNotFoundError:
+                continue
+        return False
+
+    return check
+
+
+def final_published(path: Path) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return path.stat().st_size == SIZE
+        except FileNotFoundError:
+            return False
+
+    return check
+
+
+# (name, how to build the proxy): byte offsets for the early cuts (the SSH handshake and session
+# setup take ~1.5 KB upstream, the first write request is far larger than 6000 bytes), server
+# state for the late ones.
+CUTS: dict[str, Callable[[int, Path], FaultyProxy]] = {
+    "just-after-handshake": lambda port, d: FaultyProxy(port, after=1450, direction="up"),
+    "no-data-landed-yet": lambda port, d: FaultyProxy(port, after=6000, direction="up"),
+    "mid-object": lambda port, d: FaultyProxy(port, after=SIZE // 2, direction="up"),
+    "all-data-landed-before-verify": lambda port, d: CutWhen(port, when=holds_all_bytes(d), direction="up"),
+    "reply-to-publish-lost": lambda port, d: CutWhen(port, when=final_published(d / "k"), direction="down"),
+    "after-publish": lambda port, d: CutWhen(port, when=final_published(d / "k"), direction="up"),
+}
+
+
+@pytest.mark.parametrize("cut", list(CUTS))
+@pytest.mark.parametrize("mode", list(MODES))
+def test_one_cut_at_any_byte_recovers_byte_identical_in_every_mode(
+    sshd, s3, bucket, remote_dir, set_connection, mode, cut
+):
+    data = os.urandom(SIZE)
+    put_crc32(s3, bucket, "k", data)
+    options = MODES[mode]
+    with CUTS[cut](sshd.port, remote_dir) as proxy:
+        result = deliver(
+            s3_bucket=bucket,
+            s3_key="k",
+            sftp_path=str(remote_dir / "k"),
+            sftp_conn_id=sftp_through(set_connection, sshd, proxy),
+            **FAST,
+            **RETRY_FAST,
+            **options,
+        )
+    assert proxy.faults == 1, "the cut never fired"
+    assert (remote_dir / "k").read_bytes() == data
+    # One cut costs at most one reconnect; a cut after the last request costs none.
+    assert result["attempts"] <= 2
+    if cut in ("no-data-landed-yet", "mid-object", "all-data-landed-before-verify"):
+        assert result["attempts"] == 2
+    expected = ["k"]
+    if options.get("sidecar"):
+        expected = ["k", "k.done", "k.sha256"]
+        assert (remote_dir / "k.sha256").read_text() == f"{sha256(data)}  k\n"
+        assert (remote_dir / "k.done").read_bytes() == b""
+        assert result["sidecar_path"] == str(remote_dir / "k.sha256")
+        assert result["done_marker_path"] == str(remote_dir / "k.done")
+    else:
+        assert result["sidecar_path"] is None and result["done_marker_path"] is None
+    assert listing(remote_dir) == expected
+    if options.get("checksum", "sha256"):
+        assert result["checksum"] == f"sha256:{sha256(data)}"
+    assert_record(result)
