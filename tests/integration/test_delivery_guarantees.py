@@ -7,12 +7,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,7 @@ def test_atomic_false_with_retries_exhausted_leaves_no_file_and_says_the_old_ver
 ):
     final = remote_dir / "k"
     final.write_bytes(b"yesterday's complete file")
+    os.chown(final, remote_dir.stat().st_uid, remote_dir.stat().st_gid)  # the SFTP user's own file
     s3.put_object(Bucket=bucket, Key="k", Body=os.urandom(4 * MiB))
     # Every connection dies after 2 MiB: enough for a cleanup, never enough for the object.
     with (
@@ -209,58 +211,75 @@ def test_a_source_key_named_like_another_keys_sidecar_or_marker_is_refused_namin
 # --- 5. two deliveries to one path, the first stalling longer than 10 s --------------------------------
 
 
+@contextlib.contextmanager
+def stalling_s3(
+    moto: Any, set_connection: Callable[..., str], conn_id: str, seconds: float
+) -> Iterator[FaultyProxy]:
+    """An ``aws`` connection whose first object body stalls after 1 MiB for ``seconds``.
+
+    The stall lasts until boto3's read timeout, as S3 throttling or a GC pause would; the
+    delivery then goes on with a ranged GET on the same SSH session.
+    """
+    with FaultyProxy(moto.port, after=MiB, mode="stall", direction="down") as proxy:
+        extra = {
+            "endpoint_url": f"http://127.0.0.1:{proxy.port}",
+            "region_name": "us-east-1",
+            "config_kwargs": {"read_timeout": seconds},
+        }
+        set_connection(conn_id, moto.connection() | {"extra": extra})
+        yield proxy
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
 def test_two_deliveries_to_one_path_with_a_stalled_first_both_end_well(
     moto, s3, bucket, remote_dir, set_connection
 ):
-    first, second = os.urandom(4 * MiB), os.urandom(4 * MiB + 1)
-    s3.put_object(Bucket=bucket, Key="first", Body=first)
-    s3.put_object(Bucket=bucket, Key="second", Body=second)
+    sources = {"first": os.urandom(4 * MiB), "second": os.urandom(4 * MiB + 1)}
+    for key, body in sources.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
     final = remote_dir / "k"
     outcomes: dict[str, Any] = {}
     finished: dict[str, float] = {}
 
-    def run(name: str, **kwargs: Any) -> None:
+    def run(key: str, aws_conn_id: str) -> None:
         try:
-            outcomes[name] = deliver(s3_bucket=bucket, s3_key=name, sftp_path=str(final), **FAST, **kwargs)
+            outcomes[key] = deliver(
+                s3_bucket=bucket, s3_key=key, sftp_path=str(final), aws_conn_id=aws_conn_id, **FAST
+            )
         except Exception as err:
-            outcomes[name] = err
-        finished[name] = time.monotonic()
+            outcomes[key] = err
+        finished[key] = time.monotonic()
 
-    # The first delivery's S3 body stalls after 1 MiB until boto3's read timeout (14 s), as S3
-    # throttling or a GC pause would, then continues with a ranged GET on the same SSH session.
-    with FaultyProxy(moto.port, after=MiB, mode="stall", direction="down") as slow_s3:
-        endpoint = f"http://127.0.0.1:{slow_s3.port}"
-        set_connection(
-            "aws_slow",
-            moto.connection()
-            | {
-                "extra": {
-                    "endpoint_url": endpoint,
-                    "region_name": "us-east-1",
-                    "config_kwargs": {"read_timeout": 14},
-                }
-            },
+    # The first stalls 14 s with its temp file part-written (longer than the 10 s after which
+    # today's code calls a temp file stale); the second starts meanwhile and stalls 8 s itself,
+    # so that the first goes on while the second is still writing.
+    with (
+        stalling_s3(moto, set_connection, "aws_slow_first", 14) as slow_first,
+        stalling_s3(moto, set_connection, "aws_slow_second", 8),
+    ):
+        first = threading.Thread(target=run, args=("first", "aws_slow_first"))
+        first.start()
+        wait_for(lambda: slow_first.faults == 1, "the first delivery stalls")
+        wait_for(
+            lambda: any((remote_dir / name).stat().st_size for name in temp_files(remote_dir)),
+            "the first delivery's temp file holds bytes",
         )
-        stalled = threading.Thread(target=run, args=("first",), kwargs={"aws_conn_id": "aws_slow"})
-        stalled.start()
-        deadline = time.monotonic() + 30
-        while slow_s3.faults == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert slow_s3.faults == 1, "the first delivery never reached its stall"
-        while not any((remote_dir / name).stat().st_size for name in temp_files(remote_dir)):
-            assert time.monotonic() < deadline, "the first delivery wrote nothing before its stall"
-            time.sleep(0.05)
-        run("second")
-        stalled.join(timeout=120)
-    assert not stalled.is_alive()
+        run("second", "aws_slow_second")
+        first.join(timeout=120)
+    assert not first.is_alive()
 
-    failures = {name: o for name, o in outcomes.items() if isinstance(o, Exception)}
+    failures = {key: o for key, o in outcomes.items() if isinstance(o, Exception)}
     assert len(failures) < 2, f"both deliveries failed: {failures}"
     for err in failures.values():
         assert isinstance(err, exceptions.SupersededError), repr(err)
-    winners = sorted((finished[name], name) for name in outcomes if name not in failures)
-    last = winners[-1][1]
-    assert final.read_bytes() == {"first": first, "second": second}[last]
+    last = max((finished[key], key) for key in outcomes if key not in failures)[1]
+    assert final.read_bytes() == sources[last], "the last delivery to publish did not win"
     assert listing(remote_dir) == ["k"]
     for record in outcomes.values():
         if isinstance(record, dict):
