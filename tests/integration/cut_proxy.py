@@ -18,8 +18,8 @@ from tests.faults import FaultyProxy
 class CutWhen(FaultyProxy):
     """Cut the first connection at the first chunk in ``direction`` that arrives once ``when()`` is true.
 
-    The chunk that finds ``when()`` true is dropped, not forwarded, and both sockets close; every
-    later connection passes untouched. Byte offsets cannot name "after the last write landed" or
+    The chunk that finds ``when()`` true is dropped, not forwarded, ``on_fault`` runs, and both
+    sockets close; every later connection passes untouched. Byte offsets cannot name "after the last write landed" or
     "the rename's reply" independently of how many requests a client sends, but the server's
     files can: a client sends nothing after its pipelined writes until every write is
     acknowledged, so the first upstream chunk after the file holds all its bytes is the first
@@ -27,8 +27,15 @@ class CutWhen(FaultyProxy):
     appeared carries the reply to the rename.
     """
 
-    def __init__(self, target_port: int, *, when: Callable[[], bool], direction: str = "up") -> None:
-        super().__init__(target_port, after=0, mode="cut", direction=direction)
+    def __init__(
+        self,
+        target_port: int,
+        *,
+        when: Callable[[], bool],
+        direction: str = "up",
+        on_fault: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(target_port, after=0, mode="cut", direction=direction, on_fault=on_fault)
         self.when = when
         self._fault_lock = threading.Lock()
 
@@ -41,6 +48,8 @@ class CutWhen(FaultyProxy):
                 if counted and self.faults < self.faulty and self.when():
                     with self._fault_lock:
                         self.faults += 1
+                    if self.on_fault:
+                        self.on_fault()
                     break
                 dst.sendall(data)
         except OSError:
