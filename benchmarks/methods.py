@@ -5,7 +5,7 @@
 # is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
 """One benchmark transfer in a fresh process: ``python -m benchmarks.methods`` (run by the runner).
 
-The runner passes the job as JSON in ``S3SFTP_BENCH`` and the Airflow connections ``bench_aws``
+The runner passes the job as JSON in ``S3SFTP_BENCH`` (``@<path>``: in that file) and the Airflow connections ``bench_aws``
 and ``bench_sftp`` as ``AIRFLOW_CONN_*`` variables. The last stdout line is ``BENCH-RESULT {json}``:
 wall time of the transfer alone (imports and process start excluded), CPU time and RSS of this
 process (and of its children, for the OpenSSH client), and per-phase times where they exist.
@@ -415,7 +415,8 @@ def _warm_up(kind: str) -> None:
 
 
 def main() -> int:
-    job: Job = json.loads(os.environ["S3SFTP_BENCH"])
+    raw = os.environ["S3SFTP_BENCH"]
+    job: Job = json.loads(Path(raw[1:]).read_text() if raw.startswith("@") else raw)
     run = METHODS[job["kind"]]
     _warm_up(job["kind"])
 

@@ -349,6 +349,8 @@ def launch(
     port = sftp_port or bench.sshd.port
     job = {**job, "kind": method.kind, "name": method.name, "variant": method.variant}
     job["sftp"] = {**bench.sftp_job(), "port": port, "known_hosts": str(bench.known_hosts_for(port))}
+    job_file = bench.workdir / f"{tag}.job.json"  # a file: thousands of keys overflow an env var
+    job_file.write_text(json.dumps(job))
     aws = bench.moto.connection()
     aws["extra"] = {**aws["extra"], "endpoint_url": job["s3_endpoint"]}  # type: ignore[dict-item]
     sftp = bench.sshd.connection(**method.variant.get("sftp_extra", {}))
@@ -356,7 +358,7 @@ def launch(
     env = dict(os.environ)
     env.update(
         [conn_env(AWS_CONN_ID, aws), conn_env(SFTP_CONN_ID, sftp)],
-        S3SFTP_BENCH=json.dumps(job),
+        S3SFTP_BENCH="@" + str(job_file),
         TMPDIR=str(tmpdir),
         AIRFLOW_HOME=str(bench.airflow_home),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
@@ -435,6 +437,7 @@ def launch(
     else:
         log.unlink()
     shutil.rmtree(tmpdir, ignore_errors=True)
+    job_file.unlink()
     return row
 
 
