@@ -188,6 +188,9 @@ def summarize_many(rows: Sequence[dict[str, Any]], methods: Sequence[Method]) ->
                 "sshd_cpu_ms_per_file": round(
                     1000 * statistics.median(r["sshd_cpu_s"] for r in good) / files, 1
                 ),
+                "moto_cpu_ms_per_file": round(
+                    1000 * statistics.median(r["moto_cpu_s"] for r in good) / files, 1
+                ),
                 "all_verified": all(r["all_verified"] for r in runs),
                 "note": method.note,
             }
@@ -213,20 +216,22 @@ def format_many(summary: Sequence[dict[str, Any]]) -> str:
             f"### Many small objects: {label} under one S3 prefix, loopback",
             "",
             "| method | files | files/s (median) | x OpenSSH sftp | ours x this | client CPU ms/file "
-            "| sshd CPU ms/file | SFTP requests/file | round trips/file | SSH handshakes | bytes verified |",
-            "|" + "---|" * 11,
+            "| sshd CPU ms/file | moto CPU ms/file | SFTP requests/file | round trips/file | SSH handshakes "
+            "| bytes verified |",
+            "|" + "---|" * 12,
         ]
         rows = [s for s in summary if s["label"] == label]
         ours = next((s for s in rows if s["method"] == "ours" and "files_per_s" in s), None)
         for s in rows:
             if "files_per_s" not in s:
-                lines.append(f"| {s['method']} | {s['status']} |" + " |" * 9)
+                lines.append(f"| {s['method']} | {s['status']} |" + " |" * 10)
                 continue
             ratio = f"{s['vs_openssh']:.3f}" if s.get("vs_openssh") is not None else "-"
             ours_x = f"{ours['files_per_s'] / s['files_per_s']:.3g}" if ours else "-"
             lines.append(
                 f"| {s['method']} | {s['files']} | {s['files_per_s']:.1f} | {ratio} | {ours_x} "
                 f"| {s['client_cpu_ms_per_file']:.1f} | {s['sshd_cpu_ms_per_file']:.1f} "
+                f"| {s['moto_cpu_ms_per_file']:.1f} "
                 f"| {s.get('requests_per_file', '-')} | {s.get('round_trips_per_file', '-')} "
                 f"| {s.get('ssh_handshakes', '-')} | {'yes' if s['all_verified'] else 'NO'} |"
             )

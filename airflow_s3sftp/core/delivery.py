@@ -24,6 +24,7 @@ from airflow_s3sftp.core.ranged import RangedReader
 from airflow_s3sftp.core.reader import ChunkReader
 from airflow_s3sftp.core.sftp import (
     PipelinedWriter,
+    Replies,
     create_private,
     ensure_directory,
     fsync,
@@ -46,7 +47,7 @@ from airflow_s3sftp.exceptions import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
-    from paramiko import SFTPClient, SFTPFile
+    from paramiko import SFTPAttributes, SFTPClient, SFTPFile
 
     from airflow_s3sftp.core.options import DeliveryOptions
     from airflow_s3sftp.core.reader import OpenSource, ReadAhead
@@ -104,6 +105,14 @@ class DeliveryRecord:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Landed:
+    """What a STAT sent behind the last write said about our file (``asked=False``: nothing was sent)."""
+
+    asked: bool
+    attrs: SFTPAttributes | None = None
+
+
 class Progress:
     """Throttled progress lines: bytes, percent, MB/s, ETA."""
 
@@ -131,6 +140,46 @@ class Progress:
             )
         else:
             log.info("%s: %s bytes, %.1f MB/s", self._what, done, rate / 1e6)
+
+
+class BatchProgress:
+    """Throttled progress of many deliveries: objects done of the total, bytes, MB/s, ETA.
+
+    Thread-safe: every worker reports its finished objects; at most one line per ``interval``.
+
+    :param total: objects in the batch
+    :param interval: seconds between progress lines
+    """
+
+    def __init__(self, total: int, interval: float) -> None:
+        self._total, self._interval = total, interval
+        self._done = self._failed = self._bytes = 0
+        self._start = self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def finished(self, size: int, *, failed: bool = False) -> None:
+        """Count one finished object (``size`` bytes moved) and log a line when one is due."""
+        with self._lock:
+            self._done += 1
+            self._failed += failed
+            self._bytes += size
+            now = time.monotonic()
+            if now - self._last < self._interval or self._done == self._total:
+                return
+            self._last = now
+            elapsed = max(now - self._start, 1e-9)
+            done, moved, failures = self._done, self._bytes, self._failed
+        eta = (self._total - done) * elapsed / done
+        log.info(
+            "%s of %s objects done (%s failed), %s bytes, %.1f MB/s, %.1f objects/s, ETA %.0fs",
+            done,
+            self._total,
+            failures,
+            moved,
+            moved / elapsed / 1e6,
+            done / elapsed,
+            eta,
+        )
 
 
 class LeftoverSweeper:
@@ -280,19 +329,27 @@ class Delivery:
     def _attempt(self, session: SFTPSession) -> DeliveryRecord:
         sftp = session.sftp
         session.set_timeout(self.options.streaming.io_timeout)
+        # A server that applies requests in arrival order takes independent ones back to back:
+        # several requests then cost one round trip (what many small files are made of).
+        replies = None if self._strict(session) else Replies(sftp)
         try:
-            if not self._prepared:
+            if self._prepared:
+                handle, start, digests = self._open(sftp)
+            elif replies is not None and self.options.publishing.if_exists != "skip_identical":
+                handle, start, digests = self._open_checking_target(sftp, replies)
+                self._prepared = True
+            else:
                 skipped = self._prepare(sftp)
                 if skipped is not None:
                     return skipped
                 self._prepared = True
-            handle, start, digests = self._open(sftp)
-            sent = self._stream(session, handle, start, digests)
+                handle, start, digests = self._open(sftp)
+            sent, landed = self._stream(session, handle, start, digests, replies)
             if problem := digests.source_problem():
                 raise VerificationError(f"{self.source.uri} changed or was corrupted in transit: {problem}")
             checksum = digests.checksum()
-            verified = self._verify(sftp, sent, checksum)
-            published_with = self._publish(sftp)
+            verified = self._verify(sftp, sent, checksum, landed)
+            published_with = self._publish(sftp, replies)
             sidecar, marker = self._write_extras(sftp, checksum)
         except Exception as err:
             if session.lost(err):
@@ -316,12 +373,7 @@ class Delivery:
         """Check the target and its directory; return a record when an identical file makes us skip."""
         publishing = self.options.publishing
         target = stat_or_none(sftp, self.path)
-        if is_dir(target):
-            raise IsADirectoryError(
-                f"SFTP target {self.path!r} is a directory; end sftp_path with '/' to write into it"
-            )
-        if target is not None and publishing.if_exists == "fail":
-            raise FileExistsError(f"SFTP file {self.path!r} already exists (if_exists='fail')")
+        self._check_target(target)
         ensure_directory(sftp, posixpath.dirname(self.path) or ".", publishing.create_dirs)
         if (
             publishing.if_exists == "skip_identical"
@@ -344,6 +396,31 @@ class Delivery:
                 )
         return None
 
+    def _check_target(self, target: SFTPAttributes | None) -> None:
+        """Refuse a final name that is a directory, or that exists when ``if_exists="fail"``."""
+        if is_dir(target):
+            raise IsADirectoryError(
+                f"SFTP target {self.path!r} is a directory; end sftp_path with '/' to write into it"
+            )
+        if target is not None and self.options.publishing.if_exists == "fail":
+            raise FileExistsError(f"SFTP file {self.path!r} already exists (if_exists='fail')")
+
+    def _open_checking_target(self, sftp: SFTPClient, replies: Replies) -> tuple[SFTPFile, int, Digests]:
+        """Open our file with the STAT of the final name in the same round trip; check the target first.
+
+        The directory is looked at only when the open says it is missing. Whatever the STAT says
+        is acted on before a byte is written; a file we created for a refused target is removed
+        by :meth:`run`'s cleanup like after any other failure.
+        """
+        probe = replies.send_stat(self.path)
+        try:
+            opened = self._open(sftp)
+        except OSError:
+            self._check_target(replies.attrs(probe, self.path))  # the clearer error, when there is one
+            raise
+        self._check_target(replies.attrs(probe, self.path))
+        return opened
+
     def _open(self, sftp: SFTPClient) -> tuple[SFTPFile, int, Digests]:
         """Return the file to write, the offset to write at, and the digests of the bytes before it."""
         fresh = Digests.fresh(self.options.checks.checksum, self.check)
@@ -358,7 +435,12 @@ class Delivery:
         exclusive = self.options.publishing.atomic or (
             self.options.publishing.if_exists == "fail" and not self._created
         )
-        handle = create_private(sftp, self.write_path, exclusive=exclusive)
+        try:
+            handle = create_private(sftp, self.write_path, exclusive=exclusive)
+        except FileNotFoundError:
+            # Only now look at the directory: a clear error, or create_dirs makes it.
+            ensure_directory(sftp, posixpath.dirname(self.path) or ".", self.options.publishing.create_dirs)
+            handle = create_private(sftp, self.write_path, exclusive=exclusive)
         self._created = True
         directory = posixpath.dirname(self.path)
         if self.options.publishing.atomic and self._sweeper.pending(directory):
@@ -416,11 +498,27 @@ class Delivery:
             )
         return ChunkReader(self.source.open, size=self.source.size, **shared)
 
-    def _stream(self, session: SFTPSession, handle: SFTPFile, start: int, digests: Digests) -> int:
-        """Write the object from ``start`` in strict offset order; return the bytes written in all."""
+    def _strict(self, session: SFTPSession) -> bool:
+        """Return True when requests must go one at a time (servers that may apply them in parallel)."""
+        strict = self.options.streaming.strict_order
+        return strict if strict is not None else not session.writes_in_order
+
+    def _stream(
+        self,
+        session: SFTPSession,
+        handle: SFTPFile,
+        start: int,
+        digests: Digests,
+        replies: Replies | None,
+    ) -> tuple[int, Landed]:
+        """Write the object from ``start`` in strict offset order; return the bytes written in all.
+
+        With ``replies`` (a server applying requests in arrival order), fsync, a STAT of the file
+        and CLOSE follow the last WRITE without waiting: the STAT's answer (what landed) is
+        returned for the verification, and the whole tail costs one round trip.
+        """
         streaming = self.options.streaming
         sftp = session.sftp
-        strict = streaming.strict_order if streaming.strict_order is not None else not session.writes_in_order
         # OpenSSH applies requests in arrival order, so pipelined in-order writes land in order;
         # strict waits for every write's status for servers that may apply them in parallel.
         pipeline = PipelinedWriter(
@@ -428,7 +526,7 @@ class Delivery:
             handle,
             start=start,
             write_size=streaming.write_size or session.write_size,
-            max_in_flight=1 if strict else streaming.max_in_flight,
+            max_in_flight=1 if replies is None else streaming.max_in_flight,
         )
         writer = OrderedWriter(pipeline, start=start)
         progress = Progress(
@@ -447,10 +545,20 @@ class Delivery:
                 for chunk in reader:
                     writer.write(chunk)
                     progress.update(writer.position)
-                pipeline.flush()
-                if streaming.fsync:
-                    fsync(sftp, handle)
-                handle.close()  # collects the status of every pipelined write
+                if replies is None:
+                    pipeline.flush()
+                    if streaming.fsync:
+                        fsync(sftp, handle)
+                    handle.close()
+                    landed = Landed(asked=False)
+                else:
+                    synced = replies.send_fsync(handle) if streaming.fsync else None
+                    probe = replies.send_stat(self.write_path)
+                    handle.close()  # its reply comes after every earlier one: all are in now
+                    pipeline.flush()  # the first failed WRITE, if any
+                    if synced is not None:
+                        replies.synced(synced, self.write_path)
+                    landed = Landed(asked=True, attrs=replies.attrs(probe, self.write_path))
         except OSError as err:
             if session.lost(err):
                 raise
@@ -462,12 +570,12 @@ class Delivery:
             raise VerificationError(
                 f"{self.source.uri}: read {writer.position} bytes, expected {self.source.size}"
             )
-        return writer.position
+        return writer.position, landed
 
-    def _verify(self, sftp: SFTPClient, sent: int, checksum: str | None) -> str:
+    def _verify(self, sftp: SFTPClient, sent: int, checksum: str | None, known: Landed) -> str:
         """Check what landed before it is published; return how it was verified."""
         checks = self.options.checks
-        landed = stat_or_none(sftp, self.write_path)
+        landed = known.attrs if known.asked else stat_or_none(sftp, self.write_path)
         if landed is None:
             raise self._vanished(sftp)
         if checks.verify == "none":
@@ -485,17 +593,29 @@ class Delivery:
             return "checksum"
         return "size"
 
-    def _publish(self, sftp: SFTPClient) -> str:
-        """Give the verified file its final mode and name; return how the name was given."""
+    def _publish(self, sftp: SFTPClient, replies: Replies | None) -> str:
+        """Give the verified file its final mode and name; return how the name was given.
+
+        With ``replies``, the chmod travels with the rename (one round trip); it is applied first
+        all the same, and its answer is read afterwards.
+        """
         publishing = self.options.publishing
+        chmod = None
         if publishing.file_mode is not None:
-            try:
-                sftp.chmod(self.write_path, publishing.file_mode)
-            except FileNotFoundError:
-                raise self._vanished(sftp) from None
-            except OSError as err:
-                log.warning("Server refused chmod %o on %s: %s", publishing.file_mode, self.write_path, err)
+            if replies is not None:
+                chmod = replies.send_chmod(self.write_path, publishing.file_mode)
+            else:
+                try:
+                    sftp.chmod(self.write_path, publishing.file_mode)
+                except FileNotFoundError:
+                    raise self._vanished(sftp) from None
+                except OSError as err:
+                    log.warning(
+                        "Server refused chmod %o on %s: %s", publishing.file_mode, self.write_path, err
+                    )
         if not publishing.atomic:
+            if replies is not None and chmod is not None:
+                self._chmod_done(sftp, replies, chmod)
             self._created = False  # complete and verified: it is the delivered file now
             return "direct"
         try:
@@ -511,7 +631,21 @@ class Delivery:
                 raise self._vanished(sftp) from None
             raise
         self._created = False
+        if replies is not None and chmod is not None:
+            self._chmod_done(sftp, replies, chmod)
         return how
+
+    def _chmod_done(self, sftp: SFTPClient, replies: Replies, num: int) -> None:
+        """Act on the answer to the chmod of our file: gone means superseded, refused is a warning."""
+        try:
+            refused = replies.refusal(num, self.write_path)
+        except FileNotFoundError:
+            if self._created:
+                raise self._vanished(sftp) from None
+            raise
+        if refused is not None:
+            mode = self.options.publishing.file_mode
+            log.warning("Server refused chmod %o on %s: %s", mode, self.write_path, refused)
 
     def _write_extras(
         self, sftp: SFTPClient, checksum: str | None, *, only_missing: bool = False

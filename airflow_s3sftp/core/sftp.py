@@ -13,10 +13,14 @@ import posixpath
 import stat
 from typing import TYPE_CHECKING
 
+from paramiko import SFTPAttributes
 from paramiko.sftp import (
+    CMD_ATTRS,
     CMD_EXTENDED,
     CMD_EXTENDED_REPLY,
     CMD_READ,
+    CMD_SETSTAT,
+    CMD_STAT,
     CMD_STATUS,
     CMD_WRITE,
     SFTP_EOF,
@@ -31,7 +35,7 @@ from paramiko.sftp import (
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from paramiko import Message, SFTPAttributes, SFTPClient, SFTPFile
+    from paramiko import Message, SFTPClient, SFTPFile
 
     from airflow_s3sftp.core.reader import Hasher
 
@@ -194,25 +198,98 @@ class PipelinedWriter:
 _ERRNO_OF = {SFTP_NO_SUCH_FILE: errno.ENOENT, SFTP_PERMISSION_DENIED: errno.EACCES}
 
 
-class _StatusReply:
-    """Keeps the raw reply to one request, status code included (paramiko keeps only the text)."""
+class Replies:
+    """Independent requests sent back to back, their replies collected by request number.
 
-    reply: tuple[int, Message] | None = None
+    Requests that do not depend on each other's answers (fsync, close and a stat after the last
+    write; a chmod before a rename) go out together and cost one round trip instead of one each.
+    Only for servers that apply requests in arrival order (OpenSSH's sftp-server does); replies
+    to other owners that arrive meanwhile are dispatched to them by paramiko as usual.
+
+    :param sftp: the SFTP session
+    """
+
+    def __init__(self, sftp: SFTPClient) -> None:
+        self._sftp = sftp
+        self._replies: dict[int, tuple[int, Message]] = {}
+
+    def send(self, kind: int, *args: object) -> int:
+        """Send one request without waiting; return its number for :meth:`wait`."""
+        num: int = self._sftp._async_request(self, kind, *args)  # type: ignore[attr-defined]
+        return num
+
+    def wait(self, num: int) -> tuple[int, Message]:
+        """Return the reply ``(kind, message)`` to request ``num``, reading replies until it is there."""
+        while num not in self._replies:
+            self._sftp._read_response()  # type: ignore[attr-defined]
+        return self._replies.pop(num)
+
+    def status(self, num: int) -> tuple[int, str]:
+        """Return the status ``(code, text)`` of request ``num`` without paramiko's translation."""
+        kind, msg = self.wait(num)
+        if kind != CMD_STATUS:
+            return SFTP_FAILURE, f"unexpected SFTP reply type {kind}"
+        return msg.get_int(), msg.get_text()
+
+    def refusal(self, num: int, path: str) -> str | None:
+        """Return None when request ``num`` on ``path`` succeeded, else the server's reason.
+
+        A missing ``path`` raises :class:`FileNotFoundError` instead.
+        """
+        code, text = self.status(num)
+        if code == SFTP_OK:
+            return None
+        if code == SFTP_NO_SUCH_FILE:
+            raise FileNotFoundError(errno.ENOENT, f"SFTP file {path!r} does not exist: {text}")
+        return text or f"SFTP status {code}"
+
+    def attrs(self, num: int, path: str) -> SFTPAttributes | None:
+        """Return the attributes a STAT request ``num`` of ``path`` got, or None when it does not exist."""
+        kind, msg = self.wait(num)
+        if kind == CMD_ATTRS:
+            return SFTPAttributes._from_msg(msg)  # type: ignore[attr-defined,no-any-return]
+        code, text = (msg.get_int(), msg.get_text()) if kind == CMD_STATUS else (SFTP_FAILURE, "")
+        if code == SFTP_NO_SUCH_FILE:
+            return None
+        raise sftp_error(OSError(_ERRNO_OF.get(code), text or f"SFTP status {code}"), "stat", path)
+
+    def send_stat(self, path: str) -> int:
+        """Send a STAT of ``path``; read the answer with :meth:`attrs`."""
+        return self.send(CMD_STAT, path)
+
+    def send_chmod(self, path: str, mode: int) -> int:
+        """Send a SETSTAT giving ``path`` the permissions ``mode``; read the answer with :meth:`status`."""
+        return self.send(CMD_SETSTAT, path, mode_attrs(mode))
+
+    def send_fsync(self, handle: SFTPFile) -> int:
+        """Send ``fsync@openssh.com`` for ``handle``; read the answer with :meth:`synced`."""
+        return self.send(CMD_EXTENDED, "fsync@openssh.com", handle.handle)
+
+    def synced(self, num: int, path: str) -> bool:
+        """Return True when fsync ``num`` succeeded, False when the server lacks it; raise otherwise."""
+        code, text = self.status(num)
+        if code == SFTP_OK:
+            return True
+        if code == SFTP_OP_UNSUPPORTED:
+            return False
+        raise sftp_error(OSError(_ERRNO_OF.get(code), text or f"SFTP status {code}"), "fsync", path)
 
     def _async_response(self, kind: int, msg: Message, num: int) -> None:
-        self.reply = (kind, msg)
+        """Called by paramiko with the reply to one of our requests."""
+        self._replies[num] = (kind, msg)
+
+
+def mode_attrs(mode: int) -> SFTPAttributes:
+    """Return attributes that set only the permission bits (for SETSTAT / FSETSTAT)."""
+    attrs = SFTPAttributes()
+    attrs.st_mode = mode
+    return attrs
 
 
 def _status_of(sftp: SFTPClient, kind: int, *args: object) -> tuple[int, str]:
     """Send one request and return its status ``(code, text)`` without paramiko's translation."""
-    sink = _StatusReply()
-    sftp._async_request(sink, kind, *args)  # type: ignore[attr-defined]
-    while sink.reply is None:
-        sftp._read_response()  # type: ignore[attr-defined]
-    reply_kind, msg = sink.reply
-    if reply_kind != CMD_STATUS:
-        return SFTP_FAILURE, f"unexpected SFTP reply type {reply_kind}"
-    return msg.get_int(), msg.get_text()
+    replies = Replies(sftp)
+    return replies.status(replies.send(kind, *args))
 
 
 def free_bytes(sftp: SFTPClient, path: str) -> int | None:
@@ -257,16 +334,6 @@ def fsync(sftp: SFTPClient, handle: SFTPFile) -> bool:
     return True
 
 
-class _ReadReplies:
-    """Collects the replies to pipelined READ requests, keyed by request number."""
-
-    def __init__(self) -> None:
-        self.replies: dict[int, tuple[int, Message]] = {}
-
-    def _async_response(self, kind: int, msg: Message, num: int) -> None:
-        self.replies[num] = (kind, msg)
-
-
 def read_range(
     sftp: SFTPClient,
     path: str,
@@ -288,20 +355,17 @@ def read_range(
     with sftp.open(path, "rb") as handle:
         if size is None:
             size = handle.stat().st_size or 0
-        sink = _ReadReplies()
+        sink = Replies(sftp)
         pending: list[tuple[int, int, int]] = []  # (request number, offset, length) in offset order
         next_offset = start
         while pending or next_offset < size:
             while next_offset < size and len(pending) < max_in_flight:
                 length = min(block_size, size - next_offset)
-                num = sftp._async_request(sink, CMD_READ, handle.handle, int64(next_offset), length)  # type: ignore[attr-defined]
+                num = sink.send(CMD_READ, handle.handle, int64(next_offset), length)
                 pending.append((num, next_offset, length))
                 next_offset += length
-            num, offset, length = pending[0]
-            while num not in sink.replies:
-                sftp._read_response()  # type: ignore[attr-defined]
-            kind, msg = sink.replies.pop(num)
-            pending.pop(0)
+            num, offset, length = pending.pop(0)
+            kind, msg = sink.wait(num)
             if kind == CMD_STATUS:
                 code, text = msg.get_int(), msg.get_text()
                 if code == SFTP_EOF:
@@ -309,15 +373,9 @@ def read_range(
                 raise OSError(_ERRNO_OF.get(code), f"SFTP read {path!r}: {text}")
             data = msg.get_string()
             if len(data) < length:  # a short read: ask again for the rest, in order
-                pending.insert(0, _reissue(sftp, sink, handle, offset + len(data), length - len(data)))
+                rest, more = offset + len(data), length - len(data)
+                pending.insert(0, (sink.send(CMD_READ, handle.handle, int64(rest), more), rest, more))
             yield data
-
-
-def _reissue(
-    sftp: SFTPClient, sink: _ReadReplies, handle: SFTPFile, offset: int, length: int
-) -> tuple[int, int, int]:
-    num = sftp._async_request(sink, CMD_READ, handle.handle, int64(offset), length)  # type: ignore[attr-defined]
-    return num, offset, length
 
 
 def hash_remote(sftp: SFTPClient, path: str, hasher: Hasher, size: int) -> None:

@@ -13,10 +13,14 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
+from paramiko import SFTPAttributes
 from paramiko.sftp import (
+    CMD_ATTRS,
     CMD_DATA,
     CMD_EXTENDED,
     CMD_READ,
+    CMD_SETSTAT,
+    CMD_STAT,
     CMD_STATUS,
     CMD_WRITE,
     SFTP_EOF,
@@ -232,6 +236,23 @@ class FakeSFTP:
             handle, offset, length = args
             data = bytes(self.fs.files[handle.decode()][int(offset) : int(offset) + length])
             return (CMD_DATA, Msg(data)) if data else (CMD_STATUS, Msg(SFTP_EOF, "EOF"))
+        if kind == CMD_STAT:
+            (path,) = args
+            try:
+                attrs = self.stat(path)
+            except FileNotFoundError:
+                return CMD_STATUS, Msg(SFTP_NO_SUCH_FILE, "No such file")
+            flags = SFTPAttributes.FLAG_SIZE | SFTPAttributes.FLAG_PERMISSIONS | SFTPAttributes.FLAG_AMTIME
+            return CMD_ATTRS, Msg(flags, attrs.st_size, attrs.st_mode, attrs.st_mtime, attrs.st_mtime)
+        if kind == CMD_SETSTAT:
+            path = args[0]
+            try:
+                self.chmod(path, args[1].st_mode)
+            except FileNotFoundError:
+                return CMD_STATUS, Msg(SFTP_NO_SUCH_FILE, "No such file")
+            return CMD_STATUS, Msg(SFTP_OK, "")
+        if kind == CMD_EXTENDED and args[0] == "fsync@openssh.com":
+            return CMD_STATUS, Msg(SFTP_OK, "")
         if kind == CMD_EXTENDED and args[0] == "posix-rename@openssh.com":
             self._check("posix-rename")
             if not self.fs.posix_rename:
