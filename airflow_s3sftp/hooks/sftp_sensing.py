@@ -268,6 +268,9 @@ def asyncssh_options(extra: Mapping[str, Any]) -> dict[str, Any]:
             # With explicit ciphers, disable among those.
             base = [name.encode() for name in options[option]] if option in options else list(default())
             options[option] = _without(base, names)
+            if not options[option]:
+                left_out = sorted(map(str, names))
+                raise ValueError(f"disabled_algorithms leaves no {key} to negotiate: {left_out}")
     compress = str(extra.get("compress", "false")).lower() == "true"
     options["compression_algs"] = ["zlib@openssh.com", "none"] if compress else ["none"]
     return options
