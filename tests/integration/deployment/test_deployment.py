@@ -95,6 +95,14 @@ def processed(deployment: Deployment) -> list[dict[str, Any]]:
     return taken
 
 
+def events_per_file(deployment: Deployment) -> Counter[str]:
+    """Count the asset events the watcher fired, per source file name."""
+    payloads = [
+        json.loads(extra)["payload"] for (extra,) in deployment.query("SELECT extra FROM asset_event")
+    ]
+    return Counter(Path(payload["source_path"]).name for payload in payloads)
+
+
 def settled(deployment: Deployment, names: set[str]) -> bool:
     """Return whether every named file was processed and no inbound run is still going."""
     done = {item["name"] for item in processed(deployment)}
@@ -151,19 +159,24 @@ def test_b_every_dropped_file_reaches_exactly_one_run(
     slow = b"order_id,amount\n" + b"".join(f"{i},{i * 2}\n".encode() for i in range(40_000))
     quick = b"order_id,amount\n1,2\n"
     (inbound / "quick.csv").write_bytes(quick)
+    # A burst: five files that become complete in the same poll fire five events back to back.
+    burst = {f"burst-{i}.csv": random_bytes(10_000 + i) for i in range(5)}
+    for name, data in burst.items():
+        (inbound / name).write_bytes(data)
     # Six pieces, out of order, 0.4 s apart: each pause is shorter than the 1 s stability window.
     writer = SlowWriter(sshd, str(inbound / "slow.csv"), slow, pieces=6, pause=0.4, out_of_order=True)
     writer.start()
     writer.join_checked()
 
-    deployment.wait_for(
-        "both files processed", lambda: settled(deployment, {"slow.csv", "quick.csv"}), timeout=120
-    )
+    files = {"slow.csv": slow, "quick.csv": quick, **burst}
+    deployment.wait_for("every file processed", lambda: settled(deployment, set(files)), timeout=120)
 
     taken = {item["name"]: item for item in processed(deployment)}
     counts = Counter(item["name"] for item in processed(deployment))
-    assert counts["slow.csv"] == counts["quick.csv"] == 1
-    for name, data in [("slow.csv", slow), ("quick.csv", quick)]:
+    assert all(counts[name] == 1 for name in files), counts
+    # The trigger itself fired exactly one event per file (however the scheduler batched them into runs).
+    assert all(events_per_file(deployment)[name] == 1 for name in files), events_per_file(deployment)
+    for name, data in files.items():
         assert taken[name]["checksum"] == sha256(data)
         assert taken[name]["claimed_path"] == str(claimed / name)
         assert (inbound_dirs["processed"] / name).read_bytes() == data
@@ -176,7 +189,11 @@ def test_b_every_dropped_file_reaches_exactly_one_run(
     assert by_source["slow.csv"]["checksum"] == sha256(slow) and by_source["slow.csv"]["size"] == len(slow)
     assert by_source["slow.csv"]["path"] == str(claimed / "slow.csv")
     assert all(state == "success" for _, state in runs(deployment, INBOUND))
-    print(f"(b) two files, {len(runs(deployment, INBOUND))} run(s): {time.monotonic() - started:.1f}s")
+    swept = sum(not item["from_event"] for item in processed(deployment))
+    print(
+        f"(b) {len(files)} files in {len(runs(deployment, INBOUND))} run(s), {swept} taken by a sweep "
+        f"rather than their own event: {time.monotonic() - started:.1f}s"
+    )
 
 
 def test_c_a_triggerer_restart_neither_loses_nor_duplicates_a_file(
@@ -205,6 +222,8 @@ def test_c_a_triggerer_restart_neither_loses_nor_duplicates_a_file(
 
     counts = Counter(item["name"] for item in processed(deployment))
     assert counts["during.csv"] == counts["down.csv"] == 1
+    assert events_per_file(deployment)["during.csv"] == events_per_file(deployment)["down.csv"] == 1
+    assert max(events_per_file(deployment).values()) == 1  # no file of (b) fired again after the restart
     assert counts - Counter({"during.csv": 1, "down.csv": 1}) == before  # nothing earlier came back
     taken = {item["name"]: item for item in processed(deployment)}
     assert taken["during.csv"]["checksum"] == sha256(during)
