@@ -111,23 +111,38 @@ Poll = Generator[Request, Any, T]
 
 
 def drive(poll: Poll[T], io: SensingIO) -> T:
-    """Run ``poll`` to its end with a synchronous ``io``; return what it returns."""
+    """
+    Run ``poll`` to its end with a synchronous ``io``; return what it returns.
+
+    An error answering a request is thrown into the generator at the ``yield`` that asked, so the poll
+    can handle it (a watch skips one unreadable file) or let it propagate to the caller.
+    """
     try:
         request = next(poll)
         while True:
-            request = poll.send(request.ask(io))
+            try:
+                answer = request.ask(io)
+            except Exception as err:
+                request = poll.throw(err)
+            else:
+                request = poll.send(answer)
     except StopIteration as stop:
         result: T = stop.value
         return result
 
 
 async def adrive(poll: Poll[T], io: SensingIO) -> T:
-    """Run ``poll`` to its end with an asynchronous ``io`` (its methods return awaitables)."""
+    """Run ``poll`` to its end with an asynchronous ``io`` (methods return awaitables), as :func:`drive`."""
     try:
         request = next(poll)
         while True:
-            answer: Awaitable[Any] = request.ask(io)
-            request = poll.send(await answer)
+            try:
+                pending: Awaitable[Any] = request.ask(io)
+                answer = await pending
+            except Exception as err:
+                request = poll.throw(err)
+            else:
+                request = poll.send(answer)
     except StopIteration as stop:
         result: T = stop.value
         return result
@@ -207,10 +222,21 @@ class Fired:
 
 @dataclass(frozen=True)
 class Round:
-    """What one watch round found: files to fire for, and claims refused because the target exists."""
+    """
+    What one watch round found.
+
+    :param fired: files to fire for, in name order
+    :param refused: complete files whose claim was refused because the target exists (reported once)
+    :param failed: ``(name, error)`` of files that could not be read (reported once per size and mtime)
+    """
 
     fired: list[Fired]
     refused: list[Fired]
+    failed: list[tuple[str, OSError]]
+
+
+#: Errors that concern one file and must not stop the watch of the others.
+PER_FILE_ERRORS = (PermissionError, IsADirectoryError)
 
 
 @dataclass
@@ -239,59 +265,76 @@ class Watch:
     reported: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
     # Complete files whose claim was refused: retried each round (one rename) while unchanged.
     refused: dict[str, Fired] = field(default_factory=dict)
+    # Files that failed with a per-file error: skipped while their size and mtime stay the same.
+    failed: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
+    # Files claimed or found complete whose event the caller has not taken yet (see take_fired).
+    pending: list[Fired] = field(default_factory=list)
+
+    def take_fired(self) -> list[Fired]:
+        """Return and forget the files to fire for, also after a round that raised half-way."""
+        fired, self.pending = self.pending, []
+        return fired
 
     def round(self, listing: Mapping[str, stability.Observation] | None = None) -> Poll[Round]:
         """
         List the directory (unless ``listing`` is given), assess every match, hash, claim; return the round.
 
-        Files are visited in name order. A file gone from the listing is forgotten.
+        Files are visited in name order. A file gone from the listing is forgotten. A file that cannot be
+        read (:data:`PER_FILE_ERRORS`) is reported in :attr:`Round.failed` and skipped until it changes;
+        any other error propagates, and the files completed before it stay in :meth:`take_fired`.
         """
         if listing is None:
             listing = yield ListDir(self.directory, self.pattern)
         candidates = {name: seen for name, seen in listing.items() if matches(name, self.pattern)}
-        for memory in (self.states, self.reported, self.refused):
+        for memory in (self.states, self.reported, self.refused, self.failed):
             for name in [name for name in memory if name not in candidates]:
                 del memory[name]
-        fired: list[Fired] = []
         refused: list[Fired] = []
+        failed: list[tuple[str, OSError]] = []
         for name in sorted(candidates):
             seen = candidates[name]
             identity = (seen.size, seen.mtime)
-            if self.reported.get(name) == identity:
+            if self.reported.get(name) == identity or self.failed.get(name) == identity:
                 continue
-            if name in self.refused:
-                held = self.refused[name]
-                if (held.size, held.mtime) == identity:
-                    outcome = yield from self._claim(held)
-                    if outcome is not None:
-                        fired.append(outcome)
-                    continue
-                del self.refused[name]
-            source = posixpath.join(self.directory, name)
-            verdict = yield from poll_file(
-                source, self.states.get(name, stability.State()), self.policy, seen
-            )
-            if verdict.action is not stability.Action.FIRE:
-                self.states[name] = verdict.state
+            self.failed.pop(name, None)
+            try:
+                newly_refused = yield from self._visit(name, seen)
+            except PER_FILE_ERRORS as err:
+                self.states.pop(name, None)
+                self.failed[name] = identity
+                failed.append((name, err))
                 continue
-            self.states.pop(name, None)
-            last = verdict.state.last
-            if last is None or last.size is None or last.mtime is None:
-                continue  # a fire verdict always carries its observation; nothing to report otherwise
-            found = Fired(source, source, last.size, last.mtime, verdict.checksum)
-            if self.claim_to is None:
-                self.reported[name] = (last.size, last.mtime)
-                fired.append(found)
-                continue
-            outcome = yield from self._claim(found)
-            if outcome is not None:
-                fired.append(outcome)
-            elif name in self.refused:
-                refused.append(found)
-        return Round(fired, refused)
+            if newly_refused is not None:
+                refused.append(newly_refused)
+        return Round(self.take_fired(), refused, failed)
+
+    def _visit(self, name: str, seen: stability.Observation) -> Poll[Fired | None]:
+        """Poll one file; claim it when complete. Return it when its claim was newly refused."""
+        if name in self.refused:
+            held = self.refused[name]
+            if (held.size, held.mtime) == (seen.size, seen.mtime):
+                yield from self._claim(held)
+                return None
+            del self.refused[name]
+        source = posixpath.join(self.directory, name)
+        verdict = yield from poll_file(source, self.states.get(name, stability.State()), self.policy, seen)
+        if verdict.action is not stability.Action.FIRE:
+            self.states[name] = verdict.state
+            return None
+        self.states.pop(name, None)
+        last = verdict.state.last
+        if last is None or last.size is None or last.mtime is None:
+            return None  # a fire verdict always carries its observation
+        found = Fired(source, source, last.size, last.mtime, verdict.checksum)
+        if self.claim_to is None:
+            self.reported[name] = (last.size, last.mtime)
+            self.pending.append(found)
+            return None
+        claimed = yield from self._claim(found)
+        return found if claimed is None and name in self.refused else None
 
     def _claim(self, found: Fired) -> Poll[Fired | None]:
-        """Claim ``found``; return it with its new path, or ``None`` when it is gone or refused."""
+        """Claim ``found``; queue and return it with its new path, or ``None`` when it is gone or refused."""
         name = posixpath.basename(found.source_path)
         if self.claim_to is None:
             raise ValueError("this watch claims nothing: claim_to is None")
@@ -299,7 +342,9 @@ class Watch:
         outcome = yield Claim(found.source_path, target)
         if outcome is Claimed.CLAIMED:
             self.refused.pop(name, None)
-            return dataclasses.replace(found, path=target)
+            moved = dataclasses.replace(found, path=target)
+            self.pending.append(moved)
+            return moved
         if outcome is Claimed.EXISTS:
             self.refused[name] = found
         return None

@@ -13,6 +13,7 @@ import functools
 import itertools
 import logging
 import os
+import posixpath
 import socket
 import stat
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -27,7 +28,7 @@ from airflow.providers.sftp.hooks.sftp import SFTPHookAsync
 
 from airflow_s3sftp.core.checksums import format_checksum, new_hasher
 from airflow_s3sftp.core.poll import Claimed, matches
-from airflow_s3sftp.core.sftp import read_range
+from airflow_s3sftp.core.sftp import read_range, stat_or_none
 from airflow_s3sftp.core.sidecar import MAX_SIDECAR_BYTES, parse_sidecar, read_sidecar, sidecar_path
 from airflow_s3sftp.core.stability import Observation
 from airflow_s3sftp.exceptions import AuthenticationError, HostKeyVerificationError
@@ -69,6 +70,10 @@ def _observation(target: str, mode: int | None, size: int | None, mtime: int | N
     if mode is not None and not stat.S_ISREG(mode):
         raise ValueError(f"{target} is not a regular file")
     return Observation.take(int(size or 0), int(mtime or 0))
+
+
+def _no_claim_directory(directory: str) -> NotADirectoryError:
+    return NotADirectoryError(f"{directory}, the claim_to directory, does not exist or is not a directory")
 
 
 def _subject(args: tuple[Any, ...], sidecar: bool) -> str:
@@ -175,18 +180,20 @@ class SFTPSensingHook:
                 found[attrs.filename] = Observation.take(int(attrs.st_size or 0), int(attrs.st_mtime or 0))
         return found
 
-    @sftp_errors("claiming", missing=lambda: Claimed.GONE)
+    @sftp_errors("claiming")
     def claim(self, source: str, target: str) -> Claimed:
         """Rename ``source`` to ``target`` unless ``target`` exists (plain SFTP rename never overwrites)."""
         sftp = self.client()
         try:
             sftp.rename(source, target)
+        except FileNotFoundError:
+            if stat_or_none(sftp, source) is None:
+                return Claimed.GONE  # another watcher claimed it, or someone removed it
+            raise _no_claim_directory(self.target(posixpath.dirname(target))) from None
         except OSError as err:
-            if isinstance(err, (FileNotFoundError, PermissionError)):
+            if isinstance(err, PermissionError):
                 raise
-            try:
-                sftp.stat(target)
-            except FileNotFoundError:
+            if stat_or_none(sftp, target) is None:
                 raise OSError(f"SFTP rename {self.target(source)} -> {target} failed: {err}") from err
             return Claimed.EXISTS
         return Claimed.CLAIMED
@@ -438,14 +445,18 @@ class SFTPSensingHookAsync:
                 found[name] = Observation.take(int(entry.attrs.size or 0), int(entry.attrs.mtime or 0))
         return found
 
-    @async_sftp_errors("claiming", missing=lambda: Claimed.GONE)
+    @async_sftp_errors("claiming")
     async def claim(self, source: str, target: str) -> Claimed:
         """Rename ``source`` to ``target`` unless ``target`` exists (plain SFTP rename never overwrites)."""
         sftp = await self.client()
         try:
             await sftp.rename(source, target)
+        except asyncssh.SFTPNoSuchFile:
+            if not await sftp.exists(source):
+                return Claimed.GONE  # another watcher claimed it, or someone removed it
+            raise _no_claim_directory(self.target(posixpath.dirname(target))) from None
         except asyncssh.SFTPFailure as err:
-            if await sftp.exists(target):
-                return Claimed.EXISTS
-            raise OSError(f"SFTP rename {self.target(source)} -> {target} failed: {err.reason}") from err
+            if not await sftp.exists(target):
+                raise OSError(f"SFTP rename {self.target(source)} -> {target} failed: {err.reason}") from err
+            return Claimed.EXISTS
         return Claimed.CLAIMED

@@ -217,34 +217,53 @@ class SFTPFileStableEventTrigger(_EventTriggerBase):
 
     async def _round(
         self, watch: poll.Watch, io: SFTPSensingHookAsync, listing: dict[str, stability.Observation] | None
-    ) -> list[TriggerEvent]:
-        """Run one watch round; return its events. A lost connection is logged and retried next round."""
+    ) -> tuple[list[TriggerEvent], Exception | None]:
+        """
+        Run one watch round; return its events and the error that should stop the watch, if any.
+
+        Files claimed before an error still fire. A lost connection is logged and retried next round; an
+        unreadable file is logged once and skipped until it changes.
+        """
+        error: Exception | None = None
+        refused: list[poll.Fired] = []
         try:
             found = await poll.adrive(watch.round(listing), io)
         except ConnectionError as err:
             self.log.warning("Watching %s: %s; reconnecting at the next poll", io.target(self.path), err)
             await io.close()
-            return []
-        for refused in found.refused:
+            fired = watch.take_fired()
+        except Exception as err:
+            error = err
+            fired = watch.take_fired()
+        else:
+            fired, refused = found.fired, found.refused
+            for name, failure in found.failed:
+                self.log.error("Skipping %s until it changes: %s", name, failure)
+        for held in refused:
             self.log.warning(
                 "%s is complete but %s already holds %s: not claimed, not fired; retrying each poll",
-                refused.source_path,
+                held.source_path,
                 self.claim_to,
-                posixpath.basename(refused.source_path),
+                posixpath.basename(held.source_path),
             )
         events = []
-        for fired in found.fired:
-            self.log.info("%s is complete (%s bytes, %s): firing", fired.path, fired.size, fired.checksum)
-            events.append(TriggerEvent(fired.payload()))  # type: ignore[no-untyped-call]
-        return events
+        for complete in fired:
+            self.log.info(
+                "%s is complete (%s bytes, %s): firing", complete.path, complete.size, complete.checksum
+            )
+            events.append(TriggerEvent(complete.payload()))  # type: ignore[no-untyped-call]
+        return events, error
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """List, assess, hash and claim every ``poke_interval`` seconds; one event per complete file."""
         async with SFTPSensingHookAsync(self.sftp_conn_id) as io:
             watch = self._new_watch(io)
             while True:
-                for event in await self._round(watch, io, None):
+                events, error = await self._round(watch, io, None)
+                for event in events:
                     yield event
+                if error is not None:
+                    raise error
                 await asyncio.sleep(self.poke_interval)
 
     def shared_stream_key(self) -> Hashable | None:
@@ -273,8 +292,11 @@ class SFTPFileStableEventTrigger(_EventTriggerBase):
             watch = self._new_watch(io)
             async for raw in shared_stream:
                 listing = {name: stability.Observation.from_dict(seen) for name, seen in raw.items()}
-                for event in await self._round(watch, io, listing):
+                events, error = await self._round(watch, io, listing)
+                for event in events:
                     yield event
+                if error is not None:
+                    raise error
 
 
 if _EVENT_TRIGGER_UNAVAILABLE is not None:

@@ -107,6 +107,21 @@ def test_a_claim_never_overwrites(sshd: SSHDServer, remote_dir: Path) -> None:
     assert (inbound / "a.csv").read_bytes() == b"today"
 
 
+@pytest.mark.parametrize("missing", ["watched", "claim_to"])
+def test_a_missing_directory_stops_the_watch_naming_it(
+    sshd: SSHDServer, remote_dir: Path, missing: str
+) -> None:
+    inbound = remote_dir if missing == "claim_to" else remote_dir / "absent"
+    claim_to = remote_dir / "absent" if missing == "claim_to" else owned_dir(remote_dir, "claimed", sshd)
+    (remote_dir / "a.csv").write_bytes(b"complete")
+    trigger = make_trigger(inbound / "*.csv", claim_to=str(claim_to))
+
+    error = NotADirectoryError if missing == "claim_to" else FileNotFoundError
+    with pytest.raises(error, match=f"sftp://127.0.0.1:{sshd.port}{remote_dir / 'absent'}"):
+        watch(trigger, 15)
+    assert (remote_dir / "a.csv").read_bytes() == b"complete"
+
+
 def test_without_claim_to_a_file_fires_again_only_after_it_changed(
     sshd: SSHDServer, remote_dir: Path
 ) -> None:

@@ -325,6 +325,57 @@ class TestWatch:
         # A new watch (a triggerer restart) remembers nothing: the file fires once more.
         assert len(settle(Watch("/in", "*", policy()), fs, 6)) == 1
 
+    def test_an_unreadable_file_is_reported_once_and_does_not_stop_the_others(self) -> None:
+        fs = FakeSFTP()
+        fs.put("/in/a.csv", b"alpha")
+        fs.put("/in/b.csv", b"secret")
+        fs.put("/in/c.csv", b"gamma")
+
+        class Unreadable(FakeSFTP):
+            def digest(self, path: str, algorithm: str, size: int) -> str | None:
+                if path == "/in/b.csv":
+                    raise PermissionError(f"Permission denied when reading {path}")
+                return fs.digest(path, algorithm, size)
+
+        io = Unreadable()
+        io.files = fs.files
+        watch = Watch("/in", "*.csv", policy(), claim_to="/claimed")
+        rounds = []
+        for io.now in (0.0, 3.0, 4.0, 5.0):
+            fs.now = io.now
+            rounds.append(poll.drive(watch.round(), io))
+        assert [[name for name, _ in r.failed] for r in rounds] == [[], ["b.csv"], [], []]
+        assert [f.path for r in rounds for f in r.fired] == ["/claimed/a.csv", "/claimed/c.csv"]
+        fs.put("/in/b.csv", b"changed", mtime=2000)  # changed: watched again, and fails again once stable
+        later = []
+        for io.now in (6.0, 9.0):
+            fs.now = io.now
+            later.append(poll.drive(watch.round(), io))
+        assert [[name for name, _ in r.failed] for r in later] == [[], ["b.csv"]]
+
+    def test_files_claimed_before_an_error_still_fire(self) -> None:
+        fs = FakeSFTP()
+        fs.put("/in/a.csv", b"alpha")
+        fs.put("/in/b.csv", b"beta")
+
+        class Dropping(FakeSFTP):
+            def claim(self, source: str, target: str) -> Claimed:
+                if source == "/in/b.csv":
+                    raise ConnectionError("SSH connection to h:22 failed")
+                return fs.claim(source, target)
+
+        io = Dropping()
+        io.files = fs.files
+        watch = Watch("/in", "*.csv", policy(), claim_to="/claimed")
+        for io.now in (0.0, 3.0):
+            poll.drive(watch.round(), io)
+        io.now = 4.0
+        with pytest.raises(ConnectionError):
+            poll.drive(watch.round(), io)
+        assert [f.path for f in watch.take_fired()] == ["/claimed/a.csv"]
+        assert watch.take_fired() == []
+        assert "/claimed/a.csv" in fs.files and "/in/b.csv" in fs.files
+
     def test_a_given_listing_is_used_instead_of_listing(self) -> None:
         fs = FakeSFTP()
         fs.put("/in/a.csv", b"alpha")
