@@ -24,6 +24,7 @@ import asyncssh.encryption
 import asyncssh.kex
 import asyncssh.mac
 import asyncssh.public_key
+from airflow.providers.common.compat.connection import get_async_connection
 from airflow.providers.sftp.hooks.sftp import SFTPHookAsync
 
 from airflow_s3sftp.core.checksums import format_checksum, new_hasher
@@ -290,7 +291,7 @@ class _ParityHookAsync(SFTPHookAsync):
 
     async def _get_conn(self) -> asyncssh.SSHClientConnection:
         """Connect as the provider does (its own extras parsing), adding the options of the sync hook."""
-        conn = await self.aget_connection(self.sftp_conn_id)
+        conn = await get_async_connection(self.sftp_conn_id)
         self._parse_extras(conn)  # host_key, known_hosts, no_host_key_check, key_file, private_key
         config: dict[str, Any] = {
             "host": self.host or conn.host,
@@ -346,7 +347,7 @@ class SFTPSensingHookAsync:
         if self._hook is not None:
             return
         hook = _ParityHookAsync(sftp_conn_id=self.conn_id)
-        conn = await hook.aget_connection(self.conn_id)
+        conn = await get_async_connection(self.conn_id)
         self.where = f"{conn.host}:{conn.port or 22}"
         self.login = conn.login
         hook.extra_options = asyncssh_options(conn.extra_dejson)
