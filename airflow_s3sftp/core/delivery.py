@@ -237,6 +237,7 @@ class Delivery:
         self._prepared = False
         self._created = False  # write_path is a file this delivery created and has not published
         self._started = time.monotonic()
+        self._endpoint = ""  # "user@host:port:" once a session was had, for messages
 
     # -- the story ------------------------------------------------------------------------------
 
@@ -244,22 +245,23 @@ class Delivery:
         """Deliver, retrying lost connections; return the record or raise what ended the delivery."""
         while True:
             self.attempts += 1
-            session = self.sessions.acquire()
+            session: SFTPSession | None = None
             try:
+                session = self.sessions.acquire()  # a connection dropped while opening counts too
                 record = self._attempt(session)
             except ConnectionLostError as err:
-                self.sessions.discard(session)
+                if session is not None:
+                    self.sessions.discard(session)
                 if self.attempts > self.options.retry.retries:
                     note = self._lost_note()
                     self._clean_up_on_new_session()
                     raise ConnectionLostError(
-                        f"Giving up on {self.source.uri} -> {session.endpoint}:{self.path} after "
+                        f"Giving up on {self.source.uri} -> {self._endpoint}{self.path} after "
                         f"{self.attempts} attempts: {err}{note}"
                     ) from err
                 delay = self.options.retry.backoff(self.attempts)
                 log.warning(
-                    "SFTP connection to %s lost (%s); reconnecting in %.1fs (attempt %s of %s)",
-                    session.endpoint,
+                    "SFTP connection lost (%s); reconnecting in %.1fs (attempt %s of %s)",
                     err,
                     delay,
                     self.attempts + 1,
@@ -268,6 +270,8 @@ class Delivery:
                 self._sleep(delay)
                 continue
             except BaseException as err:
+                if session is None:
+                    raise
                 note = self._lost_note()
                 self._clean_up(session.sftp)
                 self.sessions.release(session)
@@ -279,6 +283,7 @@ class Delivery:
 
     def _attempt(self, session: SFTPSession) -> DeliveryRecord:
         sftp = session.sftp
+        self._endpoint = f"{session.endpoint}:"
         session.set_timeout(self.options.streaming.io_timeout)
         try:
             if not self._prepared:
