@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import posixpath
@@ -44,7 +45,7 @@ from airflow_s3sftp.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from paramiko import SFTPClient, SFTPFile
 
@@ -449,17 +450,15 @@ class Delivery:
         reader = self._reader(start, digests)
         try:
             with reader:
-                for chunk in reader:
-                    writer.write(chunk)
+                for chunk in reader:  # S3's errors come from here, unchanged
+                    with self._writing(session):
+                        writer.write(chunk)
                     progress.update(writer.position)
-                pipeline.flush()
-                if streaming.fsync:
-                    fsync(sftp, handle)
-                handle.close()  # collects the status of every pipelined write
-        except OSError as err:
-            if session.lost(err):
-                raise
-            raise write_error(sftp, err, self.write_path, self.source.size) from err
+                with self._writing(session):
+                    pipeline.flush()
+                    if streaming.fsync:
+                        fsync(sftp, handle)
+                    handle.close()  # collects the status of every pipelined write
         finally:
             self.s3_retries += reader.retries
             _close_quietly(handle)
@@ -468,6 +467,16 @@ class Delivery:
                 f"{self.source.uri}: read {writer.position} bytes, expected {self.source.size}"
             )
         return writer.position
+
+    @contextlib.contextmanager
+    def _writing(self, session: SFTPSession) -> Iterator[None]:
+        """Name a failed SFTP write (a full disk, a permission) unless the connection itself is gone."""
+        try:
+            yield
+        except OSError as err:
+            if session.lost(err):
+                raise
+            raise write_error(session.sftp, err, self.write_path, self.source.size) from err
 
     def _verify(self, sftp: SFTPClient, sent: int, checksum: str | None) -> str:
         """Check what landed before it is published; return how it was verified."""

@@ -238,6 +238,7 @@ class S3ToSFTPHook(BaseHook):
         """
         options = options or DeliveryOptions()
         workers = max(1, min(max_concurrency, len(planned)))
+        self.s3_client  # noqa: B018 - built once here, then shared by the threads (boto3 clients are thread-safe)
         sweeper = LeftoverSweeper(options.publishing.stale_temp_after, [path for _, _, path in planned])
 
         def one(item: tuple[str, str, str]) -> dict[str, Any]:
