@@ -332,3 +332,65 @@ class TestConnectionExtrasParity:
 
 def async_observe_size(observe: Any) -> int:
     return int(asyncio.run(observe()).size)
+
+
+def sync_rounds(watch: Any) -> list[Any]:
+    """Drive watch rounds over paramiko until one fires (at most eight)."""
+    from airflow_s3sftp.core import poll
+
+    rounds: list[poll.Round] = []
+    io = SFTPSensingHook("sftp_default")
+    try:
+        while len(rounds) < 8 and not any(r.fired for r in rounds):
+            rounds.append(poll.drive(watch.round(), io))
+            time.sleep(0.25)
+    finally:
+        io.close()
+    return rounds
+
+
+async def async_rounds(watch: Any) -> list[Any]:
+    """Drive watch rounds over asyncssh until one fires (at most eight)."""
+    from airflow_s3sftp.core import poll
+
+    rounds: list[poll.Round] = []
+    async with SFTPSensingHookAsync("sftp_default") as io:
+        while len(rounds) < 8 and not any(r.fired for r in rounds):
+            rounds.append(await poll.adrive(watch.round(), io))
+            await asyncio.sleep(0.25)
+    return rounds
+
+
+def test_the_sync_twin_answers_a_watch_as_the_async_one_does(sshd: SSHDServer, remote_dir: Path) -> None:
+    """The same watch rounds, driven once over paramiko and once over asyncssh, list, hash and claim alike."""
+    from airflow_s3sftp.core import poll, stability
+
+    results = {}
+    for flavour in ("sync", "async"):
+        inbound = owned_dir(remote_dir, f"in-{flavour}", sshd)
+        claimed = owned_dir(remote_dir, f"claimed-{flavour}", sshd)
+        (inbound / "a.csv").write_bytes(b"alpha")
+        (inbound / "b.csv").write_bytes(b"beta")
+        (claimed / "b.csv").write_bytes(b"taken")
+        (inbound / ".hidden.csv").write_bytes(b"temp")
+        policy = stability.Policy.build(target=str(inbound), stable_for=0, checksum="sha256")
+        watch = poll.Watch(str(inbound), "*.csv", policy, str(claimed))
+        rounds = sync_rounds(watch) if flavour == "sync" else asyncio.run(async_rounds(watch))
+        fired = [f for r in rounds for f in r.fired]
+        refused = [f.source_path for r in rounds for f in r.refused]
+        results[flavour] = (
+            [(Path(f.path).relative_to(claimed).as_posix(), f.size, f.checksum) for f in fired],
+            [Path(p).name for p in refused],
+            sorted(p.name for p in inbound.iterdir()),
+            (claimed / "b.csv").read_bytes(),
+        )
+    assert (
+        results["sync"]
+        == results["async"]
+        == (
+            [("a.csv", 5, sha256(b"alpha"))],
+            ["b.csv"],
+            [".hidden.csv", "b.csv"],
+            b"taken",
+        )
+    )
