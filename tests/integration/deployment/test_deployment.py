@@ -24,14 +24,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.deployment.conftest import Deployment, running_deployment
+from tests.integration.deployment.airflow_deployment import Deployment, running_deployment
 from tests.integration.sftp_writers import SlowWriter, random_bytes, sha256
 from tests.servers import MotoServer, SSHDServer
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[3] / "example_dags"
 DELIVERY = "example_s3_to_sftp_delivery"
 INBOUND = "example_sftp_inbound_asset"
-TERMINAL = ("success", "failed")
 
 
 def owned(sshd: SSHDServer, path: Path) -> Path:
@@ -81,6 +80,9 @@ def deployment(sshd: SSHDServer, moto: MotoServer, inbound_dirs: dict[str, Path]
         deployment.wait_for("the api-server", lambda: deployment.api("GET", "/monitor/health"))
         print(f"\ndeployment ready in {time.monotonic() - started:.1f}s")
         yield deployment
+
+
+TERMINAL = ("success", "failed")
 
 
 def runs(deployment: Deployment, dag_id: str) -> list[tuple[str, str]]:

@@ -5,9 +5,9 @@
 # is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
 """A real Airflow deployment: api-server, scheduler, dag-processor and triggerer processes, LocalExecutor.
 
-Each module using :func:`deployment` gets one deployment with its own AIRFLOW_HOME, sqlite database and
-DAGs folder, the tests' connections (``AIRFLOW_CONN_*``) and a ``PYTHONPATH`` that imports this
-checkout. Every process runs in its own session and is killed at teardown, with its children.
+:func:`running_deployment` gives each user its own AIRFLOW_HOME, sqlite database and DAGs folder, the
+tests' connections (``AIRFLOW_CONN_*``) and a ``PYTHONPATH`` that imports this checkout. Every process
+runs in its own session and is killed at exit, with its children.
 """
 
 from __future__ import annotations
