@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import posixpath
@@ -44,7 +45,7 @@ from airflow_s3sftp.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from paramiko import SFTPClient, SFTPFile
 
@@ -237,6 +238,7 @@ class Delivery:
         self._prepared = False
         self._created = False  # write_path is a file this delivery created and has not published
         self._started = time.monotonic()
+        self._endpoint = ""  # "user@host:port:" once a session was had, for messages
 
     # -- the story ------------------------------------------------------------------------------
 
@@ -244,22 +246,23 @@ class Delivery:
         """Deliver, retrying lost connections; return the record or raise what ended the delivery."""
         while True:
             self.attempts += 1
-            session = self.sessions.acquire()
+            session: SFTPSession | None = None
             try:
+                session = self.sessions.acquire()  # a connection dropped while opening counts too
                 record = self._attempt(session)
             except ConnectionLostError as err:
-                self.sessions.discard(session)
+                if session is not None:
+                    self.sessions.discard(session)
                 if self.attempts > self.options.retry.retries:
                     note = self._lost_note()
                     self._clean_up_on_new_session()
                     raise ConnectionLostError(
-                        f"Giving up on {self.source.uri} -> {session.endpoint}:{self.path} after "
+                        f"Giving up on {self.source.uri} -> {self._endpoint}{self.path} after "
                         f"{self.attempts} attempts: {err}{note}"
                     ) from err
                 delay = self.options.retry.backoff(self.attempts)
                 log.warning(
-                    "SFTP connection to %s lost (%s); reconnecting in %.1fs (attempt %s of %s)",
-                    session.endpoint,
+                    "SFTP connection lost (%s); reconnecting in %.1fs (attempt %s of %s)",
                     err,
                     delay,
                     self.attempts + 1,
@@ -268,6 +271,8 @@ class Delivery:
                 self._sleep(delay)
                 continue
             except BaseException as err:
+                if session is None:
+                    raise
                 note = self._lost_note()
                 self._clean_up(session.sftp)
                 self.sessions.release(session)
@@ -279,6 +284,7 @@ class Delivery:
 
     def _attempt(self, session: SFTPSession) -> DeliveryRecord:
         sftp = session.sftp
+        self._endpoint = f"{session.endpoint}:"
         session.set_timeout(self.options.streaming.io_timeout)
         try:
             if not self._prepared:
@@ -444,17 +450,15 @@ class Delivery:
         reader = self._reader(start, digests)
         try:
             with reader:
-                for chunk in reader:
-                    writer.write(chunk)
+                for chunk in reader:  # S3's errors come from here, unchanged
+                    with self._writing(session):
+                        writer.write(chunk)
                     progress.update(writer.position)
-                pipeline.flush()
-                if streaming.fsync:
-                    fsync(sftp, handle)
-                handle.close()  # collects the status of every pipelined write
-        except OSError as err:
-            if session.lost(err):
-                raise
-            raise write_error(sftp, err, self.write_path, self.source.size) from err
+                with self._writing(session):
+                    pipeline.flush()
+                    if streaming.fsync:
+                        fsync(sftp, handle)
+                    handle.close()  # collects the status of every pipelined write
         finally:
             self.s3_retries += reader.retries
             _close_quietly(handle)
@@ -463,6 +467,16 @@ class Delivery:
                 f"{self.source.uri}: read {writer.position} bytes, expected {self.source.size}"
             )
         return writer.position
+
+    @contextlib.contextmanager
+    def _writing(self, session: SFTPSession) -> Iterator[None]:
+        """Name a failed SFTP write (a full disk, a permission) unless the connection itself is gone."""
+        try:
+            yield
+        except OSError as err:
+            if session.lost(err):
+                raise
+            raise write_error(session.sftp, err, self.write_path, self.source.size) from err
 
     def _verify(self, sftp: SFTPClient, sent: int, checksum: str | None) -> str:
         """Check what landed before it is published; return how it was verified."""
