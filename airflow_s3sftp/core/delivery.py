@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import posixpath
@@ -45,7 +46,7 @@ from airflow_s3sftp.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from paramiko import SFTPAttributes, SFTPClient, SFTPFile
 
@@ -286,6 +287,7 @@ class Delivery:
         self._prepared = False
         self._created = False  # write_path is a file this delivery created and has not published
         self._started = time.monotonic()
+        self._endpoint = ""  # "user@host:port:" once a session was had, for messages
 
     # -- the story ------------------------------------------------------------------------------
 
@@ -293,22 +295,23 @@ class Delivery:
         """Deliver, retrying lost connections; return the record or raise what ended the delivery."""
         while True:
             self.attempts += 1
-            session = self.sessions.acquire()
+            session: SFTPSession | None = None
             try:
+                session = self.sessions.acquire()  # a connection dropped while opening counts too
                 record = self._attempt(session)
             except ConnectionLostError as err:
-                self.sessions.discard(session)
+                if session is not None:
+                    self.sessions.discard(session)
                 if self.attempts > self.options.retry.retries:
                     note = self._lost_note()
                     self._clean_up_on_new_session()
                     raise ConnectionLostError(
-                        f"Giving up on {self.source.uri} -> {session.endpoint}:{self.path} after "
+                        f"Giving up on {self.source.uri} -> {self._endpoint}{self.path} after "
                         f"{self.attempts} attempts: {err}{note}"
                     ) from err
                 delay = self.options.retry.backoff(self.attempts)
                 log.warning(
-                    "SFTP connection to %s lost (%s); reconnecting in %.1fs (attempt %s of %s)",
-                    session.endpoint,
+                    "SFTP connection lost (%s); reconnecting in %.1fs (attempt %s of %s)",
                     err,
                     delay,
                     self.attempts + 1,
@@ -317,6 +320,8 @@ class Delivery:
                 self._sleep(delay)
                 continue
             except BaseException as err:
+                if session is None:
+                    raise
                 note = self._lost_note()
                 self._clean_up(session.sftp)
                 self.sessions.release(session)
@@ -328,6 +333,7 @@ class Delivery:
 
     def _attempt(self, session: SFTPSession) -> DeliveryRecord:
         sftp = session.sftp
+        self._endpoint = f"{session.endpoint}:"
         session.set_timeout(self.options.streaming.io_timeout)
         # A server that applies requests in arrival order takes independent ones back to back:
         # several requests then cost one round trip (what many small files are made of).
@@ -542,27 +548,29 @@ class Delivery:
         reader = self._reader(start, digests)
         try:
             with reader:
-                for chunk in reader:
-                    writer.write(chunk)
+                for chunk in reader:  # S3's errors come from here, unchanged
+                    with self._writing(session):
+                        writer.write(chunk)
                     progress.update(writer.position)
-                if replies is None:
-                    pipeline.flush()
-                    if streaming.fsync:
-                        fsync(sftp, handle)
-                    handle.close()
-                    landed = Landed(asked=False)
-                else:
-                    synced = replies.send_fsync(handle) if streaming.fsync else None
-                    probe = replies.send_stat(self.write_path)
-                    handle.close()  # its reply comes after every earlier one: all are in now
-                    pipeline.flush()  # the first failed WRITE, if any
-                    if synced is not None:
-                        replies.synced(synced, self.write_path)
-                    landed = Landed(asked=True, attrs=replies.attrs(probe, self.write_path))
-        except OSError as err:
-            if session.lost(err):
-                raise
-            raise write_error(sftp, err, self.write_path, self.source.size) from err
+                probe = None
+                with self._writing(session):
+                    if replies is None:
+                        pipeline.flush()
+                        if streaming.fsync:
+                            fsync(sftp, handle)
+                        handle.close()  # collects the status of every pipelined write
+                    else:
+                        synced = replies.send_fsync(handle) if streaming.fsync else None
+                        probe = replies.send_stat(self.write_path)
+                        handle.close()  # its reply comes after every earlier one: all are in now
+                        pipeline.flush()  # the first failed WRITE, if any
+                        if synced is not None:
+                            replies.synced(synced, self.write_path)
+                landed = (
+                    Landed(asked=False)
+                    if replies is None or probe is None
+                    else Landed(asked=True, attrs=replies.attrs(probe, self.write_path))
+                )
         finally:
             self.s3_retries += reader.retries
             _close_quietly(handle)
@@ -571,6 +579,16 @@ class Delivery:
                 f"{self.source.uri}: read {writer.position} bytes, expected {self.source.size}"
             )
         return writer.position, landed
+
+    @contextlib.contextmanager
+    def _writing(self, session: SFTPSession) -> Iterator[None]:
+        """Name a failed SFTP write (a full disk, a permission) unless the connection itself is gone."""
+        try:
+            yield
+        except OSError as err:
+            if session.lost(err):
+                raise
+            raise write_error(session.sftp, err, self.write_path, self.source.size) from err
 
     def _verify(self, sftp: SFTPClient, sent: int, checksum: str | None, known: Landed) -> str:
         """Check what landed before it is published; return how it was verified."""

@@ -28,7 +28,7 @@ from urllib3.exceptions import HTTPError as URLLib3HTTPError
 from airflow_s3sftp.core.delivery import BatchProgress, Delivery, LeftoverSweeper, Source
 from airflow_s3sftp.core.options import DeliveryOptions
 from airflow_s3sftp.core.session import SessionPool, SFTPSession
-from airflow_s3sftp.exceptions import SourceChangedError
+from airflow_s3sftp.exceptions import ConnectionLostError, SourceChangedError
 from airflow_s3sftp.hooks.sftp import bulk_sftp_hook, clear_connection_errors, close_sftp, connect_sftp
 
 if TYPE_CHECKING:
@@ -99,15 +99,21 @@ class S3ToSFTPHook(BaseHook):
     def connect_session(self) -> SFTPSession:
         """Open a new SFTP session tuned for bulk writes; connection failures name the host and cause."""
         hook = bulk_sftp_hook(self.sftp_conn_id)
-        with clear_connection_errors(hook, self.sftp_conn_id):
-            sftp = connect_sftp(hook)
+        endpoint = f"{hook.username}@{hook.remote_host}:{hook.port}"
+        try:
+            with clear_connection_errors(hook, self.sftp_conn_id):
+                sftp = connect_sftp(hook)
+        except (EOFError, ConnectionResetError, BrokenPipeError) as err:
+            # The server was reached and then the connection dropped: worth another attempt.
+            close_sftp(hook)
+            raise ConnectionLostError(
+                f"SSH connection to {endpoint} dropped while opening SFTP: {err!r}"
+            ) from err
         sock = sftp.get_channel().get_transport().sock  # type: ignore[union-attr]
         if isinstance(sock, socket.socket):
             # paramiko never sets it: an unacknowledged small write would wait ~40 ms.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return SFTPSession(
-            sftp, close=lambda: close_sftp(hook), endpoint=f"{hook.username}@{hook.remote_host}:{hook.port}"
-        )
+        return SFTPSession(sftp, close=lambda: close_sftp(hook), endpoint=endpoint)
 
     def session_pool(self, size: int = 1) -> SessionPool:
         """Return a pool of up to ``size`` SFTP sessions, opened on demand and reused across objects."""
@@ -239,6 +245,7 @@ class S3ToSFTPHook(BaseHook):
         """
         options = options or DeliveryOptions()
         workers = max(1, min(max_concurrency, len(planned)))
+        self.s3_client  # noqa: B018 - built once here, then shared by the threads (boto3 clients are thread-safe)
         sweeper = LeftoverSweeper(options.publishing.stale_temp_after, [path for _, _, path in planned])
         progress = BatchProgress(len(planned), options.streaming.progress_interval)
 

@@ -27,7 +27,7 @@ from tests.integration.cut_proxy import CutWhen
 MiB = 1024 * 1024
 CHUNK = 256 * 1024  # small chunks, so resume checkpoints exist within a few MiB
 FAST = {"chunk_size": CHUNK}
-RETRY_FAST = {"retry_delay": 0.1}  # after a cut, reconnect without the default 1 s backoff
+RETRY_FAST = {"connection_retry_delay": 0.1}  # after a cut, reconnect without the default 1 s backoff
 # Every record (one object, or each element of "objects") carries these keys on every path.
 RECORD_KEYS = {
     "s3_uri",
@@ -462,11 +462,14 @@ def final_published(path: Path) -> Callable[[], bool]:
     return check
 
 
-# How to cut, by name: byte offsets for the early cuts (the SSH handshake and session setup take
-# ~1.5 KB upstream; the first write request is far larger than 6000 bytes), the server's files for
-# the late ones.
+# How to cut, by name: byte offsets for the early cuts (measured with OpenSSH 9.2 and paramiko: key
+# exchange and login end at ~1.4 KB upstream, the SFTP session is open at ~1.5 KB, and the first
+# write request is far larger than 6000 bytes), the server's files for the late ones.
 CUTS: dict[str, Callable[[int, Path], FaultyProxy]] = {
+    # After key exchange and login, while the SFTP subsystem is being opened.
     "just-after-handshake": lambda port, d: FaultyProxy(port, after=1450, direction="up"),
+    # The SFTP session is open (~1.5 KB); the delivery's first requests (stat, open...) are cut.
+    "first-requests": lambda port, d: FaultyProxy(port, after=1600, direction="up"),
     "no-data-landed-yet": lambda port, d: FaultyProxy(port, after=6000, direction="up"),
     "mid-object": lambda port, d: FaultyProxy(port, after=SIZE // 2, direction="up"),
     "all-data-landed-before-verify": lambda port, d: CutWhen(port, when=holds_all_bytes(d), direction="up"),

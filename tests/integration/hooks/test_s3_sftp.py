@@ -226,3 +226,13 @@ def test_server_without_aes_gcm_falls_back_to_its_ciphers(s3, bucket, set_connec
         assert target.read_bytes() == data
     finally:
         server.stop()
+
+
+def test_the_connections_ciphers_apply_to_the_first_handshake(sshd, set_connection):
+    """SSHHook sets ``ciphers`` only after connecting; the bulk session honours them from the start."""
+    set_connection("sftp_ciphers", sshd.connection(ciphers=["aes192-ctr"]))
+    session = S3ToSFTPHook(sftp_conn_id="sftp_ciphers").connect_session()
+    try:
+        assert session.sftp.get_channel().get_transport().local_cipher == "aes192-ctr"
+    finally:
+        session.close()
