@@ -340,7 +340,7 @@ class Delivery:
         replies = None if self._strict(session) else Replies(sftp)
         try:
             if self._prepared:
-                handle, start, digests = self._open(sftp)
+                handle, start, digests = self._open(sftp, replies)
             elif replies is not None and self.options.publishing.if_exists != "skip_identical":
                 handle, start, digests = self._open_checking_target(sftp, replies)
                 self._prepared = True
@@ -349,7 +349,7 @@ class Delivery:
                 if skipped is not None:
                     return skipped
                 self._prepared = True
-                handle, start, digests = self._open(sftp)
+                handle, start, digests = self._open(sftp, replies)
             sent, landed = self._stream(session, handle, start, digests, replies)
             if problem := digests.source_problem():
                 raise VerificationError(f"{self.source.uri} changed or was corrupted in transit: {problem}")
@@ -420,14 +420,14 @@ class Delivery:
         """
         probe = replies.send_stat(self.path)
         try:
-            opened = self._open(sftp)
+            opened = self._open(sftp, replies)
         except OSError:
             self._check_target(replies.attrs(probe, self.path))  # the clearer error, when there is one
             raise
         self._check_target(replies.attrs(probe, self.path))
         return opened
 
-    def _open(self, sftp: SFTPClient) -> tuple[SFTPFile, int, Digests]:
+    def _open(self, sftp: SFTPClient, replies: Replies | None) -> tuple[SFTPFile, int, Digests]:
         """Return the file to write, the offset to write at, and the digests of the bytes before it."""
         fresh = Digests.fresh(self.options.checks.checksum, self.check)
         if self._created:
@@ -442,11 +442,11 @@ class Delivery:
             self.options.publishing.if_exists == "fail" and not self._created
         )
         try:
-            handle = create_private(sftp, self.write_path, exclusive=exclusive)
+            handle = create_private(sftp, self.write_path, exclusive=exclusive, replies=replies)
         except FileNotFoundError:
             # Only now look at the directory: a clear error, or create_dirs makes it.
             ensure_directory(sftp, posixpath.dirname(self.path) or ".", self.options.publishing.create_dirs)
-            handle = create_private(sftp, self.write_path, exclusive=exclusive)
+            handle = create_private(sftp, self.write_path, exclusive=exclusive, replies=replies)
         self._created = True
         directory = posixpath.dirname(self.path)
         if self.options.publishing.atomic and self._sweeper.pending(directory):
@@ -566,6 +566,7 @@ class Delivery:
                         pipeline.flush()  # the first failed WRITE, if any
                         if synced is not None:
                             replies.synced(synced, self.write_path)
+                        replies.settle()
                 landed = (
                     Landed(asked=False)
                     if replies is None or probe is None

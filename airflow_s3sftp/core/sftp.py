@@ -18,6 +18,7 @@ from paramiko.sftp import (
     CMD_ATTRS,
     CMD_EXTENDED,
     CMD_EXTENDED_REPLY,
+    CMD_FSETSTAT,
     CMD_READ,
     CMD_SETSTAT,
     CMD_STAT,
@@ -33,7 +34,7 @@ from paramiko.sftp import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from paramiko import Message, SFTPClient, SFTPFile
 
@@ -115,14 +116,26 @@ def server_write_size(sftp: SFTPClient) -> int:
     return max(DEFAULT_WRITE_SIZE, min(max_write or DEFAULT_WRITE_SIZE, MAX_WRITE_SIZE))
 
 
-def create_private(sftp: SFTPClient, path: str, *, exclusive: bool = True) -> SFTPFile:
-    """Create ``path`` (refusing an existing one when ``exclusive``) readable by us alone until published."""
+def create_private(
+    sftp: SFTPClient, path: str, *, exclusive: bool = True, replies: Replies | None = None
+) -> SFTPFile:
+    """Create ``path`` (refusing an existing one when ``exclusive``) readable by us alone until published.
+
+    With ``replies`` (a server applying requests in arrival order) the chmod is not waited for:
+    it still reaches the server before any WRITE; its answer is read by ``replies.settle()``.
+    """
     try:
         handle = sftp.open(path, "wbx" if exclusive else "wb", bufsize=0)
     except OSError as err:
         if exclusive and stat_or_none(sftp, path) is not None:
             raise FileExistsError(errno.EEXIST, f"SFTP file {path!r} already exists") from err
         raise sftp_error(err, "create", path) from err
+    if replies is not None:
+        num = replies.send(CMD_FSETSTAT, handle.handle, mode_attrs(0o600))
+        replies.check_later(
+            num, lambda reason: log.debug("Server refused chmod on %s (%s); keeping its mode", path, reason)
+        )
+        return handle
     try:
         handle.chmod(0o600)  # nobody but us reads it before it is verified
     except OSError:
@@ -212,6 +225,19 @@ class Replies:
     def __init__(self, sftp: SFTPClient) -> None:
         self._sftp = sftp
         self._replies: dict[int, tuple[int, Message]] = {}
+        self._later: list[tuple[int, Callable[[str], None]]] = []
+
+    def check_later(self, num: int, on_refusal: Callable[[str], None]) -> None:
+        """Have :meth:`settle` call ``on_refusal(reason)`` if request ``num`` did not succeed."""
+        self._later.append((num, on_refusal))
+
+    def settle(self) -> None:
+        """Read the answers :meth:`check_later` was asked to look at, and act on the refusals."""
+        later, self._later = self._later, []
+        for num, on_refusal in later:
+            code, text = self.status(num)
+            if code != SFTP_OK:
+                on_refusal(text or f"SFTP status {code}")
 
     def send(self, kind: int, *args: object) -> int:
         """Send one request without waiting; return its number for :meth:`wait`."""

@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +34,7 @@ from airflow_s3sftp.exceptions import ConnectionLostError, SourceChangedError
 from airflow_s3sftp.hooks.sftp import bulk_sftp_hook, clear_connection_errors, close_sftp, connect_sftp
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from airflow.providers.sftp.hooks.sftp import SFTPHook
     from mypy_boto3_s3.client import S3Client
@@ -58,6 +60,29 @@ def _s3_error_code(err: ClientError) -> str:
 def is_transient_s3_error(err: BaseException) -> bool:
     """Return True for errors after which reading the object again from the same offset may work."""
     return isinstance(err, _TRANSIENT_S3_ERRORS) and not isinstance(err, SourceChangedError)
+
+
+PREFETCH_MAX = 8 * 1024 * 1024  # objects up to this size are read from the GET that described them
+
+
+class _FirstBody:
+    """The body of the GET that described an object, handed out once, closed if never taken."""
+
+    def __init__(self, body: Readable | None) -> None:
+        self.body = body
+        self._lock = threading.Lock()
+
+    def take(self) -> Readable | None:
+        """Return the body the first time, None afterwards."""
+        with self._lock:
+            body, self.body = self.body, None
+        return body
+
+    def close(self) -> None:
+        """Close the body if nobody took it."""
+        body = self.take()
+        if body is not None:
+            body.close()
 
 
 class S3ToSFTPHook(BaseHook):
@@ -119,12 +144,12 @@ class S3ToSFTPHook(BaseHook):
         """Return a pool of up to ``size`` SFTP sessions, opened on demand and reused across objects."""
         return SessionPool(self.connect_session, size)
 
-    def head_object(self, bucket: str, key: str) -> dict[str, Any]:
-        """Return the object's metadata with its checksums; missing or denied objects raise clear errors."""
-        client = self.s3_client
+    @contextmanager
+    def _reading(self, bucket: str, key: str) -> Iterator[None]:
+        """Turn S3's answers about a missing or forbidden object into builtin errors that name it."""
         uri = f"s3://{bucket}/{key}"
         try:
-            head: dict[str, Any] = dict(client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"))
+            yield
         except NoCredentialsError as err:
             raise PermissionError(
                 f"No AWS credentials to read {uri} (aws connection {self.aws_conn_id!r})"
@@ -141,7 +166,11 @@ class S3ToSFTPHook(BaseHook):
                     f"{self.aws_conn_id!r}"
                 ) from err
             raise
-        return head
+
+    def head_object(self, bucket: str, key: str) -> dict[str, Any]:
+        """Return the object's metadata with its checksums; missing or denied objects raise clear errors."""
+        with self._reading(bucket, key):
+            return dict(self.s3_client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"))
 
     @cached_property
     def s3_client(self) -> S3Client:
@@ -156,11 +185,14 @@ class S3ToSFTPHook(BaseHook):
         client.meta.config.response_checksum_validation = "when_required"  # type: ignore[attr-defined]
         return client
 
-    def _opener(self, bucket: str, key: str, head: dict[str, Any]) -> OpenSource:
+    def _opener(
+        self, bucket: str, key: str, head: dict[str, Any], first: _FirstBody | None = None
+    ) -> OpenSource:
         """Return ``open_range(start, end=None)`` for the object, pinned to the version in ``head``.
 
         ``end`` is inclusive; None reads to the end. Every GET carries ``IfMatch`` (and the
-        ``VersionId``), so bytes of two versions can never mix.
+        ``VersionId``), so bytes of two versions can never mix. ``first`` is the body of the GET
+        that ``head`` came from: the first read of the whole object takes it instead of a new GET.
         """
         client = self.s3_client
         uri = f"s3://{bucket}/{key}"
@@ -169,6 +201,8 @@ class S3ToSFTPHook(BaseHook):
             pin["VersionId"] = head["VersionId"]
 
         def open_range(start: int, end: int | None = None) -> Readable:
+            if start == 0 and end is None and first is not None and (taken := first.take()) is not None:
+                return taken
             ranged = (
                 {"Range": f"bytes={start}-{'' if end is None else end}"} if start or end is not None else {}
             )
@@ -188,17 +222,37 @@ class S3ToSFTPHook(BaseHook):
 
     def source(self, bucket: str, key: str) -> Source:
         """Return ``s3://bucket/key`` as the delivery core reads it: pinned to its current version."""
-        head = self.head_object(bucket, key)
+        return self._source(bucket, key, self.head_object(bucket, key))
+
+    def _source(self, bucket: str, key: str, head: dict[str, Any], first: _FirstBody | None = None) -> Source:
         version = head.get("VersionId")
         return Source(
             uri=f"s3://{bucket}/{key}",
             size=int(head["ContentLength"]),
-            open=self._opener(bucket, key, head),
+            open=self._opener(bucket, key, head, first),
             head=head,
             etag=str(head["ETag"]).strip('"'),
             version_id=version if version and version != "null" else None,
             is_retryable=is_transient_s3_error,
         )
+
+    def _source_from_get(self, bucket: str, key: str) -> tuple[Source, _FirstBody]:
+        """Return the object with one request instead of two: a GET whose headers stand in for HEAD.
+
+        The GET asks for the checksums (``ChecksumMode``), so its headers carry all a HEAD would;
+        a small object's body is kept for the delivery's first read. botocore then also checks the
+        checksum of that body itself, which costs nothing on a small object; a large one's body is
+        dropped and read again by a plain pinned GET, where that second hash would cost ~1 s/GiB.
+        """
+        with self._reading(bucket, key):
+            response: dict[str, Any] = dict(
+                self.s3_client.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+            )
+        body: Readable = response.pop("Body")
+        first = _FirstBody(body if int(response["ContentLength"]) <= PREFETCH_MAX else None)
+        if first.body is None:
+            body.close()
+        return self._source(bucket, key, response, first), first
 
     def stream_object(
         self,
@@ -220,9 +274,14 @@ class S3ToSFTPHook(BaseHook):
         :param sweeper: removes abandoned temp files, shared by the deliveries of one task
         """
         options = options or DeliveryOptions()
-        source = self.source(bucket, key)
         if sessions is not None:
-            return Delivery(source, sftp_path, options, sessions, sweeper=sweeper).run().to_dict()
+            # Many objects: one GET per object instead of HEAD + GET (S3 requests dominate small files).
+            source, first = self._source_from_get(bucket, key)
+            try:
+                return Delivery(source, sftp_path, options, sessions, sweeper=sweeper).run().to_dict()
+            finally:
+                first.close()  # not read when the delivery skipped or failed early
+        source = self.source(bucket, key)
         with self.session_pool(1) as own:
             return Delivery(source, sftp_path, options, own, sweeper=sweeper).run().to_dict()
 

@@ -18,6 +18,7 @@ from paramiko.sftp import (
     CMD_ATTRS,
     CMD_DATA,
     CMD_EXTENDED,
+    CMD_FSETSTAT,
     CMD_READ,
     CMD_SETSTAT,
     CMD_STAT,
@@ -202,7 +203,7 @@ class FakeSFTP:
     # -- paramiko's request internals ------------------------------------------------------------
     def _request(self, kind: int, *args: Any) -> tuple[int, Msg]:
         self._check()
-        if kind == CMD_EXTENDED and args[0] == "fsync@openssh.com":
+        if kind == CMD_FSETSTAT or (kind == CMD_EXTENDED and args[0] == "fsync@openssh.com"):
             return CMD_STATUS, Msg(SFTP_OK, "")
         raise OSError("Operation unsupported")
 
@@ -251,7 +252,7 @@ class FakeSFTP:
             except FileNotFoundError:
                 return CMD_STATUS, Msg(SFTP_NO_SUCH_FILE, "No such file")
             return CMD_STATUS, Msg(SFTP_OK, "")
-        if kind == CMD_EXTENDED and args[0] == "fsync@openssh.com":
+        if kind == CMD_FSETSTAT or (kind == CMD_EXTENDED and args[0] == "fsync@openssh.com"):
             return CMD_STATUS, Msg(SFTP_OK, "")
         if kind == CMD_EXTENDED and args[0] == "posix-rename@openssh.com":
             self._check("posix-rename")
