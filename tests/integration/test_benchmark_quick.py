@@ -54,3 +54,17 @@ def test_quick_benchmark_runs_every_method_and_verifies_bytes(tmp_path: Path) ->
         assert row["mb_per_s"] > 0, row
         assert row["sha256_verified"] is True, row
     assert "| ours-default |" in (tmp_path / "benchmark-8MiB.md").read_text()
+
+    latency = {row["method"]: row for row in result["latency_summary"]}
+    assert set(latency) == {"openssh-sftp", "ours-default"}
+    assert all(row["sha256_verified"] is True for row in latency.values())
+
+    many = {row["method"]: row for row in result["many_summary"]}
+    expected = {"openssh-sftp", "ours", "stock-operator"} | (
+        {"rclone"} if "rclone" not in result["skipped"] else set()
+    )
+    assert set(many) == expected
+    for row in many.values():
+        assert row["status"] == "ok" and row["all_verified"] is True and row["files_per_s"] > 0, row
+    assert many["ours"]["ssh_handshakes"] <= 4  # sessions are reused across objects
+    assert many["ours"]["round_trips_per_file"] > 0
