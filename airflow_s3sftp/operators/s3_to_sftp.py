@@ -12,7 +12,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow.sdk import BaseOperator
+from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_s3sftp.core.engine import DeliveryOptions
 from airflow_s3sftp.core.paths import (
@@ -29,7 +29,7 @@ from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from airflow.sdk import Context
+    from airflow.providers.common.compat.sdk import Context
 
 
 class S3ToSFTPStreamOperator(BaseOperator):

@@ -11,7 +11,7 @@ import datetime
 import stat
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue, conf
 
 from airflow_s3sftp.core import stability
 from airflow_s3sftp.core.checksums import format_checksum, new_hasher
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import paramiko
-    from airflow.sdk import Context
+    from airflow.providers.common.compat.sdk import Context
 
 #: Key of the observations in Airflow's task state store (reschedule mode).
 STATE_STORE_KEY = "airflow_s3sftp.sftp_file_stable"

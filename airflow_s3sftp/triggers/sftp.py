@@ -14,6 +14,7 @@ import stat
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import asyncssh
+from airflow.providers.common.compat.connection import get_async_connection
 from airflow.providers.sftp.hooks.sftp import SFTPHookAsync
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -198,7 +199,7 @@ class SFTPFileStableTrigger(BaseTrigger):
         target = _target(f"<{self.sftp_conn_id}>", self.path)
         try:
             hook = SFTPHookAsync(sftp_conn_id=self.sftp_conn_id)
-            conn = await hook.aget_connection(self.sftp_conn_id)
+            conn = await get_async_connection(self.sftp_conn_id, hook)
             where = f"{conn.host}:{conn.port or 22}"
             target = _target(where, self.path)
             payload = await self._watch(hook, where, target, conn.login)
