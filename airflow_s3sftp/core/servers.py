@@ -127,7 +127,8 @@ def _answers(channel: paramiko.Channel, extension: str) -> bool:
     _send(channel, struct.pack(">BI", _FXP_EXTENDED, 1) + _string(extension.encode()) + args)
     kind, body = _receive(channel)
     if kind == _FXP_STATUS:
-        return struct.unpack(">I", body[4:8])[0] != _FX_OP_UNSUPPORTED
+        code: int = struct.unpack(">I", body[4:8])[0]
+        return code != _FX_OP_UNSUPPORTED
     return kind == _FXP_EXTENDED_REPLY
 
 

@@ -158,7 +158,9 @@ def reply_inversions(server: MatrixServer, directory, writes: int, block: int = 
         sftp.close()
         client.close()
     assert (directory / "order.bin").read_bytes() == data
-    return sum(1 for earlier, later in zip(writer.replies, writer.replies[1:]) if later < earlier)
+    return sum(
+        1 for earlier, later in zip(writer.replies, writer.replies[1:], strict=False) if later < earlier
+    )
 
 
 def test_detected_profile_matches_how_the_server_applies_pipelined_writes(sftp_server):
