@@ -24,6 +24,10 @@ class TransferInProgressError(S3SFTPError):
     """Another transfer is writing the same target right now."""
 
 
+class SupersededError(TransferInProgressError):
+    """Someone else removed this delivery's temp file before it was published; nothing was published."""
+
+
 class HostKeyVerificationError(S3SFTPError):
     """The SFTP server's host key is unknown or differs from the one configured."""
 

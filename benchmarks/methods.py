@@ -13,7 +13,6 @@ process (and of its children, for the OpenSSH client), and per-phase times where
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import resource
@@ -211,15 +210,17 @@ def ours(job: Job) -> dict[str, Any]:
     if "window" in patches:
         _patch_window(**patches["window"])
     if patches.get("no_source_check"):
-        from airflow_s3sftp.hooks import s3_sftp
+        from airflow_s3sftp.core import delivery
 
-        s3_sftp.choose_source_check = lambda head, preferred=None: None  # type: ignore[assignment]
+        delivery.choose_source_check = lambda head, preferred=None: None  # type: ignore[assignment]
     overrides = variant.get("options", {})
     if overrides:
         original = S3ToSFTPStreamOperator.delivery_options
 
         def delivery_options(self: S3ToSFTPStreamOperator) -> Any:
-            return dataclasses.replace(original(self), **overrides)
+            from airflow_s3sftp.core.options import DeliveryOptions
+
+            return DeliveryOptions.from_flat(**{**original(self).flat(), **overrides})
 
         S3ToSFTPStreamOperator.delivery_options = delivery_options  # type: ignore[method-assign]
 

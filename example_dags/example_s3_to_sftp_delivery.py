@@ -88,6 +88,8 @@ with DAG(
         s3_bucket="{{ params.bucket }}",
         s3_key="{{ params.prefix }}/{{ ds }}/{{ params.file_name }}",
         sftp_path="{{ params.target_dir }}/",
+        # The partner's inbox may be new; without this a missing directory fails the task.
+        create_dirs=True,
         aws_conn_id=AWS_CONN_ID,
         sftp_conn_id=SFTP_CONN_ID,
         checksum="sha256",

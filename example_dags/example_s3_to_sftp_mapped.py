@@ -118,6 +118,7 @@ with DAG(
         task_id="deliver",
         s3_bucket="{{ params.bucket }}",
         sftp_path="{{ params.target_dir }}/{{ ds }}/",
+        create_dirs=True,  # one new directory per day
         aws_conn_id=AWS_CONN_ID,
         sftp_conn_id=SFTP_CONN_ID,
         if_exists="skip_identical",

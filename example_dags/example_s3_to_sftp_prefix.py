@@ -89,6 +89,7 @@ with DAG(
         s3_prefix="{{ params.prefix }}/{{ ds }}/",
         s3_glob=GLOB,
         sftp_path="{{ params.target_dir }}/{{ ds }}/",
+        create_dirs=True,  # one new directory per day, plus the key tree below the prefix
         aws_conn_id=AWS_CONN_ID,
         sftp_conn_id=SFTP_CONN_ID,
         max_concurrency=4,

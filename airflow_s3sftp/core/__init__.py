@@ -3,6 +3,38 @@
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 # Unless required by applicable law or agreed to in writing, software distributed under the License
 # is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
-"""Transfer of the airflow-s3sftp provider."""
+"""The Airflow-free core of airflow-s3sftp: moving bytes and judging files, with no Airflow import.
+
+Airflow's shells (``hooks/``, ``operators/``, ``sensors/``, ``triggers/``) adapt connections and
+task context to it; nothing here imports Airflow (a ruff rule in ``core/ruff.toml`` enforces it).
+
+Delivery (S3 object -> SFTP file):
+
+- :mod:`~airflow_s3sftp.core.delivery` -- ``Delivery`` owns one delivery from plan to publish:
+  attempts and reconnects, digests, resume checkpoints, its unique temp file, cleanup, verify,
+  publish, sidecar and done marker, the skip check. ``Source`` is the S3 side as the hook adapts it;
+  ``DeliveryRecord`` is what it returns; ``LeftoverSweeper`` removes abandoned temp files.
+- :mod:`~airflow_s3sftp.core.options` -- ``DeliveryOptions`` in four groups (``Publishing``,
+  ``Checks``, ``Streaming``, ``RetryPolicy``); the operator's defaults come from them.
+- :mod:`~airflow_s3sftp.core.session` -- ``SFTPSession`` (one connection, reused by many
+  deliveries) and ``SessionPool`` (the sessions of one task).
+- :mod:`~airflow_s3sftp.core.digests` -- ``Digests`` of one attempt and their ``Checkpoints``.
+- :mod:`~airflow_s3sftp.core.reader`, :mod:`~airflow_s3sftp.core.ranged` -- read S3 ahead of the
+  writer in order (one stream, or parallel ranges), hashing on the way.
+- :mod:`~airflow_s3sftp.core.ordered` -- ``OrderedWriter``: append-only, refuses any other offset.
+- :mod:`~airflow_s3sftp.core.sftp` -- SFTP wire primitives: pipelined in-order writes, pipelined
+  reads, exclusive private create, fsync, publish by (posix-)rename, clear errors.
+- :mod:`~airflow_s3sftp.core.servers` -- what a server is known to do (write ordering).
+- :mod:`~airflow_s3sftp.core.integrity` -- which digest S3 vouches for (full-object checksum, MD5 ETag).
+- :mod:`~airflow_s3sftp.core.paths` -- S3 keys to safe remote paths, temp names, plan clash checks.
+- :mod:`~airflow_s3sftp.core.sidecar` -- ``sha256sum -c`` sidecars, small files published by rename.
+- :mod:`~airflow_s3sftp.core.checksums` -- algorithms and the ``"<algorithm>:<hex>"`` notation.
+
+Detection (is a remote file provably complete?):
+
+- :mod:`~airflow_s3sftp.core.poll` -- the one poll sequence, sans I/O: asks for stats, sidecars,
+  digests, listings and claims; the sensor and both triggers only drive it.
+- :mod:`~airflow_s3sftp.core.stability` -- the verdict rules: observations in, verdict out.
+"""
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import base64
 import hashlib
 import logging
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -80,21 +80,27 @@ _S3_CHECKSUM_FIELDS = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class SourceCheck:
-    """One digest S3 vouches for, and the hasher that recomputes it from the bytes read."""
+    """One digest S3 vouches for: what it is called, its algorithm and the expected value.
 
-    name: str  # e.g. "s3:ChecksumCRC32" or "s3:ETag(md5)"
+    It holds no hasher: whoever reads the bytes starts one with :meth:`new_hasher` for every
+    attempt, so a retry can never inherit the bytes of an earlier one.
+    """
+
+    name: str  # e.g. "S3 ChecksumCRC32" or "S3 ETag (MD5)"
     algorithm: str
     expected: bytes
-    hasher: Any = field(repr=False)
 
-    def verify(self) -> str | None:
-        """Return None when the bytes read match, else a message describing the mismatch."""
-        actual: bytes = self.hasher.digest()
-        if actual == self.expected:
+    def new_hasher(self) -> Any:
+        """Return a fresh hasher for :attr:`algorithm`."""
+        return _new(self.algorithm)
+
+    def problem(self, digest: bytes) -> str | None:
+        """Return None when ``digest`` is the expected one, else a message describing the mismatch."""
+        if digest == self.expected:
             return None
-        return f"{self.name} says {self.expected.hex()}, the bytes read give {actual.hex()}"
+        return f"{self.name} says {self.expected.hex()}, the bytes read give {digest.hex()}"
 
 
 def choose_source_check(head: Mapping[str, Any], preferred: str | None = None) -> SourceCheck | None:
@@ -113,15 +119,15 @@ def choose_source_check(head: Mapping[str, Any], preferred: str | None = None) -
         if not value or composite or "-" in value:
             continue
         try:
-            hasher = _new(algorithm)
+            _new(algorithm)
         except ImportError:
             log.info("S3 offers %s but awscrt is not installed to check it", field_name)
             continue
-        return SourceCheck(f"S3 {field_name}", algorithm, base64.b64decode(value), hasher)
+        return SourceCheck(f"S3 {field_name}", algorithm, base64.b64decode(value))
     etag = str(head.get("ETag", "")).strip('"')
     encrypted = head.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse") or head.get(
         "SSECustomerAlgorithm"
     )
     if etag and "-" not in etag and not encrypted and len(etag) == 32:
-        return SourceCheck("S3 ETag (MD5)", "md5", bytes.fromhex(etag), _new("md5"))
+        return SourceCheck("S3 ETag (MD5)", "md5", bytes.fromhex(etag))
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import secrets
 
 TEMP_SUFFIX = ".s3sftp-part"
 BACKUP_SUFFIX = ".s3sftp-old"
@@ -93,13 +94,78 @@ def remote_path_for(sftp_path: str, key: str) -> str:
     return sftp_path
 
 
-def temp_path_for(path: str) -> str:
-    """Return the deterministic temporary name of ``path``: hidden, in the same directory."""
-    directory, name = posixpath.split(path)
-    return posixpath.join(directory, f".{name}{TEMP_SUFFIX}")
+_TOKEN = re.compile(r"[0-9a-f]{12}")
 
 
-def backup_path_for(path: str) -> str:
-    """Return where the previous version waits during a non-atomic replace."""
+def new_token() -> str:
+    """Return a random token that makes a temp name unique to one delivery."""
+    return secrets.token_hex(6)
+
+
+def temp_path_for(path: str, token: str) -> str:
+    """Return the temp name of ``path`` for one delivery: hidden, same directory, unique by ``token``.
+
+    ``/in/x.csv`` becomes ``/in/.x.csv.<token>.s3sftp-part``: two deliveries never share a temp
+    file, and a leftover is recognisable as ours and as belonging to ``x.csv``.
+    """
     directory, name = posixpath.split(path)
-    return posixpath.join(directory, f".{name}{BACKUP_SUFFIX}")
+    return posixpath.join(directory, f".{name}.{token}{TEMP_SUFFIX}")
+
+
+def backup_path_for(path: str, token: str) -> str:
+    """Return where the previous version waits while a server without posix-rename replaces it."""
+    directory, name = posixpath.split(path)
+    return posixpath.join(directory, f".{name}.{token}{BACKUP_SUFFIX}")
+
+
+def leftover_of(name: str) -> str | None:
+    """Return the final name a temp or backup file name belongs to, or None when it is not ours."""
+    for suffix in (TEMP_SUFFIX, BACKUP_SUFFIX):
+        if name.startswith(".") and name.endswith(suffix):
+            base, _, token = name[1 : -len(suffix)].rpartition(".")
+            if base and _TOKEN.fullmatch(token):
+                return base
+    return None
+
+
+def is_reserved_name(name: str) -> bool:
+    """Return True for names shaped like our temp or backup files (never valid delivery targets)."""
+    return name.startswith(".") and name.endswith((TEMP_SUFFIX, BACKUP_SUFFIX))
+
+
+def check_plan(
+    planned: list[tuple[str, str]], *, sidecar_suffix: str | None, done_marker: str | None
+) -> None:
+    """Refuse, before a byte is written, a plan in which two names that the task creates collide.
+
+    ``planned`` holds ``(source, final remote path)`` pairs. Every name the task creates counts:
+    the final names, their sidecars (``<name><sidecar_suffix>``) and done markers
+    (``<name><done_marker>``); a final name shaped like our temp files is refused too, since a
+    cleanup could take it for a leftover. The ``ValueError`` names both sources.
+    """
+    sources = {path: source for source, path in planned}
+    created: dict[str, tuple[str, str]] = {}  # remote path -> (source, what the path is)
+    for source, path in planned:
+        directory, name = posixpath.split(path)
+        if is_reserved_name(name):
+            owner = leftover_of(name) or name[1:].removesuffix(TEMP_SUFFIX).removesuffix(BACKUP_SUFFIX)
+            twin = sources.get(posixpath.join(directory, owner))
+            raise ValueError(
+                f"{source!r} would land on {path!r}, a name reserved for airflow-s3sftp's temp files "
+                f"(hidden names ending in {TEMP_SUFFIX} or {BACKUP_SUFFIX})"
+                + (f", shaped like a temp file of {twin!r}" if twin else "")
+                + "; rename it or filter it out"
+            )
+        names = [(path, "the file")]
+        if sidecar_suffix:
+            names.append((path + sidecar_suffix, "the checksum sidecar"))
+        if done_marker:
+            names.append((path + done_marker, "the done marker"))
+        for name, role in names:
+            other = created.get(name)
+            if other is not None:
+                raise ValueError(
+                    f"S3 sources {other[0]!r} and {source!r} clash: {name!r} would be both "
+                    f"{other[1]} of {other[0]!r} and {role} of {source!r}"
+                )
+            created[name] = (source, role)

@@ -13,9 +13,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from airflow_s3sftp.core.reader import MiB, ReadAhead, _End
+from airflow_s3sftp.core.reader import _DEFAULT_RETRY, MiB, ReadAhead, _End
 
 if TYPE_CHECKING:
+    from airflow_s3sftp.core.options import RetryPolicy
     from airflow_s3sftp.core.reader import Hasher, Readable
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class RangedReader(ReadAhead):
     source. A sequencer thread takes the chunks of the oldest part as they arrive, feeds them
     to ``hashers`` in offset order (so hashing overlaps with the consumer's writes) and queues
     them for the consumer. A part whose stream breaks (or ends early) is reopened at the exact
-    offset where it broke, up to ``max_retries`` times per transfer, when ``is_retryable`` says
+    offset where it broke, up to ``retry.s3_retries`` times per transfer, when ``is_retryable`` says
     the error is transient. The consumer interface is the one of
     :class:`~airflow_s3sftp.core.reader.ChunkReader`.
 
@@ -61,8 +62,7 @@ class RangedReader(ReadAhead):
     :param depth: chunks queued for the consumer
     :param hashers: hash objects updated with every byte, in order
     :param is_retryable: tells whether an error from ``read`` or ``open_range`` is transient
-    :param max_retries: reopen attempts per transfer, over all parts
-    :param retry_delay: first backoff in seconds, doubled on every attempt
+    :param retry: reopens allowed (``s3_retries``, over all parts) and the backoff between them
     :param describe: names the source in log lines and errors
     :param on_chunk: called on the sequencer thread with the new offset after each chunk is hashed
     """
@@ -79,8 +79,7 @@ class RangedReader(ReadAhead):
         depth: int = 4,
         hashers: Sequence[Hasher] = (),
         is_retryable: Callable[[BaseException], bool] = lambda err: False,
-        max_retries: int = 5,
-        retry_delay: float = 0.5,
+        retry: RetryPolicy = _DEFAULT_RETRY,
         describe: str = "source",
         on_chunk: Callable[[int], None] | None = None,
     ) -> None:
@@ -93,8 +92,7 @@ class RangedReader(ReadAhead):
             depth=depth,
             hashers=hashers,
             is_retryable=is_retryable,
-            max_retries=max_retries,
-            retry_delay=retry_delay,
+            retry=retry,
             describe=describe,
             on_chunk=on_chunk,
         )

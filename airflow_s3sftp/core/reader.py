@@ -14,12 +14,15 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from airflow_s3sftp.core.options import RetryPolicy
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+_DEFAULT_RETRY = RetryPolicy(delay=0.5)
 
 
 class Readable(Protocol):
@@ -68,8 +71,7 @@ class ReadAhead:
         depth: int,
         hashers: Sequence[Hasher],
         is_retryable: Callable[[BaseException], bool],
-        max_retries: int,
-        retry_delay: float,
+        retry: RetryPolicy,
         describe: str,
         on_chunk: Callable[[int], None] | None,
     ) -> None:
@@ -78,8 +80,7 @@ class ReadAhead:
         self._chunk_size = chunk_size
         self._hashers = tuple(hashers)
         self._is_retryable = is_retryable
-        self._max_retries = max_retries
-        self._retry_delay = retry_delay
+        self._retry = retry
         self._describe = describe
         self._on_chunk = on_chunk
         self._queue: queue.Queue[bytes | BaseException | _End] = queue.Queue(maxsize=depth)
@@ -155,13 +156,13 @@ class ReadAhead:
     def _may_retry(self, err: BaseException) -> int:
         """Count one more reopen after ``err`` and return its number, or 0 when it must not be retried."""
         with self._retry_lock:
-            if not self._is_retryable(err) or self.retries >= self._max_retries:
+            if not self._is_retryable(err) or self.retries >= self._retry.s3_retries:
                 return 0
             self.retries += 1
             return self.retries
 
     def _backoff(self, err: BaseException, offset: int, attempt: int) -> None:
-        delay = self._retry_delay * 2 ** (attempt - 1)
+        delay = self._retry.backoff(attempt)
         log.warning(
             "Reading %s broke at byte %s (%s); reopening there in %.1fs (attempt %s of %s)",
             self._describe,
@@ -169,7 +170,7 @@ class ReadAhead:
             err,
             delay,
             attempt,
-            self._max_retries,
+            self._retry.s3_retries,
         )
         self._stop.wait(delay)
 
@@ -188,7 +189,7 @@ class ChunkReader(ReadAhead):
     At most ``depth`` chunks of ``chunk_size`` bytes wait in memory, whatever the size of the
     source. Every chunk is fed to ``hashers`` in order on the reader thread, so hashing
     overlaps with the SFTP writes. A stream that breaks mid-way is reopened at the exact offset
-    where it broke, up to ``max_retries`` times, when ``is_retryable`` says the error is transient;
+    where it broke, up to ``retry.s3_retries`` times, when ``is_retryable`` says the error is transient;
     a stream that ends before ``size`` bytes counts as broken.
 
     :param open_stream: opens the source at a byte offset
@@ -198,8 +199,7 @@ class ChunkReader(ReadAhead):
     :param depth: chunks buffered ahead of the consumer
     :param hashers: hash objects updated with every byte, in order
     :param is_retryable: tells whether an error from ``read`` or ``open_stream`` is transient
-    :param max_retries: reopen attempts per transfer
-    :param retry_delay: first backoff in seconds, doubled on every attempt
+    :param retry: reopens allowed (``s3_retries``) and the backoff between them
     :param describe: names the source in log lines and errors
     :param on_chunk: called on the reader thread with the new offset after each chunk is hashed
     """
@@ -214,8 +214,7 @@ class ChunkReader(ReadAhead):
         depth: int = 8,
         hashers: Sequence[Hasher] = (),
         is_retryable: Callable[[BaseException], bool] = lambda err: False,
-        max_retries: int = 5,
-        retry_delay: float = 0.5,
+        retry: RetryPolicy = _DEFAULT_RETRY,
         describe: str = "source",
         on_chunk: Callable[[int], None] | None = None,
     ) -> None:
@@ -224,8 +223,7 @@ class ChunkReader(ReadAhead):
             depth=depth,
             hashers=hashers,
             is_retryable=is_retryable,
-            max_retries=max_retries,
-            retry_delay=retry_delay,
+            retry=retry,
             describe=describe,
             on_chunk=on_chunk,
         )

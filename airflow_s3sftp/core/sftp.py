@@ -11,7 +11,6 @@ import errno
 import logging
 import posixpath
 import stat
-import time
 from typing import TYPE_CHECKING
 
 from paramiko.sftp import (
@@ -28,8 +27,6 @@ from paramiko.sftp import (
     SFTP_PERMISSION_DENIED,
     int64,
 )
-
-from airflow_s3sftp.exceptions import TransferInProgressError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -78,7 +75,9 @@ def ensure_directory(sftp: SFTPClient, directory: str, create: bool) -> None:
         raise NotADirectoryError(errno.ENOTDIR, f"SFTP path {directory!r} exists and is not a directory")
     if not create:
         raise FileNotFoundError(
-            errno.ENOENT, f"SFTP directory {directory!r} does not exist (create_dirs=False)"
+            errno.ENOENT,
+            f"SFTP directory {directory!r} does not exist: check the path for a typo, or set "
+            "create_dirs=True to create it",
         )
     parent = posixpath.dirname(directory.rstrip("/"))
     if parent and parent != directory:
@@ -88,6 +87,8 @@ def ensure_directory(sftp: SFTPClient, directory: str, create: bool) -> None:
     except OSError as err:
         if not is_dir(stat_or_none(sftp, directory)):  # lost a race with another creator: fine
             raise sftp_error(err, "mkdir", directory) from err
+    else:
+        log.info("Created SFTP directory %s (create_dirs=True)", directory)
 
 
 def _extended(sftp: SFTPClient, request: str, *args: object) -> tuple[int, Message]:
@@ -110,33 +111,14 @@ def server_write_size(sftp: SFTPClient) -> int:
     return max(DEFAULT_WRITE_SIZE, min(max_write or DEFAULT_WRITE_SIZE, MAX_WRITE_SIZE))
 
 
-def open_exclusive(sftp: SFTPClient, path: str, *, stale_after: float) -> SFTPFile:
-    """Create ``path`` exclusively with mode 0600, taking over a leftover nobody writes to any more.
-
-    A temp file that exists already belongs either to a crashed earlier try or to a transfer
-    running right now. It is taken over when its size and mtime stay unchanged for
-    ``stale_after`` seconds (measured by watching it, so clock skew does not matter); otherwise
-    :class:`TransferInProgressError` is raised.
-    """
+def create_private(sftp: SFTPClient, path: str, *, exclusive: bool = True) -> SFTPFile:
+    """Create ``path`` (refusing an existing one when ``exclusive``) readable by us alone until published."""
     try:
-        handle = sftp.open(path, "wbx", bufsize=0)
+        handle = sftp.open(path, "wbx" if exclusive else "wb", bufsize=0)
     except OSError as err:
-        before = stat_or_none(sftp, path)
-        if before is None:
-            raise sftp_error(err, "create", path) from err
-        time.sleep(stale_after)
-        after = stat_or_none(sftp, path)
-        if after is not None and (after.st_size, after.st_mtime) != (before.st_size, before.st_mtime):
-            raise TransferInProgressError(
-                f"Another transfer is writing {path!r} right now (it grew from {before.st_size} to "
-                f"{after.st_size} bytes in {stale_after:.0f}s); not touching it"
-            ) from err
-        log.warning("Removing stale temp file %s (%s bytes) left by an earlier try", path, before.st_size)
-        remove_quietly(sftp, path)
-        try:
-            handle = sftp.open(path, "wbx", bufsize=0)
-        except OSError as err2:
-            raise sftp_error(err2, "create", path) from err2
+        if exclusive and stat_or_none(sftp, path) is not None:
+            raise FileExistsError(errno.EEXIST, f"SFTP file {path!r} already exists") from err
+        raise sftp_error(err, "create", path) from err
     try:
         handle.chmod(0o600)  # nobody but us reads it before it is verified
     except OSError:

@@ -197,6 +197,25 @@ class Policy:
             expected_checksum_from=expected_checksum_from,
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-able form: the one object that travels to a trigger and back."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Policy:
+        """Rebuild a policy written by :meth:`to_dict`, validating it again."""
+        algorithm, expected = data.get("algorithm"), data.get("expected_checksum")
+        return cls.build(
+            target=str(data["target"]),
+            stable_for=data["stable_for"],
+            # The expected checksum's algorithm won at build time; only one of the two matters now.
+            checksum=None if expected else algorithm,
+            expected_size=data.get("expected_size"),
+            expected_checksum=expected,
+            expected_checksum_from=data.get("expected_checksum_from"),
+            min_size=data.get("min_size", 1),
+        )
+
     @property
     def required_span(self) -> float:
         """Return how long size and mtime must be seen unchanged, widened by the mtime resolution."""

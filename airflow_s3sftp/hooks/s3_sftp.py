@@ -8,8 +8,7 @@
 from __future__ import annotations
 
 import socket
-import time
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -26,18 +25,15 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import HTTPError as URLLib3HTTPError
 
-from airflow_s3sftp.core.engine import Checkpoints, DeliveryOptions, DeliveryResult, deliver
-from airflow_s3sftp.core.integrity import choose_source_check
-from airflow_s3sftp.core.paths import temp_path_for
-from airflow_s3sftp.core.sftp import remove_quietly
-from airflow_s3sftp.core.sidecar import find_identical, sidecar_path, sidecar_text, write_small_file
+from airflow_s3sftp.core.delivery import Delivery, LeftoverSweeper, Source
+from airflow_s3sftp.core.options import DeliveryOptions
+from airflow_s3sftp.core.session import SessionPool, SFTPSession
 from airflow_s3sftp.exceptions import ConnectionLostError, SourceChangedError
 from airflow_s3sftp.hooks.sftp import bulk_sftp_hook, clear_connection_errors, close_sftp, connect_sftp
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Sequence
 
-    import paramiko
     from airflow.providers.sftp.hooks.sftp import SFTPHook
     from mypy_boto3_s3.client import S3Client
 
@@ -100,19 +96,28 @@ class S3ToSFTPHook(BaseHook):
         hook = self.sftp_hook
         return f"{hook.username}@{hook.remote_host}:{hook.port}"
 
-    @contextmanager
-    def sftp_client(self) -> Iterator[paramiko.SFTPClient]:
-        """Open an SFTP session tuned for bulk writes; connection failures raise errors that name the host."""
-        with clear_connection_errors(self.sftp_hook, self.sftp_conn_id):
-            sftp = connect_sftp(self.sftp_hook)
+    def connect_session(self) -> SFTPSession:
+        """Open a new SFTP session tuned for bulk writes; connection failures name the host and cause."""
+        hook = bulk_sftp_hook(self.sftp_conn_id)
+        endpoint = f"{hook.username}@{hook.remote_host}:{hook.port}"
         try:
-            sock = sftp.get_channel().get_transport().sock  # type: ignore[union-attr]
-            if isinstance(sock, socket.socket):
-                # paramiko never sets it: an unacknowledged small write would wait ~40 ms.
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            yield sftp
-        finally:
-            close_sftp(self.sftp_hook)
+            with clear_connection_errors(hook, self.sftp_conn_id):
+                sftp = connect_sftp(hook)
+        except (EOFError, ConnectionResetError, BrokenPipeError) as err:
+            # The server was reached and then the connection dropped: worth another attempt.
+            close_sftp(hook)
+            raise ConnectionLostError(
+                f"SSH connection to {endpoint} dropped while opening SFTP: {err!r}"
+            ) from err
+        sock = sftp.get_channel().get_transport().sock  # type: ignore[union-attr]
+        if isinstance(sock, socket.socket):
+            # paramiko never sets it: an unacknowledged small write would wait ~40 ms.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return SFTPSession(sftp, close=lambda: close_sftp(hook), endpoint=endpoint)
+
+    def session_pool(self, size: int = 1) -> SessionPool:
+        """Return a pool of up to ``size`` SFTP sessions, opened on demand and reused across objects."""
+        return SessionPool(self.connect_session, size)
 
     def head_object(self, bucket: str, key: str) -> dict[str, Any]:
         """Return the object's metadata with its checksums; missing or denied objects raise clear errors."""
@@ -174,103 +179,79 @@ class S3ToSFTPHook(BaseHook):
 
         return open_range
 
+    def source(self, bucket: str, key: str) -> Source:
+        """Return ``s3://bucket/key`` as the delivery core reads it: pinned to its current version."""
+        head = self.head_object(bucket, key)
+        version = head.get("VersionId")
+        return Source(
+            uri=f"s3://{bucket}/{key}",
+            size=int(head["ContentLength"]),
+            open=self._opener(bucket, key, head),
+            head=head,
+            etag=str(head["ETag"]).strip('"'),
+            version_id=version if version and version != "null" else None,
+            is_retryable=is_transient_s3_error,
+        )
+
     def stream_object(
         self,
         bucket: str,
         key: str,
         sftp_path: str,
         options: DeliveryOptions | None = None,
+        *,
+        sessions: SessionPool | None = None,
+        sweeper: LeftoverSweeper | None = None,
     ) -> dict[str, Any]:
-        """Stream ``s3://bucket/key`` to ``sftp_path`` and return a JSON-able result record.
+        """Stream ``s3://bucket/key`` to ``sftp_path`` and return the JSON-able delivery record.
 
         :param bucket: S3 bucket name
         :param key: S3 object key
         :param sftp_path: final remote path of the file (not a directory)
         :param options: how to deliver; the defaults are safe
+        :param sessions: SFTP sessions to use (and reuse); a one-session pool of its own when None
+        :param sweeper: removes abandoned temp files, shared by the deliveries of one task
         """
         options = options or DeliveryOptions()
-        uri = f"s3://{bucket}/{key}"
-        head = self.head_object(bucket, key)
-        size = int(head["ContentLength"])
-        opener = self._opener(bucket, key, head)
-        identity = {"s3_uri": uri, "etag": str(head["ETag"]).strip('"'), "version_id": head.get("VersionId")}
-        source_check = choose_source_check(head, preferred=options.checksum)
-        checkpoints = Checkpoints()
-        attempt = 0
-        while True:
+        source = self.source(bucket, key)
+        if sessions is not None:
+            return Delivery(source, sftp_path, options, sessions, sweeper=sweeper).run().to_dict()
+        with self.session_pool(1) as own:
+            return Delivery(source, sftp_path, options, own, sweeper=sweeper).run().to_dict()
+
+    def stream_objects(
+        self,
+        planned: Sequence[tuple[str, str, str]],
+        options: DeliveryOptions | None = None,
+        *,
+        max_concurrency: int = 4,
+    ) -> list[dict[str, Any]]:
+        """Deliver ``(bucket, key, sftp_path)`` triples on a pool of reused sessions; return their records.
+
+        Up to ``max_concurrency`` objects move at once, each SFTP session serving one object after
+        another, and all share one S3 client. A failed object yields a record with an ``error``
+        (``s3_uri``, ``sftp_path``, ``error``) and does not stop the others.
+
+        :param planned: what to deliver where
+        :param options: how to deliver; the defaults are safe
+        :param max_concurrency: objects (and SFTP sessions) in flight at once
+        """
+        options = options or DeliveryOptions()
+        workers = max(1, min(max_concurrency, len(planned)))
+        self.s3_client  # noqa: B018 - built once here, then shared by the threads (boto3 clients are thread-safe)
+        sweeper = LeftoverSweeper(options.publishing.stale_temp_after, [path for _, _, path in planned])
+
+        def one(item: tuple[str, str, str]) -> dict[str, Any]:
+            bucket, key, path = item
             try:
-                with self.sftp_client() as sftp:
-                    if attempt == 0 and options.if_exists == "skip_identical":
-                        identical = find_identical(
-                            sftp, sftp_path, head, options.checksum or "sha256", lambda: opener(0)
-                        )
-                        if identical is not None:
-                            self.log.info("%s already holds %s (%s): skipped", sftp_path, uri, identical)
-                            return {
-                                "sftp_path": sftp_path,
-                                "size": size,
-                                "checksum": identical,
-                                "skipped": True,
-                                **identity,
-                            }
-                    result: DeliveryResult = deliver(
-                        sftp,
-                        sftp_path,
-                        opener,
-                        size=size,
-                        options=options,
-                        source_check=source_check,
-                        is_retryable=is_transient_s3_error,
-                        describe=uri,
-                        checkpoints=checkpoints,
-                    )
-                    extras = self._write_extras(sftp, result, options)
-                break
-            except ConnectionLostError as err:
-                attempt += 1
-                if attempt > options.retries:
-                    self._remove_leftover(sftp_path, options)
-                    raise ConnectionLostError(
-                        f"Giving up on {uri} -> {self.sftp_endpoint}:{sftp_path} after {attempt} "
-                        f"attempts: {err}"
-                    ) from err
-                delay = options.retry_delay * 2 ** (attempt - 1)
-                self.log.warning(
-                    "SFTP connection to %s lost (%s); reconnecting in %.1fs (attempt %s of %s)",
-                    self.sftp_endpoint,
-                    err,
-                    delay,
-                    attempt,
-                    options.retries,
-                )
-                time.sleep(delay)
-        return {**result.to_dict(), **extras, **identity, "skipped": False, "attempts": attempt + 1}
+                return self.stream_object(bucket, key, path, options, sessions=pool, sweeper=sweeper)
+            except Exception as err:
+                self.log.error("Delivering s3://%s/%s to %s failed: %s", bucket, key, path, err)
+                return {
+                    "s3_uri": f"s3://{bucket}/{key}",
+                    "sftp_path": path,
+                    "error": f"{type(err).__name__}: {err}",
+                }
 
-    @staticmethod
-    def _write_extras(
-        sftp: paramiko.SFTPClient, result: DeliveryResult, options: DeliveryOptions
-    ) -> dict[str, str]:
-        """Write the checksum sidecar and the done marker after the file itself is published."""
-        written: dict[str, str] = {}
-        if options.sidecar and options.checksum and result.checksum:
-            path = sidecar_path(result.sftp_path, options.checksum)
-            hexdigest = result.checksum.split(":", 1)[1]
-            write_small_file(
-                sftp, path, sidecar_text(result.sftp_path, hexdigest).encode(), options.file_mode
-            )
-            written["sidecar_path"] = path
-        if options.done_marker:
-            path = result.sftp_path + options.done_marker
-            write_small_file(sftp, path, b"", options.file_mode)
-            written["done_marker_path"] = path
-        return written
-
-    def _remove_leftover(self, sftp_path: str, options: DeliveryOptions) -> None:
-        """Remove the temp file after a final failure, best effort on a fresh connection."""
-        if not options.atomic:
-            return
-        try:
-            with self.sftp_client() as sftp:
-                remove_quietly(sftp, temp_path_for(sftp_path))
-        except Exception as err:  # the next try takes a stale temp file over anyway
-            self.log.warning("Could not remove the temp file of %s: %s", sftp_path, err)
+        with self.session_pool(workers) as pool, ThreadPoolExecutor(max_workers=workers) as threads:
+            return list(threads.map(one, planned))

@@ -131,6 +131,11 @@ def connect_sftp(hook: SFTPHook) -> paramiko.SFTPClient:
             hook.disabled_algorithms, hook.conn_retry_attempts = saved
         hook.client = None
     hook.conn = None
+    if hook.ciphers and not hook.disabled_algorithms:
+        # SSHHook applies ``ciphers`` only after the handshake (to later re-keys); disabling every other
+        # cipher makes the first handshake honour the connection too, as the async hook does.
+        others = [name for name in paramiko.Transport._preferred_ciphers if name not in hook.ciphers]
+        hook.disabled_algorithms = {"ciphers": others}
     sftp: paramiko.SFTPClient = hook.get_conn()
     return sftp
 

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import re
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
-from airflow_s3sftp.core.engine import DeliveryOptions
+from airflow_s3sftp.core.options import Checks, DeliveryOptions, Publishing, RetryPolicy, Streaming
 from airflow_s3sftp.core.paths import (
+    check_plan,
     glob_to_regex,
     parse_s3_location,
     parse_s3_prefix,
     remote_path_for,
     safe_name,
 )
-from airflow_s3sftp.core.reader import MiB
 from airflow_s3sftp.exceptions import DeliveryFailedError
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 
@@ -37,17 +36,23 @@ class S3ToSFTPStreamOperator(BaseOperator):
 
     Bytes flow from one S3 GET straight into the SFTP file, written strictly in offset order
     (no seek, no holes), with bounded memory and a checksum computed on the fly. With
-    ``atomic`` the data goes to a hidden temp name in the target directory, is verified, and is
-    renamed onto the final name (``posix-rename@openssh.com`` where the server offers it), so a
+    ``atomic`` the data goes to a hidden temp name unique to this delivery
+    (``.<name>.<token>.s3sftp-part``) in the target directory, is verified, and is renamed onto
+    the final name (``posix-rename@openssh.com`` where the server offers it), so a
     partner watching the directory sees the old complete file or the new complete file and
     nothing in between. The bytes read are checked against S3's own integrity data when the
     object has it (a full-object checksum, or the MD5 ETag of a single-part object). A dropped
     or stalled SSH connection is retried within the task, resuming after the longest prefix of
-    the temp file whose read-back digest matches what was sent.
+    the temp file whose read-back digest matches what was sent, or starting again from byte 0
+    with fresh digests. Whatever fails, the file this delivery created is removed and nothing
+    else is; no partial file ever stands under a final name, in any mode. Every name the task
+    creates (files, sidecars, done markers) is checked for clashes before a byte is written.
 
-    One object (``s3_key``) returns its record (XCom): ``s3_uri``, ``sftp_path``, ``size``,
-    ``checksum`` (``"sha256:<hex>"``), ``seconds``, ``mb_per_s``, ``verified``, ``published_with``,
-    ``source_check``, ``skipped``, ``attempts``, ``etag``, ``version_id``. Many objects
+    One object (``s3_key``) returns its record (XCom), with the same keys on every path:
+    ``s3_uri``, ``sftp_path``, ``size``, ``checksum`` (``"sha256:<hex>"``), ``etag``,
+    ``version_id``, ``skipped``, ``attempts``, ``resumed_from``, ``seconds``, ``mb_per_s``,
+    ``verified``, ``published_with``, ``source_check``, ``s3_retries``, ``sidecar_path``,
+    ``done_marker_path``. Many objects
     (``s3_prefix`` or ``s3_keys``) return ``{"objects": [records], "count", "transferred",
     "skipped", "bytes"}``; when some fail, the others still complete and the task fails with
     :class:`~airflow_s3sftp.exceptions.DeliveryFailedError` listing the failures.
@@ -61,27 +66,37 @@ class S3ToSFTPStreamOperator(BaseOperator):
     :param s3_glob: with ``s3_prefix``, only keys whose path below the prefix matches this glob
         (``*`` stays within a path segment, ``**`` crosses segments: ``**/*.csv``)
     :param s3_regex: with ``s3_prefix``, only keys whose path below the prefix matches this regex
-    :param max_concurrency: objects delivered at once in one task (each on its own connection)
+    :param max_concurrency: objects delivered at once in one task; each of up to this many SFTP
+        sessions serves one object after another
     :param allow_empty: with ``s3_prefix``, succeed when nothing matches instead of failing
     :param aws_conn_id: Airflow ``aws`` connection (templated)
     :param sftp_conn_id: Airflow ``sftp`` connection (templated)
     :param atomic: write to a temp name and rename when verified; False writes the final name
-        directly (still in order), for servers where rename is not possible
+        directly (still in order), for servers where rename is not possible: the previous version
+        is gone as soon as the delivery starts, and a failed delivery removes its partial file
     :param checksum: algorithm of the on-the-fly checksum (sha256, sha1, sha512, md5, blake2b),
         None for none
     :param verify: before publishing, check nothing (``"none"``), the remote size (``"size"``),
         or re-read the remote file and compare checksums (``"checksum"``, reads it all back)
     :param if_exists: ``"replace"`` an existing file atomically, ``"fail"`` when one exists, or
-        ``"skip_identical"``: skip when the remote file already has the same size and checksum
-    :param create_dirs: create missing directories of ``sftp_path``
+        ``"skip_identical"``: skip when the remote file provably holds the same bytes
+    :param skip_identical_by: how ``skip_identical`` proves identity: ``"content"`` re-reads and
+        hashes the remote file (never skips differing bytes); ``"sidecar"`` trusts a
+        ``<name>.<checksum>`` sidecar equal to S3's own full-object checksum (no read, but blind to
+        a remote file changed behind its sidecar), falling back to the content
+    :param create_dirs: create missing directories of ``sftp_path`` (each is logged); by default
+        a missing directory fails the task, so a typo never hides a file in a new directory
     :param file_mode: permissions given to the file after verification (the temp file is 0600);
         None keeps the server's default
     :param sidecar: after publishing, write ``<name>.<checksum>`` (e.g. ``report.csv.sha256``) in
         the format ``sha256sum -c`` accepts
     :param done_marker: after publishing (and the sidecar), create an empty ``<name><done_marker>``
         file, e.g. ``".done"``
+    :param stale_temp_after: seconds (on the server's clock) after which a temp file of one of this
+        task's final names, left by a crashed worker, counts as abandoned and is removed
     :param strict_order: wait for each write's acknowledgement before sending the next, for SFTP
-        servers that may apply pipelined writes in parallel (slower; OpenSSH does not need it)
+        servers that may apply pipelined writes in parallel (slower); None decides per server
+        (pipelined on OpenSSH, one write in flight on servers not known to apply them in order)
     :param chunk_size: bytes per S3 read and per queued chunk
     :param read_ahead: chunks read ahead of the SFTP writer (memory is about chunk_size * read_ahead)
     :param parallel_parts: S3 ranged GETs in flight; above 1 the object is read as parallel parts of
@@ -90,7 +105,12 @@ class S3ToSFTPStreamOperator(BaseOperator):
         parallel_parts * part_size)
     :param fsync: ask the server to flush the file to disk before publishing (``fsync@openssh.com``)
     :param io_timeout: seconds an SFTP read or write may stall before the connection counts as lost
-    :param connection_retries: reconnect attempts after a lost SSH connection, within the task
+    :param connection_retries: reconnect attempts after a lost SSH connection, per object
+    :param connection_retry_delay: seconds before the first reconnect, doubled on every further one
+    :param s3_retries: reopens of a broken S3 stream at the offset where it broke, per object
+    :param write_size: bytes per SFTP WRITE request; None asks the server (``limits@openssh.com``)
+    :param max_in_flight: pipelined SFTP WRITE requests outstanding at most
+    :param progress_interval: seconds between progress lines of a long transfer
     """
 
     template_fields: Sequence[str] = (
@@ -118,22 +138,29 @@ class S3ToSFTPStreamOperator(BaseOperator):
         allow_empty: bool = False,
         aws_conn_id: str | None = "aws_default",
         sftp_conn_id: str = "sftp_default",
-        atomic: bool = True,
-        checksum: str | None = "sha256",
-        verify: Literal["none", "size", "checksum"] = "size",
-        if_exists: Literal["replace", "fail", "skip_identical"] = "replace",
-        create_dirs: bool = True,
-        file_mode: int | None = 0o644,
-        sidecar: bool = False,
-        done_marker: str | None = None,
-        strict_order: bool = False,
-        chunk_size: int = MiB,
-        read_ahead: int = 8,
-        fsync: bool = True,
-        parallel_parts: int = 1,
-        part_size: int = 16 * MiB,
-        io_timeout: float = 120.0,
-        connection_retries: int = 3,
+        atomic: bool = Publishing.atomic,
+        checksum: str | None = Checks.checksum,
+        verify: Literal["none", "size", "checksum"] = Checks.verify,
+        if_exists: Literal["replace", "fail", "skip_identical"] = Publishing.if_exists,
+        skip_identical_by: Literal["content", "sidecar"] = Checks.skip_identical_by,
+        create_dirs: bool = Publishing.create_dirs,
+        file_mode: int | None = Publishing.file_mode,
+        sidecar: bool = Publishing.sidecar,
+        done_marker: str | None = Publishing.done_marker,
+        stale_temp_after: float = Publishing.stale_temp_after,
+        strict_order: bool | None = Streaming.strict_order,
+        chunk_size: int = Streaming.chunk_size,
+        read_ahead: int = Streaming.read_ahead,
+        fsync: bool = Streaming.fsync,
+        parallel_parts: int = Streaming.parallel_parts,
+        part_size: int = Streaming.part_size,
+        io_timeout: float = Streaming.io_timeout,
+        connection_retries: int = RetryPolicy.retries,
+        connection_retry_delay: float = RetryPolicy.delay,
+        s3_retries: int = RetryPolicy.s3_retries,
+        write_size: int | None = Streaming.write_size,
+        max_in_flight: int = Streaming.max_in_flight,
+        progress_interval: float = Streaming.progress_interval,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -152,10 +179,12 @@ class S3ToSFTPStreamOperator(BaseOperator):
         self.checksum = checksum
         self.verify = verify
         self.if_exists = if_exists
+        self.skip_identical_by = skip_identical_by
         self.create_dirs = create_dirs
         self.file_mode = file_mode
         self.sidecar = sidecar
         self.done_marker = done_marker
+        self.stale_temp_after = stale_temp_after
         self.strict_order = strict_order
         self.chunk_size = chunk_size
         self.read_ahead = read_ahead
@@ -164,28 +193,19 @@ class S3ToSFTPStreamOperator(BaseOperator):
         self.part_size = part_size
         self.io_timeout = io_timeout
         self.connection_retries = connection_retries
+        self.connection_retry_delay = connection_retry_delay
+        self.s3_retries = s3_retries
+        self.write_size = write_size
+        self.max_in_flight = max_in_flight
+        self.progress_interval = progress_interval
+        if max_concurrency <= 0:
+            raise ValueError(f"max_concurrency must be positive (got {max_concurrency})")
+        self.delivery_options()  # a bad option fails the DAG at parse time
         self._delivered: list[tuple[str, str, str]] = []  # (bucket, key, sftp path), for lineage
 
     def delivery_options(self) -> DeliveryOptions:
         """Return the validated delivery options (raises ``ValueError`` on a bad value)."""
-        return DeliveryOptions(
-            atomic=self.atomic,
-            checksum=self.checksum,
-            verify=self.verify,
-            if_exists=self.if_exists,
-            create_dirs=self.create_dirs,
-            file_mode=self.file_mode,
-            strict_order=self.strict_order,
-            chunk_size=self.chunk_size,
-            read_ahead=self.read_ahead,
-            fsync=self.fsync,
-            parallel_parts=self.parallel_parts,
-            part_size=self.part_size,
-            io_timeout=self.io_timeout,
-            retries=self.connection_retries,
-            sidecar=self.sidecar,
-            done_marker=self.done_marker,
-        )
+        return DeliveryOptions.from_flat(**{name: getattr(self, name) for name in DeliveryOptions().flat()})
 
     def _hook(self) -> S3ToSFTPHook:
         return S3ToSFTPHook(aws_conn_id=self.aws_conn_id, sftp_conn_id=self.sftp_conn_id)
@@ -199,12 +219,12 @@ class S3ToSFTPStreamOperator(BaseOperator):
             raise ValueError("s3_glob and s3_regex filter the keys under s3_prefix; set s3_prefix")
         if self.s3_key is not None:
             bucket, key = parse_s3_location(self.s3_bucket, self.s3_key)
-            return [(bucket, key, remote_path_for(self.sftp_path, key))]
-        if not self.sftp_path.endswith("/"):
+            planned = [(bucket, key, remote_path_for(self.sftp_path, key))]
+        elif not self.sftp_path.endswith("/"):
             raise ValueError(
                 f"sftp_path must be a directory ending in '/' for many objects (got {self.sftp_path!r})"
             )
-        if self.s3_keys is not None:
+        elif self.s3_keys is not None:
             pairs = [parse_s3_location(self.s3_bucket, key) for key in self.s3_keys]
             planned = [(bucket, key, remote_path_for(self.sftp_path, key)) for bucket, key in pairs]
         else:
@@ -229,10 +249,12 @@ class S3ToSFTPStreamOperator(BaseOperator):
                     + (f" regex {self.s3_regex!r}" if self.s3_regex else "")
                     + " (allow_empty=True accepts that)"
                 )
-        targets = [path for _, _, path in planned]
-        if len(set(targets)) != len(targets):
-            clashes = sorted({path for path in targets if targets.count(path) > 1})
-            raise ValueError(f"Several S3 objects would land on the same SFTP path: {clashes}")
+        options = self.delivery_options()
+        check_plan(
+            [(f"s3://{bucket}/{key}", path) for bucket, key, path in planned],
+            sidecar_suffix=f".{options.checks.checksum}" if options.publishing.sidecar else None,
+            done_marker=options.publishing.done_marker,
+        )
         return planned
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -244,25 +266,13 @@ class S3ToSFTPStreamOperator(BaseOperator):
             bucket, key, path = planned[0]
             self.log.info("Delivering s3://%s/%s to %s on %s", bucket, key, path, hook.sftp_endpoint)
             return hook.stream_object(bucket, key, path, options)
-        return self._deliver_many(planned, options)
+        return self._deliver_many(hook, planned, options)
 
-    def _deliver_many(self, planned: list[tuple[str, str, str]], options: DeliveryOptions) -> dict[str, Any]:
+    def _deliver_many(
+        self, hook: S3ToSFTPHook, planned: list[tuple[str, str, str]], options: DeliveryOptions
+    ) -> dict[str, Any]:
         self.log.info("Delivering %s objects with up to %s at once", len(planned), self.max_concurrency)
-
-        def one(item: tuple[str, str, str]) -> dict[str, Any]:
-            bucket, key, path = item
-            try:
-                return self._hook().stream_object(bucket, key, path, options)
-            except Exception as err:
-                self.log.error("Delivering s3://%s/%s to %s failed: %s", bucket, key, path, err)
-                return {
-                    "s3_uri": f"s3://{bucket}/{key}",
-                    "sftp_path": path,
-                    "error": f"{type(err).__name__}: {err}",
-                }
-
-        with ThreadPoolExecutor(max_workers=max(1, self.max_concurrency)) as pool:
-            records = list(pool.map(one, planned))
+        records = hook.stream_objects(planned, options, max_concurrency=self.max_concurrency)
         failed = [record for record in records if "error" in record]
         done = [record for record in records if "error" not in record]
         summary = {

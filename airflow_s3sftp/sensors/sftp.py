@@ -8,15 +8,11 @@
 from __future__ import annotations
 
 import datetime
-import stat
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue, conf
 
-from airflow_s3sftp.core import stability
-from airflow_s3sftp.core.checksums import format_checksum, new_hasher
-from airflow_s3sftp.core.sftp import read_range
-from airflow_s3sftp.core.sidecar import read_sidecar, sidecar_path
+from airflow_s3sftp.core import poll, stability
 from airflow_s3sftp.exceptions import (
     AuthenticationError,
     ChecksumMismatchError,
@@ -24,19 +20,12 @@ from airflow_s3sftp.exceptions import (
     S3SFTPError,
     VerificationError,
 )
-from airflow_s3sftp.hooks.sftp import (
-    bulk_sftp_hook,
-    clear_connection_errors,
-    close_sftp,
-    connect_sftp,
-    server_name,
-)
-from airflow_s3sftp.triggers.sftp import DEFAULT_CHUNK_SIZE, SFTPFileStableTrigger
+from airflow_s3sftp.hooks.sftp_sensing import DEFAULT_CHUNK_SIZE, SFTPSensingHook
+from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    import paramiko
     from airflow.providers.common.compat.sdk import Context
 
 #: Key of the observations in Airflow's task state store (reschedule mode).
@@ -56,84 +45,6 @@ _EVENT_ERRORS: dict[str, type[Exception]] = {
         S3SFTPError,
     )
 }
-
-
-class _SFTPSession:
-    """One SSH connection and SFTP channel to the connection's server, opened lazily and reused."""
-
-    def __init__(self, conn_id: str) -> None:
-        self.conn_id = conn_id
-        # One attempt: a refused login or an unknown host key will not heal in a few seconds, and
-        # Airflow's task retries cover transient network failures.
-        self.hook = bulk_sftp_hook(conn_id, conn_retry_attempts=1)
-        self.where = server_name(self.hook)
-        self._sftp: paramiko.SFTPClient | None = None
-
-    def target(self, path: str) -> str:
-        """Return how messages name ``path`` on this server (no user, no secret)."""
-        return f"sftp://{self.where}{path if path.startswith('/') else '/' + path}"
-
-    def client(self) -> paramiko.SFTPClient:
-        """Return the open SFTP client, connecting (again) when needed."""
-        if self._sftp is not None:
-            channel = self._sftp.get_channel()
-            if channel is not None and not channel.closed and channel.get_transport().is_active():
-                return self._sftp
-            self.close()  # the server or the network dropped the session: reconnect
-        with clear_connection_errors(self.hook, self.conn_id):
-            sftp: paramiko.SFTPClient = connect_sftp(self.hook)
-        self._sftp = sftp
-        return sftp
-
-    def observe(self, path: str) -> stability.Observation:
-        """Return the size and mtime of ``path``, or a missing observation; refuse what is not a file."""
-        client = self.client()  # connection errors propagate as they are
-        try:
-            attrs = client.stat(path)
-        except FileNotFoundError:
-            return stability.Observation.take(None, None)
-        except PermissionError as err:
-            raise PermissionError(f"Permission denied when checking {self.target(path)}") from err
-        mode = attrs.st_mode
-        if mode is not None and stat.S_ISDIR(mode):
-            raise IsADirectoryError(f"{self.target(path)} is a directory, not a file")
-        if mode is not None and not stat.S_ISREG(mode):
-            raise ValueError(f"{self.target(path)} is not a regular file")
-        return stability.Observation.take(int(attrs.st_size or 0), int(attrs.st_mtime or 0))
-
-    def digest(self, path: str, algorithm: str, size: int, chunk_size: int) -> str | None:
-        """
-        Return ``"<algorithm>:<hex>"`` of the first ``size`` bytes of ``path``, or ``None`` if it is shorter.
-
-        Reads in windows of pipelined requests, so memory stays bounded by the window whatever the size.
-        """
-        hasher = new_hasher(algorithm)
-        client = self.client()
-        try:
-            for data in read_range(client, path, size, block_size=chunk_size):
-                hasher.update(data)
-        except (FileNotFoundError, EOFError):
-            return None  # gone or shorter than observed: not complete
-        except PermissionError as err:
-            raise PermissionError(f"Permission denied when reading {self.target(path)}") from err
-        return format_checksum(algorithm, hasher.hexdigest())
-
-    def read_sidecar(self, path: str, algorithm: str) -> str | None:
-        """Return the hex digest in the sidecar ``<path>.<algorithm>``, or ``None`` while there is none."""
-        client = self.client()
-        try:
-            return read_sidecar(client, path, algorithm)
-        except FileNotFoundError:
-            return None  # removed between its stat and its open
-        except PermissionError as err:
-            raise PermissionError(
-                f"Permission denied when reading {self.target(sidecar_path(path, algorithm))}"
-            ) from err
-
-    def close(self) -> None:
-        """Close the SFTP channel and the SSH connection, if open."""
-        self._sftp = None
-        close_sftp(self.hook)
 
 
 class SFTPFileStableSensor(BaseSensorOperator):
@@ -208,22 +119,22 @@ class SFTPFileStableSensor(BaseSensorOperator):
         self.min_size = min_size
         self.chunk_size = chunk_size
         self.deferrable = deferrable
-        self._session: _SFTPSession | None = None
+        self._io: SFTPSensingHook | None = None
         self._policy: stability.Policy | None = None
         self._state = stability.State()
 
-    def _open(self) -> tuple[_SFTPSession, stability.Policy]:
-        """Return the session and the validated policy, building both on first use."""
-        if self._session is None or self._policy is None:
+    def _open(self) -> tuple[SFTPSensingHook, stability.Policy]:
+        """Return the sensing hook and the validated policy, building both on first use."""
+        if self._io is None or self._policy is None:
             if (
                 isinstance(self.chunk_size, bool)
                 or not isinstance(self.chunk_size, int)
                 or self.chunk_size < 1
             ):
                 raise ValueError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
-            session = _SFTPSession(self.sftp_conn_id)
+            io = SFTPSensingHook(self.sftp_conn_id, chunk_size=self.chunk_size)
             self._policy = stability.Policy.build(
-                target=session.target(self.path),
+                target=io.target(self.path),
                 stable_for=self.stable_for,
                 checksum=self.checksum,
                 expected_size=self.expected_size,
@@ -231,13 +142,13 @@ class SFTPFileStableSensor(BaseSensorOperator):
                 expected_checksum_from=self.expected_checksum_from,
                 min_size=self.min_size,
             )
-            self._session = session
-        return self._session, self._policy
+            self._io = io
+        return self._io, self._policy
 
     def _close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-        self._session = None
+        if self._io is not None:
+            self._io.close()
+        self._io = None
 
     def execute(self, context: Context) -> Any:
         """Poke, reschedule or defer until the file is complete; return its summary."""
@@ -254,12 +165,7 @@ class SFTPFileStableSensor(BaseSensorOperator):
                 trigger=SFTPFileStableTrigger(
                     path=self.path,
                     sftp_conn_id=self.sftp_conn_id,
-                    stable_for=policy.stable_for,
-                    checksum=self.checksum,
-                    expected_size=policy.expected_size,
-                    expected_checksum=self.expected_checksum,
-                    expected_checksum_from=self.expected_checksum_from,
-                    min_size=self.min_size,
+                    policy=policy.to_dict(),
                     poll_interval=self.poke_interval,
                     chunk_size=self.chunk_size,
                     state=verdict.state.to_dict(),
@@ -283,22 +189,9 @@ class SFTPFileStableSensor(BaseSensorOperator):
         return False
 
     def _poll(self, state: stability.State) -> stability.Verdict:
-        """Run one poll: stat; once size and mtime are stable, read the sidecar if asked, hash, stat again."""
-        session, policy = self._open()
-        verdict = stability.assess(state, session.observe(self.path), policy)
-        if verdict.action is stability.Action.READ_SIDECAR and verdict.algorithm is not None:
-            recorded = session.read_sidecar(self.path, verdict.algorithm)
-            verdict = stability.assess_sidecar(verdict.state, recorded, policy)
-        if verdict.action is stability.Action.HASH and verdict.algorithm is not None:
-            before = verdict.state.last
-            size = before.size if before is not None and before.size is not None else 0
-            self.log.info(
-                "Hashing %s (%d bytes, %s): %s", policy.target, size, verdict.algorithm, verdict.reason
-            )
-            checksum = session.digest(self.path, verdict.algorithm, size, self.chunk_size)
-            verdict = stability.assess_digest(
-                verdict.state, session.observe(self.path), checksum, policy, verdict.expected_checksum
-            )
+        """Run one poll (:func:`airflow_s3sftp.core.poll.poll_file`) over the sync sensing hook."""
+        io, policy = self._open()
+        verdict = poll.drive(poll.poll_file(self.path, state, policy), io)
         if verdict.action is stability.Action.FIRE:
             self.log.info("%s is complete: %s (%s)", policy.target, verdict.reason, verdict.checksum)
         return verdict

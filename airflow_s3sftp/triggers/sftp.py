@@ -3,111 +3,39 @@
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 # Unless required by applicable law or agreed to in writing, software distributed under the License
 # is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
-"""Trigger that polls an SFTP file from the triggerer until it is complete."""
+"""Triggers that poll SFTP files from the triggerer: one for a deferred sensor, one for asset watchers."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import itertools
-import stat
-from typing import TYPE_CHECKING, Any, Literal, cast
+import dataclasses
+import logging
+import posixpath
+from typing import TYPE_CHECKING, Any
 
-import asyncssh
-from airflow.providers.common.compat.connection import get_async_connection
-from airflow.providers.sftp.hooks.sftp import SFTPHookAsync
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_s3sftp.core import stability
-from airflow_s3sftp.core.checksums import format_checksum, new_hasher
-from airflow_s3sftp.core.sidecar import MAX_SIDECAR_BYTES, parse_sidecar, sidecar_path
-from airflow_s3sftp.exceptions import AuthenticationError, ChecksumMismatchError, HostKeyVerificationError
+from airflow_s3sftp.core import poll, stability
+from airflow_s3sftp.exceptions import ChecksumMismatchError
+from airflow_s3sftp.hooks.sftp_sensing import DEFAULT_CHUNK_SIZE, SFTPSensingHookAsync
+
+try:  # Airflow 3.0+: the base of triggers that may back an AssetWatcher
+    from airflow.triggers.base import BaseEventTrigger as _EventTriggerBase
+
+    _EVENT_TRIGGER_UNAVAILABLE: str | None = None
+except ImportError:  # Airflow 2.x
+    from airflow import __version__ as _airflow_version
+    from airflow.triggers.base import BaseTrigger as _EventTriggerBase  # type: ignore[assignment]
+
+    _EVENT_TRIGGER_UNAVAILABLE = (
+        "airflow_s3sftp.triggers.sftp.SFTPFileStableEventTrigger needs Airflow 3.0+ (BaseEventTrigger, "
+        f"AssetWatcher); this is Airflow {_airflow_version}. On Airflow 2 use SFTPFileStableSensor."
+    )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Hashable
 
-#: Bytes per read while hashing: one await per chunk keeps the event loop responsive.
-DEFAULT_CHUNK_SIZE = 256 * 1024
-#: Chunk reads kept in flight while hashing in the trigger.
-READ_AHEAD = 8
-
-
-def _target(where: str, path: str) -> str:
-    return f"sftp://{where}{path if path.startswith('/') else '/' + path}"
-
-
-async def _observe(sftp: asyncssh.SFTPClient, path: str, target: str) -> stability.Observation:
-    """Return the size and mtime of ``path``, or a missing observation; refuse what is not a file."""
-    try:
-        attrs = await sftp.stat(path)
-    except asyncssh.SFTPNoSuchFile:
-        return stability.Observation.take(None, None)
-    except asyncssh.SFTPPermissionDenied as err:
-        raise PermissionError(f"Permission denied when checking {target}") from err
-    mode = attrs.permissions
-    if mode is not None and stat.S_ISDIR(mode):
-        raise IsADirectoryError(f"{target} is a directory, not a file")
-    if mode is not None and not stat.S_ISREG(mode):
-        raise ValueError(f"{target} is not a regular file")
-    return stability.Observation.take(int(attrs.size or 0), int(attrs.mtime or 0))
-
-
-async def _digest(
-    sftp: asyncssh.SFTPClient, path: str, target: str, algorithm: str, size: int, chunk_size: int
-) -> str | None:
-    """
-    Return ``"<algorithm>:<hex>"`` of the first ``size`` bytes of ``path``; ``None`` if it is shorter.
-
-    Keeps :data:`READ_AHEAD` chunk reads in flight so a long round trip does not bound the rate, and
-    hashes one chunk per await: memory stays at ``READ_AHEAD * chunk_size`` and the loop stays free.
-    """
-    hasher = new_hasher(algorithm)
-    try:
-        async with sftp.open(path, "rb") as remote:
-
-            async def read(offset: int) -> tuple[int, bytes]:
-                length = min(chunk_size, size - offset)
-                # Opened in binary mode: asyncssh returns bytes.
-                return length, cast("bytes", await remote.read(length, offset))
-
-            offsets = iter(range(0, size, chunk_size))
-            pending = collections.deque(
-                asyncio.ensure_future(read(offset)) for offset in itertools.islice(offsets, READ_AHEAD)
-            )
-            try:
-                while pending:
-                    length, data = await pending.popleft()
-                    if len(data) != length:
-                        return None  # truncated while we read
-                    for offset in itertools.islice(offsets, 1):
-                        pending.append(asyncio.ensure_future(read(offset)))
-                    hasher.update(data)
-            finally:
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-    except asyncssh.SFTPNoSuchFile:
-        return None
-    except asyncssh.SFTPPermissionDenied as err:
-        raise PermissionError(f"Permission denied when reading {target}") from err
-    return format_checksum(algorithm, hasher.hexdigest())
-
-
-async def _read_sidecar(sftp: asyncssh.SFTPClient, path: str, target: str, algorithm: str) -> str | None:
-    """Return the hex digest in the sidecar ``<path>.<algorithm>``, or ``None`` while there is none."""
-    side = sidecar_path(path, algorithm)
-    try:
-        attrs = await sftp.stat(side)
-        if (attrs.size or 0) > MAX_SIDECAR_BYTES:
-            return None  # not a checksum line: the same answer as the sensor's reader
-        async with sftp.open(side, "rb") as handle:
-            # A few bytes: read it whole; opened in binary mode, asyncssh returns bytes.
-            data = cast("bytes", await handle.read(MAX_SIDECAR_BYTES))
-    except asyncssh.SFTPNoSuchFile:
-        return None
-    except asyncssh.SFTPPermissionDenied as err:
-        raise PermissionError(f"Permission denied when reading {side}, the sidecar of {target}") from err
-    return parse_sidecar(data.decode("utf-8", "replace"), algorithm)
+log = logging.getLogger(__name__)
 
 
 def error_event(error: BaseException, target: str) -> dict[str, Any]:
@@ -127,21 +55,15 @@ class SFTPFileStableTrigger(BaseTrigger):
     """
     Poll an SFTP file until it is complete, with the same rules as :class:`SFTPFileStableSensor`.
 
-    Both call :mod:`airflow_s3sftp.core.stability`, so they reach the same verdict from the same observations.
-    The trigger continues from the observations the sensor made before deferring (``state``), keeps one
-    SSH connection through ``SFTPHookAsync`` (so ``host_key``, ``known_hosts``, ``no_host_key_check``,
-    ``key_file`` and ``private_key`` extras apply), reads in ``chunk_size`` pieces when hashing, yields
-    exactly one event and returns. Any error becomes one error event.
+    Sensor and trigger run the one poll of :func:`airflow_s3sftp.core.poll.poll_file`, so they reach the
+    same verdict from the same observations; the trigger answers its requests over asyncssh
+    (:class:`~airflow_s3sftp.hooks.sftp_sensing.SFTPSensingHookAsync`, one connection). It continues from
+    the observations the sensor made before deferring (``state``), yields exactly one event and returns.
+    Any error becomes one error event.
 
     :param path: remote path of the file
     :param sftp_conn_id: SFTP connection to use
-    :param stable_for: seconds over which consecutive observations must show the same size and mtime
-    :param checksum: digest algorithm proving the content, or ``None`` for size and mtime only
-    :param expected_size: exact size the file must reach, or ``None``
-    :param expected_checksum: ``"<algorithm>:<hex>"`` the content must equal, or ``None``
-    :param expected_checksum_from: ``"sidecar"`` to read the expected checksum from ``<path>.<checksum>``
-        once the file is stable, or ``None``
-    :param min_size: smallest size in bytes that can fire
+    :param policy: what "complete" means, :meth:`airflow_s3sftp.core.stability.Policy.to_dict`
     :param poll_interval: seconds between polls
     :param chunk_size: bytes per read while hashing
     :param state: observations made so far (:meth:`airflow_s3sftp.core.stability.State.to_dict`), or ``None``
@@ -152,12 +74,7 @@ class SFTPFileStableTrigger(BaseTrigger):
         *,
         path: str,
         sftp_conn_id: str = "sftp_default",
-        stable_for: float = 60.0,
-        checksum: str | None = "sha256",
-        expected_size: int | None = None,
-        expected_checksum: str | None = None,
-        expected_checksum_from: Literal["sidecar"] | None = None,
-        min_size: int = 1,
+        policy: dict[str, Any],
         poll_interval: float = 60.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         state: dict[str, Any] | None = None,
@@ -165,12 +82,7 @@ class SFTPFileStableTrigger(BaseTrigger):
         super().__init__()  # type: ignore[no-untyped-call]
         self.path = path
         self.sftp_conn_id = sftp_conn_id
-        self.stable_for = stable_for
-        self.checksum = checksum
-        self.expected_size = expected_size
-        self.expected_checksum = expected_checksum
-        self.expected_checksum_from = expected_checksum_from
-        self.min_size = min_size
+        self.policy = policy
         self.poll_interval = poll_interval
         self.chunk_size = chunk_size
         self.state = state
@@ -182,12 +94,7 @@ class SFTPFileStableTrigger(BaseTrigger):
             {
                 "path": self.path,
                 "sftp_conn_id": self.sftp_conn_id,
-                "stable_for": self.stable_for,
-                "checksum": self.checksum,
-                "expected_size": self.expected_size,
-                "expected_checksum": self.expected_checksum,
-                "expected_checksum_from": self.expected_checksum_from,
-                "min_size": self.min_size,
+                "policy": self.policy,
                 "poll_interval": self.poll_interval,
                 "chunk_size": self.chunk_size,
                 "state": self.state,
@@ -196,65 +103,206 @@ class SFTPFileStableTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the file is complete or fails; yield one success or error event."""
-        target = _target(f"<{self.sftp_conn_id}>", self.path)
+        io = SFTPSensingHookAsync(self.sftp_conn_id, chunk_size=self.chunk_size)
         try:
-            hook = SFTPHookAsync(sftp_conn_id=self.sftp_conn_id)
-            conn = await get_async_connection(self.sftp_conn_id, hook)
-            where = f"{conn.host}:{conn.port or 22}"
-            target = _target(where, self.path)
-            payload = await self._watch(hook, where, target, conn.login)
+            async with io:
+                payload = await self._watch(io)
         except Exception as err:
-            self.log.error("Sensing %s failed: %s", target, err)
-            yield TriggerEvent(error_event(err, target))  # type: ignore[no-untyped-call]
+            self.log.error("Sensing %s failed: %s", io.target(self.path), err)
+            yield TriggerEvent(error_event(err, io.target(self.path)))  # type: ignore[no-untyped-call]
             return
         yield TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
-    async def _watch(self, hook: SFTPHookAsync, where: str, target: str, login: str | None) -> dict[str, Any]:
-        policy = stability.Policy.build(
-            target=target,
-            stable_for=self.stable_for,
-            checksum=self.checksum,
-            expected_size=self.expected_size,
-            expected_checksum=self.expected_checksum,
-            expected_checksum_from=self.expected_checksum_from,
-            min_size=self.min_size,
-        )
+    async def _watch(self, io: SFTPSensingHookAsync) -> dict[str, Any]:
+        target = io.target(self.path)
+        policy = dataclasses.replace(stability.Policy.from_dict(self.policy), target=target)
         state = stability.State.from_dict(self.state) if self.state else stability.State()
-        try:
-            async with hook.get_managed_conn() as sftp:
-                while True:
-                    verdict = await self._poll(sftp, state, policy)
-                    state = verdict.state
-                    if verdict.action is stability.Action.FIRE:
-                        self.log.info("%s is complete: %s (%s)", target, verdict.reason, verdict.checksum)
-                        return {"status": "success", "result": stability.result(self.path, verdict)}
-                    self.log.info("%s is not complete yet: %s", target, verdict.reason)
-                    await asyncio.sleep(self.poll_interval)
-        except asyncssh.PermissionDenied as err:
-            raise AuthenticationError(
-                f"{where} refused the login of user {login!r} "
-                f"(connection {self.sftp_conn_id!r}): {err.reason}"
-            ) from err
-        except asyncssh.HostKeyNotVerifiable as err:
-            raise HostKeyVerificationError(
-                f"Host key of SFTP server {where} is unknown or does not match the one configured in "
-                f"connection {self.sftp_conn_id!r} (host_key extra or known_hosts): {err.reason}"
-            ) from err
+        while True:
+            verdict = await poll.adrive(poll.poll_file(self.path, state, policy), io)
+            state = verdict.state
+            if verdict.action is stability.Action.FIRE:
+                self.log.info("%s is complete: %s (%s)", target, verdict.reason, verdict.checksum)
+                return {"status": "success", "result": stability.result(self.path, verdict)}
+            self.log.info("%s is not complete yet: %s", target, verdict.reason)
+            await asyncio.sleep(self.poll_interval)
 
-    async def _poll(
-        self, sftp: asyncssh.SFTPClient, state: stability.State, policy: stability.Policy
-    ) -> stability.Verdict:
-        """Run one poll: stat; once size and mtime are stable, read the sidecar if asked, hash, stat again."""
-        verdict = stability.assess(state, await _observe(sftp, self.path, policy.target), policy)
-        if verdict.action is stability.Action.READ_SIDECAR and verdict.algorithm is not None:
-            recorded = await _read_sidecar(sftp, self.path, policy.target, verdict.algorithm)
-            verdict = stability.assess_sidecar(verdict.state, recorded, policy)
-        if verdict.action is stability.Action.HASH and verdict.algorithm is not None:
-            before = verdict.state.last
-            size = before.size if before is not None and before.size is not None else 0
-            self.log.info("Hashing %s (%d bytes, %s)", policy.target, size, verdict.algorithm)
-            checksum = await _digest(sftp, self.path, policy.target, verdict.algorithm, size, self.chunk_size)
-            after = await _observe(sftp, self.path, policy.target)
-            expected = verdict.expected_checksum
-            verdict = stability.assess_digest(verdict.state, after, checksum, policy, expected)
-        return verdict
+
+class SFTPFileStableEventTrigger(_EventTriggerBase):
+    """
+    Watch an SFTP directory and fire one event per file that becomes provably complete (AssetWatcher).
+
+    ``path`` names the files: its last segment may be a glob (``/inbound/*.csv``; hidden files match only a
+    pattern starting with ``.``). A file fires under the sensor's rule: size and mtime unchanged over
+    ``stable_for`` seconds (plus one second of mtime resolution), then, with ``checksum``, two equal digests
+    a poll apart. A growing or rewritten file never fires with a partial size.
+
+    With ``claim_to`` (a directory on the same server) a complete file is first renamed into it with a
+    plain SFTP rename, which refuses to overwrite (OpenSSH: link + unlink), and the event names the new
+    path. Of two watchers claiming one file exactly one wins; a claimed file is no longer in the watched
+    directory, so it cannot fire again, also not after a triggerer restart. A claim refused because the
+    name is taken in ``claim_to`` is logged and retried each poll (one rename, no re-hash) until the name
+    is free or the file changes.
+
+    Without ``claim_to`` the trigger remembers, in memory, the ``(size, mtime)`` each file fired with:
+    a file fires again when its size or mtime changes and it is complete again, when it is removed and
+    created again, and after the trigger restarts (a triggerer restart, or the watcher moved to another
+    triggerer), when every complete file present fires once more.
+
+    Event payload: ``path`` (after the claim), ``source_path``, ``size``, ``mtime`` (POSIX seconds),
+    ``checksum`` (``"sha256:<hex>"``, ``None`` with ``checksum=None``). Files that become complete in the
+    same poll fire one event each, in name order. On Airflow 3.3+ watchers of one directory with the
+    same connection and ``poke_interval`` share one listing loop (``shared_stream_key``); each still
+    hashes and claims on its own connection. Needs Airflow 3.0+.
+
+    :param path: remote directory plus a file name or glob, e.g. ``/inbound/*.csv``
+    :param sftp_conn_id: SFTP connection to use
+    :param stable_for: seconds over which size and mtime must not change
+    :param checksum: digest algorithm proving the content, or ``None`` for size and mtime only (weaker)
+    :param claim_to: absolute directory to move complete files into before firing, or ``None``
+    :param poke_interval: seconds between listings
+    """
+
+    def __init__(
+        self,
+        path: str,
+        sftp_conn_id: str = "sftp_default",
+        stable_for: float = 60,
+        checksum: str | None = "sha256",
+        claim_to: str | None = None,
+        poke_interval: float = 5,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.directory, self.pattern = poll.split_pattern(path)
+        # Validates stable_for and checksum now: a bad DAG fails at parse time.
+        stability.Policy.build(target=path, stable_for=stable_for, checksum=checksum)
+        if claim_to is not None:
+            if not claim_to.startswith("/"):
+                raise ValueError(f"claim_to must be an absolute directory, got {claim_to!r}")
+            if posixpath.normpath(claim_to) == posixpath.normpath(self.directory):
+                raise ValueError(
+                    f"claim_to {claim_to!r} is the watched directory: claimed files would fire again"
+                )
+        if (
+            isinstance(poke_interval, bool)
+            or not isinstance(poke_interval, (int, float))
+            or poke_interval <= 0
+        ):
+            raise ValueError(f"poke_interval must be a positive number of seconds, got {poke_interval!r}")
+        self.path = path
+        self.sftp_conn_id = sftp_conn_id
+        self.stable_for = stable_for
+        self.checksum = checksum
+        self.claim_to = claim_to
+        self.poke_interval = poke_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Return the classpath and exactly the constructor arguments."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "path": self.path,
+                "sftp_conn_id": self.sftp_conn_id,
+                "stable_for": self.stable_for,
+                "checksum": self.checksum,
+                "claim_to": self.claim_to,
+                "poke_interval": self.poke_interval,
+            },
+        )
+
+    def _new_watch(self, io: SFTPSensingHookAsync) -> poll.Watch:
+        policy = stability.Policy.build(
+            target=io.target(self.path), stable_for=self.stable_for, checksum=self.checksum
+        )
+        return poll.Watch(self.directory, self.pattern, policy, self.claim_to)
+
+    async def _round(
+        self, watch: poll.Watch, io: SFTPSensingHookAsync, listing: dict[str, stability.Observation] | None
+    ) -> tuple[list[TriggerEvent], Exception | None]:
+        """
+        Run one watch round; return its events and the error that should stop the watch, if any.
+
+        Files claimed before an error still fire. A lost connection is logged and retried next round; an
+        unreadable file is logged once and skipped until it changes.
+        """
+        error: Exception | None = None
+        refused: list[poll.Fired] = []
+        try:
+            found = await poll.adrive(watch.round(listing), io)
+        except ConnectionError as err:
+            self.log.warning("Watching %s: %s; reconnecting at the next poll", io.target(self.path), err)
+            await io.close()
+            fired = watch.take_fired()
+        except Exception as err:
+            error = err
+            fired = watch.take_fired()
+        else:
+            fired, refused = found.fired, found.refused
+            for name, failure in found.failed:
+                self.log.error("Skipping %s until it changes: %s", name, failure)
+        for held in refused:
+            self.log.warning(
+                "%s is complete but %s already holds %s: not claimed, not fired; retrying each poll",
+                held.source_path,
+                self.claim_to,
+                posixpath.basename(held.source_path),
+            )
+        events = []
+        for complete in fired:
+            self.log.info(
+                "%s is complete (%s bytes, %s): firing", complete.path, complete.size, complete.checksum
+            )
+            events.append(TriggerEvent(complete.payload()))  # type: ignore[no-untyped-call]
+        return events, error
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """List, assess, hash and claim every ``poke_interval`` seconds; one event per complete file."""
+        async with SFTPSensingHookAsync(self.sftp_conn_id) as io:
+            watch = self._new_watch(io)
+            while True:
+                events, error = await self._round(watch, io, None)
+                for event in events:
+                    yield event
+                if error is not None:
+                    raise error
+                await asyncio.sleep(self.poke_interval)
+
+    def shared_stream_key(self) -> Hashable | None:
+        """Return the key under which watchers of one directory share one listing loop (Airflow 3.3+)."""
+        return ("airflow_s3sftp.sftp-listing", self.sftp_conn_id, self.directory, float(self.poke_interval))
+
+    @classmethod
+    async def open_shared_stream(cls, kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        """List the directory every ``poke_interval`` seconds for every watcher of the group; forever."""
+        directory, _ = poll.split_pattern(kwargs["path"])
+        async with SFTPSensingHookAsync(kwargs.get("sftp_conn_id", "sftp_default")) as io:
+            while True:
+                try:
+                    listing = await io.list_files(directory, "")
+                except ConnectionError as err:
+                    # A shared stream that ends is an error for every watcher: reconnect instead.
+                    log.warning("Listing %s: %s; reconnecting at the next poll", directory, err)
+                    await io.close()
+                else:
+                    yield {name: seen.to_dict() for name, seen in listing.items()}
+                await asyncio.sleep(float(kwargs.get("poke_interval", 5)))
+
+    async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
+        """Assess this watcher's matches in each shared listing; hash and claim on its own connection."""
+        async with SFTPSensingHookAsync(self.sftp_conn_id) as io:
+            watch = self._new_watch(io)
+            async for raw in shared_stream:
+                listing = {name: stability.Observation.from_dict(seen) for name, seen in raw.items()}
+                events, error = await self._round(watch, io, listing)
+                for event in events:
+                    yield event
+                if error is not None:
+                    raise error
+
+
+if _EVENT_TRIGGER_UNAVAILABLE is not None:
+    del SFTPFileStableEventTrigger
+
+    def __getattr__(name: str) -> Any:
+        if name == "SFTPFileStableEventTrigger":
+            raise ImportError(_EVENT_TRIGGER_UNAVAILABLE)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,13 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from airflow_s3sftp.core.engine import DeliveryOptions
-from airflow_s3sftp.exceptions import ConnectionLostError, SourceChangedError, TransferInProgressError
+from airflow_s3sftp.core.options import DeliveryOptions
+from airflow_s3sftp.exceptions import ConnectionLostError, SourceChangedError
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 from tests.faults import FaultyProxy
 
 MiB = 1024 * 1024
-FAST_RETRY = {"retry_delay": 0.2, "stale_temp_after": 0.5}
+FAST_RETRY = {"connection_retry_delay": 0.2}
 
 
 def sha(data: bytes) -> str:
@@ -33,6 +33,11 @@ def files(directory) -> list[str]:  # type: ignore[no-untyped-def]
     return sorted(p.name for p in directory.iterdir())
 
 
+def temp_of(directory, name: str):  # type: ignore[no-untyped-def]
+    """Return the temp file of ``name`` being written in ``directory`` (unique per delivery), or None."""
+    return next(directory.glob(f".{name}.*.s3sftp-part"), None)
+
+
 def test_ssh_connection_cut_mid_transfer_reconnects_and_resumes_a_proven_prefix(
     sshd, s3, bucket, remote_dir, set_connection
 ):
@@ -41,7 +46,7 @@ def test_ssh_connection_cut_mid_transfer_reconnects_and_resumes_a_proven_prefix(
     with FaultyProxy(sshd.port, after=12 * MiB, mode="cut", direction="up") as proxy:
         set_connection("sftp_cut", sshd.connection() | {"port": proxy.port})
         result = S3ToSFTPHook(sftp_conn_id="sftp_cut").stream_object(
-            bucket, "k", str(remote_dir / "k"), DeliveryOptions(chunk_size=MiB, **FAST_RETRY)
+            bucket, "k", str(remote_dir / "k"), DeliveryOptions.from_flat(chunk_size=MiB, **FAST_RETRY)
         )
     assert proxy.faults == 1
     assert result["attempts"] == 2
@@ -58,7 +63,10 @@ def test_ssh_connection_stalled_times_out_then_reconnects(sshd, s3, bucket, remo
         set_connection("sftp_stall", sshd.connection() | {"port": proxy.port})
         started = time.monotonic()
         result = S3ToSFTPHook(sftp_conn_id="sftp_stall").stream_object(
-            bucket, "k", str(remote_dir / "k"), DeliveryOptions(io_timeout=2, chunk_size=MiB, **FAST_RETRY)
+            bucket,
+            "k",
+            str(remote_dir / "k"),
+            DeliveryOptions.from_flat(io_timeout=2, chunk_size=MiB, **FAST_RETRY),
         )
     assert time.monotonic() - started < 30
     assert result["attempts"] == 2
@@ -75,7 +83,10 @@ def test_ssh_stalling_every_time_fails_within_bound_and_publishes_nothing(
         started = time.monotonic()
         with pytest.raises(ConnectionLostError, match=r"Giving up on s3://.*/k .* after 2 attempts"):
             S3ToSFTPHook(sftp_conn_id="sftp_hang").stream_object(
-                bucket, "k", str(remote_dir / "k"), DeliveryOptions(io_timeout=1.5, retries=1, **FAST_RETRY)
+                bucket,
+                "k",
+                str(remote_dir / "k"),
+                DeliveryOptions.from_flat(io_timeout=1.5, connection_retries=1, **FAST_RETRY),
             )
         elapsed = time.monotonic() - started
     assert elapsed < 30
@@ -100,7 +111,7 @@ def test_s3_body_cut_mid_object_resumes_with_a_pinned_ranged_get(
             bucket,
             "k",
             str(remote_dir / "k"),
-            DeliveryOptions(chunk_size=MiB, parallel_parts=parallel_parts, part_size=3 * MiB),
+            DeliveryOptions.from_flat(chunk_size=MiB, parallel_parts=parallel_parts, part_size=3 * MiB),
         )
     assert proxy.faults == 1
     assert result["s3_retries"] >= 1
@@ -131,7 +142,7 @@ def test_s3_object_replaced_mid_transfer_fails_and_never_mixes(
                 bucket,
                 "k",
                 str(remote_dir / "k"),
-                DeliveryOptions(chunk_size=MiB, parallel_parts=parallel_parts, part_size=3 * MiB),
+                DeliveryOptions.from_flat(chunk_size=MiB, parallel_parts=parallel_parts, part_size=3 * MiB),
             )
     assert (remote_dir / "k").read_bytes() == old_remote
     assert files(remote_dir) == ["k"]
@@ -152,7 +163,9 @@ def test_disk_full_fails_clearly_and_keeps_the_previous_version(s3, bucket, smal
     (small_disk / "k").write_bytes(b"previous version")
     s3.put_object(Bucket=bucket, Key="k", Body=os.urandom(5 * MiB))
     with pytest.raises(OSError, match="no space left on the server's disk") as info:
-        S3ToSFTPHook().stream_object(bucket, "k", str(small_disk / "k"), DeliveryOptions(chunk_size=MiB))
+        S3ToSFTPHook().stream_object(
+            bucket, "k", str(small_disk / "k"), DeliveryOptions.from_flat(chunk_size=MiB)
+        )
     assert info.value.errno == 28
     assert (small_disk / "k").read_bytes() == b"previous version"
     assert files(small_disk) == ["k"]
@@ -163,11 +176,16 @@ def test_target_directory_removed_mid_transfer(s3, bucket, remote_dir):
     target_dir.mkdir()
     os.chown(target_dir, remote_dir.stat().st_uid, remote_dir.stat().st_gid)
     s3.put_object(Bucket=bucket, Key="k", Body=os.urandom(32 * MiB))
-    temp = target_dir / ".k.s3sftp-part"
 
     def remove_when_started() -> None:
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (temp.exists() and temp.stat().st_size > 0):
+        while time.monotonic() < deadline:
+            temp = temp_of(target_dir, "k")
+            try:
+                if temp is not None and temp.stat().st_size > 0:
+                    break
+            except FileNotFoundError:
+                pass
             time.sleep(0.001)
         shutil.rmtree(target_dir)
 
@@ -175,7 +193,10 @@ def test_target_directory_removed_mid_transfer(s3, bucket, remote_dir):
     remover.start()
     with pytest.raises(FileNotFoundError, match=r"vanished during the transfer|No such file"):
         S3ToSFTPHook().stream_object(
-            bucket, "k", str(target_dir / "k"), DeliveryOptions(chunk_size=256 * 1024, create_dirs=False)
+            bucket,
+            "k",
+            str(target_dir / "k"),
+            DeliveryOptions.from_flat(chunk_size=256 * 1024, create_dirs=False),
         )
     remover.join()
     assert not target_dir.exists()
@@ -185,29 +206,33 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys
     from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
-    from airflow_s3sftp.core.engine import DeliveryOptions
-    S3ToSFTPHook().stream_object(sys.argv[1], "k", sys.argv[2], DeliveryOptions(chunk_size=64 * 1024, read_ahead=1))
+    from airflow_s3sftp.core.options import DeliveryOptions
+    S3ToSFTPHook().stream_object(sys.argv[1], "k", sys.argv[2], DeliveryOptions.from_flat(chunk_size=64 * 1024, read_ahead=1))
     """
 )
 
 
 def test_worker_killed_mid_transfer_leaves_final_name_intact_and_next_try_recovers(s3, bucket, remote_dir):
-    final, temp = remote_dir / "k", remote_dir / ".k.s3sftp-part"
+    final = remote_dir / "k"
     final.write_bytes(b"previous version")
     data = os.urandom(64 * MiB)
     s3.put_object(Bucket=bucket, Key="k", Body=data)
     worker = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, bucket, str(final)], env=os.environ.copy())
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (temp.exists() and temp.stat().st_size > MiB):
+    while time.monotonic() < deadline and not (
+        (temp := temp_of(remote_dir, "k")) and temp.stat().st_size > MiB
+    ):
         time.sleep(0.01)
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
     assert worker.returncode == -signal.SIGKILL
     assert final.read_bytes() == b"previous version"
     assert temp.exists() and temp.stat().st_size < len(data)
-    time.sleep(0.3)  # let sshd's sftp-server notice its client is gone
+    time.sleep(2.5)  # let sshd's sftp-server notice its client is gone, and the leftover age (1 s mtimes)
 
-    result = S3ToSFTPHook().stream_object(bucket, "k", str(final), DeliveryOptions(stale_temp_after=0.5))
+    result = S3ToSFTPHook().stream_object(
+        bucket, "k", str(final), DeliveryOptions.from_flat(stale_temp_after=1)
+    )
     assert final.read_bytes() == data
     assert result["checksum"] == f"sha256:{sha(data)}"
     assert files(remote_dir) == ["k"]
@@ -220,7 +245,7 @@ def test_sixteen_transfers_in_parallel(s3, bucket, remote_dir):
 
     def one(key: str) -> dict[str, object]:
         return S3ToSFTPHook().stream_object(
-            bucket, key, str(remote_dir / key), DeliveryOptions(chunk_size=256 * 1024)
+            bucket, key, str(remote_dir / key), DeliveryOptions.from_flat(chunk_size=256 * 1024)
         )
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -231,32 +256,24 @@ def test_sixteen_transfers_in_parallel(s3, bucket, remote_dir):
     assert files(remote_dir) == sorted(objects)
 
 
-def test_two_runs_on_the_same_target_one_wins_cleanly(s3, bucket, remote_dir):
+def test_two_runs_on_the_same_target_both_succeed_and_the_last_publish_wins(s3, bucket, remote_dir):
     data = os.urandom(24 * MiB)
     s3.put_object(Bucket=bucket, Key="k", Body=data)
     outcomes: list[object] = []
 
     def run() -> None:
-        try:
-            outcomes.append(
-                S3ToSFTPHook().stream_object(
-                    bucket,
-                    "k",
-                    str(remote_dir / "k"),
-                    DeliveryOptions(chunk_size=256 * 1024, stale_temp_after=2),
-                )
+        outcomes.append(
+            S3ToSFTPHook().stream_object(
+                bucket, "k", str(remote_dir / "k"), DeliveryOptions.from_flat(chunk_size=256 * 1024)
             )
-        except TransferInProgressError as err:
-            outcomes.append(err)
+        )
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    wins = [o for o in outcomes if isinstance(o, dict)]
     assert len(outcomes) == 2
-    assert len(wins) >= 1
-    assert all(isinstance(o, (dict, TransferInProgressError)) for o in outcomes)
+    assert all(isinstance(o, dict) and o["checksum"] == f"sha256:{sha(data)}" for o in outcomes)
     assert (remote_dir / "k").read_bytes() == data
     assert files(remote_dir) == ["k"]

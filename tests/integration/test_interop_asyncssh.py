@@ -94,7 +94,9 @@ def test_missing_directory_and_prefix_delivery(s3, bucket, target):
     s3.put_object(Bucket=bucket, Key="p/x/b.txt", Body=b"b")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run(conn_id, s3_bucket=bucket, s3_key="p/a.txt", sftp_path=f"{remote}/nope/", create_dirs=False)
-    summary = run(conn_id, s3_bucket=bucket, s3_prefix="p/", sftp_path=f"{remote}/out/", sidecar=True)
+    summary = run(
+        conn_id, s3_bucket=bucket, s3_prefix="p/", sftp_path=f"{remote}/out/", sidecar=True, create_dirs=True
+    )
     assert summary["count"] == 2
     assert (local / "out" / "x" / "b.txt").read_bytes() == b"b"
     assert (local / "out" / "a.txt.sha256").read_text().endswith("  a.txt\n")

@@ -100,14 +100,14 @@ def test_no_host_key_check_only_when_the_connection_says_so_and_it_warns(
 def test_temp_file_is_private_until_verified(sshd, s3, bucket, remote_dir):
     data = os.urandom(24 * MiB)
     s3.put_object(Bucket=bucket, Key="k", Body=data)
-    temp = remote_dir / ".k.s3sftp-part"
     modes: list[int] = []
 
     def watch() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (remote_dir / "k").exists():
             try:
-                if temp.stat().st_size > 0:
+                temp = next(remote_dir.glob(".k.*.s3sftp-part"), None)
+                if temp is not None and temp.stat().st_size > 0:
                     modes.append(stat.S_IMODE(temp.stat().st_mode))
             except FileNotFoundError:
                 pass

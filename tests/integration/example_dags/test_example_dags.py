@@ -25,6 +25,7 @@ EXPECTED_DAG_IDS = {
     "example_sftp_inbound_stable",
     "example_s3_to_sftp_prefix",
     "example_s3_to_sftp_mapped",
+    "example_sftp_inbound_asset",
 }
 LOGICAL_DATE = datetime.datetime(2024, 5, 1, tzinfo=datetime.timezone.utc)
 DS = LOGICAL_DATE.strftime("%Y-%m-%d")

@@ -10,11 +10,10 @@ import time
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from airflow_s3sftp.core.engine import DeliveryOptions, deliver
-from airflow_s3sftp.core.integrity import choose_source_check
+from airflow_s3sftp.core.delivery import Delivery, Source
+from airflow_s3sftp.core.options import DeliveryOptions
 from airflow_s3sftp.core.ordered import OrderedWriter
-from airflow_s3sftp.core.paths import temp_path_for
-from airflow_s3sftp.exceptions import SourceChangedError, TransferInProgressError, VerificationError
+from airflow_s3sftp.exceptions import SourceChangedError, VerificationError
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 
 MiB = 1024 * 1024
@@ -82,71 +81,65 @@ def _open_failing(data: bytes, fail_at: int):  # type: ignore[no-untyped-def]
     return lambda start: Failing(data[start:])
 
 
+def _deliver(path, open_source, size, options=None, head=None, is_retryable=lambda err: False):  # type: ignore[no-untyped-def]
+    source = Source(
+        uri="s3://test/x", size=size, open=open_source, head=head or {}, is_retryable=is_retryable
+    )
+    with S3ToSFTPHook().session_pool(1) as pool:
+        return Delivery(source, str(path), options or DeliveryOptions(), pool).run()
+
+
 def test_source_failure_mid_stream_leaves_old_version_and_no_temp(remote_dir):
     old, new = b"old complete version\n" * 1000, os.urandom(6 * MiB)
     target = remote_dir / "keep.bin"
     target.write_bytes(old)
-    with S3ToSFTPHook().sftp_client() as sftp, pytest.raises(RuntimeError, match="source broke at byte"):
-        deliver(
-            sftp,
-            str(target),
-            _open_failing(new, 3 * MiB),
-            size=len(new),
-            options=DeliveryOptions(chunk_size=MiB),
-        )
+    with pytest.raises(RuntimeError, match="source broke at byte"):
+        _deliver(target, _open_failing(new, 3 * MiB), len(new), DeliveryOptions.from_flat(chunk_size=MiB))
     assert target.read_bytes() == old
     assert sorted(p.name for p in remote_dir.iterdir()) == ["keep.bin"]
 
 
 def test_s3_integrity_mismatch_is_caught_before_publish(remote_dir):
     data = os.urandom(MiB)
-    check = choose_source_check({"ETag": '"' + "0" * 32 + '"'})  # S3 claims different bytes
-    with S3ToSFTPHook().sftp_client() as sftp, pytest.raises(VerificationError, match="corrupted in transit"):
-        deliver(
-            sftp,
-            str(remote_dir / "x"),
-            lambda start: io.BytesIO(data[start:]),
-            size=len(data),
-            options=DeliveryOptions(),
-            source_check=check,
-        )
+    head = {"ETag": '"' + "0" * 32 + '"'}  # S3 claims different bytes
+    with pytest.raises(VerificationError, match="corrupted in transit"):
+        _deliver(remote_dir / "x", lambda start, end=None: io.BytesIO(data[start:]), len(data), head=head)
     assert list(remote_dir.iterdir()) == []
 
 
 def test_object_replaced_between_head_and_get_fails_as_source_changed(s3, bucket, remote_dir):
     s3.put_object(Bucket=bucket, Key="k", Body=b"version one")
     hook = S3ToSFTPHook()
-    head = hook.head_object(bucket, "k")
+    source = hook.source(bucket, "k")
     s3.put_object(Bucket=bucket, Key="k", Body=b"version two, longer")
-    with hook.sftp_client() as sftp, pytest.raises(SourceChangedError, match=rf"s3://{bucket}/k changed"):
-        deliver(
-            sftp,
-            str(remote_dir / "k"),
-            hook._opener(bucket, "k", head),
-            size=int(head["ContentLength"]),
-            options=DeliveryOptions(),
-            is_retryable=lambda err: True,
-        )
+    with hook.session_pool(1) as pool, pytest.raises(SourceChangedError, match=rf"s3://{bucket}/k changed"):
+        Delivery(source, str(remote_dir / "k"), DeliveryOptions(), pool).run()
     assert list(remote_dir.iterdir()) == []
 
 
-def test_stale_temp_file_from_a_crashed_try_is_taken_over(s3, bucket, remote_dir):
+def test_abandoned_temp_files_of_the_same_name_are_removed_and_nothing_else(s3, bucket, remote_dir):
     data = os.urandom(2 * MiB)
     s3.put_object(Bucket=bucket, Key="k", Body=data)
-    stale = remote_dir / ".k.s3sftp-part"
-    stale.write_bytes(b"garbage from a killed worker")
-    result = S3ToSFTPHook().stream_object(
-        bucket, "k", str(remote_dir / "k"), DeliveryOptions(stale_temp_after=0.3)
-    )
+    two_days_ago = time.time() - 2 * 86400
+    abandoned = remote_dir / ".k.0123456789ab.s3sftp-part"
+    fresh = remote_dir / ".k.0123456789ac.s3sftp-part"  # another delivery's, being written right now
+    other_name = remote_dir / ".j.0123456789ab.s3sftp-part"  # belongs to another final name
+    old_shape = remote_dir / ".k.s3sftp-part"  # not provably ours
+    for path in (abandoned, fresh, other_name, old_shape):
+        path.write_bytes(b"garbage from a killed worker")
+    for path in (abandoned, other_name, old_shape):
+        os.utime(path, (two_days_ago, two_days_ago))
+    result = S3ToSFTPHook().stream_object(bucket, "k", str(remote_dir / "k"), DeliveryOptions())
     assert (remote_dir / "k").read_bytes() == data
     assert result["size"] == len(data)
-    assert not stale.exists()
+    assert not abandoned.exists()
+    assert fresh.exists() and other_name.exists() and old_shape.exists()
 
 
-def test_a_transfer_in_progress_is_not_clobbered(s3, bucket, remote_dir):
+def test_a_transfer_in_progress_is_never_touched(s3, bucket, remote_dir):
+    """Another delivery's temp file (its own unique name) is left alone; both can publish."""
     s3.put_object(Bucket=bucket, Key="k", Body=b"data")
-    temp = remote_dir / ".k.s3sftp-part"
-    assert temp_path_for(str(remote_dir / "k")) == str(temp)
+    temp = remote_dir / ".k.0123456789ab.s3sftp-part"
     stop = threading.Event()
 
     def other_writer() -> None:
@@ -160,15 +153,15 @@ def test_a_transfer_in_progress_is_not_clobbered(s3, bucket, remote_dir):
     thread.start()
     try:
         time.sleep(0.1)
-        with pytest.raises(TransferInProgressError, match="Another transfer is writing"):
-            S3ToSFTPHook().stream_object(
-                bucket, "k", str(remote_dir / "k"), DeliveryOptions(stale_temp_after=0.5)
-            )
+        result = S3ToSFTPHook().stream_object(
+            bucket, "k", str(remote_dir / "k"), DeliveryOptions.from_flat(stale_temp_after=0.5)
+        )
     finally:
         stop.set()
         thread.join()
     assert temp.exists()
-    assert not (remote_dir / "k").exists()
+    assert (remote_dir / "k").read_bytes() == b"data"
+    assert result["published_with"] == "posix-rename"
 
 
 def test_progress_is_logged_with_rate_and_eta_and_a_final_summary(s3, bucket, remote_dir, caplog):
@@ -178,7 +171,10 @@ def test_progress_is_logged_with_rate_and_eta_and_a_final_summary(s3, bucket, re
     s3.put_object(Bucket=bucket, Key="k", Body=data)
     caplog.set_level(logging.INFO, logger="airflow_s3sftp")
     S3ToSFTPHook().stream_object(
-        bucket, "k", str(remote_dir / "k"), DeliveryOptions(chunk_size=256 * 1024, progress_interval=0.0)
+        bucket,
+        "k",
+        str(remote_dir / "k"),
+        DeliveryOptions.from_flat(chunk_size=256 * 1024, progress_interval=0.0),
     )
     progress = [r.getMessage() for r in caplog.records if "%)" in r.getMessage() and "ETA" in r.getMessage()]
     assert progress, caplog.text
@@ -191,16 +187,22 @@ def test_progress_is_logged_with_rate_and_eta_and_a_final_summary(s3, bucket, re
 
 def test_aes_gcm_is_negotiated_unless_the_connection_chooses(sshd, set_connection):
     hook = S3ToSFTPHook()
-    with hook.sftp_client() as sftp:
-        assert sftp.get_channel().get_transport().local_cipher == "aes128-gcm@openssh.com"
+    session = hook.connect_session()
+    try:
+        assert session.sftp.get_channel().get_transport().local_cipher == "aes128-gcm@openssh.com"
+    finally:
+        session.close()
     set_connection(
         "sftp_ctr",
         sshd.connection(
             disabled_algorithms={"ciphers": ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]}
         ),
     )
-    with S3ToSFTPHook(sftp_conn_id="sftp_ctr").sftp_client() as sftp:
-        assert "gcm" not in sftp.get_channel().get_transport().local_cipher
+    session = S3ToSFTPHook(sftp_conn_id="sftp_ctr").connect_session()
+    try:
+        assert "gcm" not in session.sftp.get_channel().get_transport().local_cipher
+    finally:
+        session.close()
 
 
 def test_server_without_aes_gcm_falls_back_to_its_ciphers(s3, bucket, set_connection):
@@ -213,11 +215,24 @@ def test_server_without_aes_gcm_falls_back_to_its_ciphers(s3, bucket, set_connec
         s3.put_object(Bucket=bucket, Key="k", Body=data)
         hook = S3ToSFTPHook(sftp_conn_id="sftp_no_gcm")
         started = time.monotonic()
-        with hook.sftp_client() as sftp:
-            assert sftp.get_channel().get_transport().local_cipher == "aes128-ctr"
+        session = hook.connect_session()
+        try:
+            assert session.sftp.get_channel().get_transport().local_cipher == "aes128-ctr"
+        finally:
+            session.close()
         assert time.monotonic() - started < 10  # one refused handshake, not the hook's slow retries
         target = server.root / "k"
         hook.stream_object(bucket, "k", str(target), DeliveryOptions())
         assert target.read_bytes() == data
     finally:
         server.stop()
+
+
+def test_the_connections_ciphers_apply_to_the_first_handshake(sshd, set_connection):
+    """SSHHook sets ``ciphers`` only after connecting; the bulk session honours them from the start."""
+    set_connection("sftp_ciphers", sshd.connection(ciphers=["aes192-ctr"]))
+    session = S3ToSFTPHook(sftp_conn_id="sftp_ciphers").connect_session()
+    try:
+        assert session.sftp.get_channel().get_transport().local_cipher == "aes192-ctr"
+    finally:
+        session.close()

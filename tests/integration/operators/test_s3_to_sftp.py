@@ -142,7 +142,7 @@ def test_replace_shows_old_or_new_complete_file_only(sshd, s3, bucket, remote_di
     (remote_dir / "report.csv").write_bytes(old)
     s3.put_object(Bucket=bucket, Key="report.csv", Body=new)
     with Observer(sshd, remote_dir, "report.csv", new, [old, new]) as observer:
-        time.sleep(0.1)
+        observer.wait_for_final(old)  # a loaded machine may start the observer late
         result = run(
             s3_bucket=bucket,
             s3_key="report.csv",
@@ -179,7 +179,7 @@ def test_bytes_land_exactly(s3, bucket, remote_dir, size, chunk_size):
 def test_names_with_spaces_and_unicode(s3, bucket, remote_dir, name):
     data = os.urandom(1000)
     s3.put_object(Bucket=bucket, Key=f"dir with space/{name}", Body=data)
-    run(s3_key=f"s3://{bucket}/dir with space/{name}", sftp_path=f"{remote_dir}/sub dir/")
+    run(s3_key=f"s3://{bucket}/dir with space/{name}", sftp_path=f"{remote_dir}/sub dir/", create_dirs=True)
     assert (remote_dir / "sub dir" / name).read_bytes() == data
 
 
@@ -285,7 +285,9 @@ def test_permission_denied_on_target_directory(s3, bucket, remote_dir):
     locked.mkdir(mode=0o755)
     os.chown(locked, 0, 0) if os.geteuid() == 0 else locked.chmod(0o555)
     s3.put_object(Bucket=bucket, Key="k", Body=b"x" * 100)
-    with pytest.raises(PermissionError, match=rf"SFTP create '{locked}/\.k{TEMP_SUFFIX}' failed"):
+    with pytest.raises(
+        PermissionError, match=rf"SFTP create '{locked}/\.k\.[0-9a-f]{{12}}{TEMP_SUFFIX}' failed"
+    ):
         run(s3_bucket=bucket, s3_key="k", sftp_path=f"{locked}/")
     assert list(locked.iterdir()) == []
 
@@ -314,10 +316,27 @@ def test_missing_directory_without_create_dirs(s3, bucket, remote_dir):
     assert list(remote_dir.iterdir()) == []
 
 
-def test_create_dirs_makes_parents(s3, bucket, remote_dir):
+def test_create_dirs_makes_parents_and_logs_each(s3, bucket, remote_dir, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="airflow_s3sftp")
     s3.put_object(Bucket=bucket, Key="k", Body=b"x")
-    run(s3_bucket=bucket, s3_key="k", sftp_path=f"{remote_dir}/a/b/c/")
+    run(s3_bucket=bucket, s3_key="k", sftp_path=f"{remote_dir}/a/b/c/", create_dirs=True)
     assert (remote_dir / "a" / "b" / "c" / "k").read_bytes() == b"x"
+    created = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Created SFTP directory")]
+    assert created == [
+        f"Created SFTP directory {remote_dir}/{p} (create_dirs=True)" for p in ("a", "a/b", "a/b/c")
+    ]
+
+
+def test_a_typo_in_the_directory_fails_by_default_and_creates_nothing(s3, bucket, remote_dir):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"'.*/uplaod' does not exist: check the path for a typo, or set create_dirs=True",
+    ):
+        run(s3_bucket=bucket, s3_key="k", sftp_path=f"{remote_dir}/uplaod/")
+    assert list(remote_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,16 @@ MiB = 1024 * 1024
 
 
 def run(**kwargs: object) -> dict[str, object]:
+    kwargs.setdefault("create_dirs", True)  # these deliveries recreate the key tree below the prefix
     return S3ToSFTPStreamOperator(task_id="deliver", **kwargs).execute(context={})  # type: ignore[arg-type]
+
+
+def test_subdirectories_are_not_created_by_default(bucket, remote_dir, tree):
+    with pytest.raises(DeliveryFailedError, match=r"set create_dirs=True") as info:
+        run(s3_bucket=bucket, s3_prefix="exports/2026/", sftp_path=f"{remote_dir}/", create_dirs=False)
+    delivered = sorted(record["sftp_path"] for record in info.value.summary["objects"])
+    assert all("/sub/" not in path for path in delivered)
+    assert not (remote_dir / "sub").exists()
 
 
 @pytest.fixture
@@ -80,7 +89,9 @@ def test_explicit_key_list(bucket, remote_dir, tree):
 
 
 def test_keys_landing_on_the_same_name_are_refused(bucket, remote_dir, tree):
-    with pytest.raises(ValueError, match="same SFTP path"):
+    with pytest.raises(
+        ValueError, match=r"'s3://.*/exports/2026/a\.csv' and 's3://.*/elsewhere/a\.csv' clash"
+    ):
         run(s3_bucket=bucket, s3_keys=["exports/2026/a.csv", "elsewhere/a.csv"], sftp_path=f"{remote_dir}/")
     assert list(remote_dir.iterdir()) == []
 
@@ -160,7 +171,13 @@ def test_skip_identical_by_sidecar_and_s3_sha256_without_reading(s3, bucket, rem
     run(s3_bucket=bucket, s3_key="k", sftp_path=f"{remote_dir}/", sidecar=True)
     # Make the remote file unreadable: a skip that still succeeds proves no read-back happened.
     (remote_dir / "k").chmod(0o000)
-    result = run(s3_bucket=bucket, s3_key="k", sftp_path=f"{remote_dir}/", if_exists="skip_identical")
+    result = run(
+        s3_bucket=bucket,
+        s3_key="k",
+        sftp_path=f"{remote_dir}/",
+        if_exists="skip_identical",
+        skip_identical_by="sidecar",
+    )
     (remote_dir / "k").chmod(0o644)
     assert result["skipped"] is True
     assert result["checksum"] == f"sha256:{digest.hex()}"

@@ -366,7 +366,10 @@ class TestExpectedChecksumFromSidecar:
 
         trigger = deferred.value.trigger
         assert isinstance(trigger, SFTPFileStableTrigger)
-        assert trigger.expected_checksum_from == "sidecar" and trigger.expected_checksum is None
+        assert (
+            trigger.policy["expected_checksum_from"] == "sidecar"
+            and trigger.policy["expected_checksum"] is None
+        )
         late = LateSidecar(target, sidecar_for(target, data), delay=2.5)
         late.start()
         events = run_trigger(trigger)

@@ -34,10 +34,31 @@ from tests.servers import TEST_PASSWORD, SSHDServer
 NO_CONTEXT: Any = {}
 
 
-def make_trigger(path: Path | str, **kwargs: Any) -> SFTPFileStableTrigger:
-    kwargs.setdefault("stable_for", 0.5)
-    kwargs.setdefault("poll_interval", 0.25)
-    return SFTPFileStableTrigger(path=str(path), **kwargs)
+def make_trigger(
+    path: Path | str,
+    *,
+    sftp_conn_id: str = "sftp_default",
+    poll_interval: float = 0.25,
+    chunk_size: int = 256 * 1024,
+    state: dict[str, Any] | None = None,
+    **policy: Any,
+) -> SFTPFileStableTrigger:
+    """A trigger with a policy built the way the sensor builds it (``stable_for`` 0.5 s, sha256)."""
+    policy.setdefault("stable_for", 0.5)
+    policy.setdefault("checksum", "sha256")
+    return SFTPFileStableTrigger(
+        path=str(path),
+        sftp_conn_id=sftp_conn_id,
+        policy=stability.Policy.build(target=str(path), **policy).to_dict(),
+        poll_interval=poll_interval,
+        chunk_size=chunk_size,
+        state=state,
+    )
+
+
+def raw_policy(path: Path | str, **fields: Any) -> dict[str, Any]:
+    """A policy dict as it would arrive from a serialized trigger, not validated: the trigger refuses it."""
+    return {"target": str(path), "stable_for": 0.5, "algorithm": "sha256", **fields}
 
 
 def run_trigger(trigger: SFTPFileStableTrigger, timeout: float = 30) -> list[dict[str, Any]]:
@@ -242,7 +263,7 @@ class TestExpectedChecksumFromSidecar:
 
         events = run_trigger(make_trigger(target, stable_for=0, expected_checksum_from="sidecar"))
 
-        with pytest.raises(PermissionError, match=f"Permission denied when reading {target}.sha256"):
+        with pytest.raises(PermissionError, match=f"Permission denied when reading sftp://.*{target}.sha256"):
             complete_with(make_trigger(target), events)
 
     @pytest.mark.parametrize(
@@ -256,7 +277,11 @@ class TestExpectedChecksumFromSidecar:
         self, remote_dir: Path, kwargs: dict[str, Any], message: str
     ) -> None:
         target = remote_dir / "report.csv"
-        events = run_trigger(make_trigger(target, expected_checksum_from="sidecar", **kwargs))
+        fields = {"expected_checksum_from": "sidecar", **kwargs}
+        if "checksum" in fields:
+            fields["algorithm"] = fields.pop("checksum")
+        policy = raw_policy(target, **fields)
+        events = run_trigger(SFTPFileStableTrigger(path=str(target), policy=policy, poll_interval=0.25))
         with pytest.raises(ValueError, match=message):
             complete_with(make_trigger(target), events)
 
@@ -278,7 +303,8 @@ class TestClearErrors:
             complete_with(make_trigger(target), events)
 
     def test_bad_expected_checksum(self, remote_dir: Path) -> None:
-        events = run_trigger(make_trigger(remote_dir / "a.bin", expected_checksum="sha256:abc"))
+        policy = raw_policy(remote_dir / "a.bin", expected_checksum="sha256:abc")
+        events = run_trigger(SFTPFileStableTrigger(path=str(remote_dir / "a.bin"), policy=policy))
         with pytest.raises(ValueError, match="expected_checksum"):
             complete_with(make_trigger(remote_dir), events)
 
@@ -319,14 +345,18 @@ class TestClearErrors:
 def test_serialize_returns_exactly_the_constructor_arguments(expected: dict[str, Any]) -> None:
     from airflow.sdk.serde import deserialize, serialize
 
+    policy = stability.Policy.build(
+        target="sftp://h:22/in/data.csv",
+        stable_for=30.0,
+        checksum="sha512",
+        expected_size=1234,
+        min_size=5,
+        **expected,
+    )
     kwargs: dict[str, Any] = {
         "path": "/in/data.csv",
         "sftp_conn_id": "partner",
-        "stable_for": 30.0,
-        "checksum": "sha512",
-        "expected_size": 1234,
-        **expected,
-        "min_size": 5,
+        "policy": policy.to_dict(),
         "poll_interval": 15.0,
         "chunk_size": 65536,
         "state": stability.State(
@@ -347,6 +377,8 @@ def test_serialize_returns_exactly_the_constructor_arguments(expected: dict[str,
     rebuilt = getattr(importlib.import_module(module), name)(**deserialize(serialize(serialized)))
     assert rebuilt.serialize() == (classpath, kwargs)
     assert stability.State.from_dict(rebuilt.state) == stability.State.from_dict(kwargs["state"])
+    # The policy is one object, the same after the trip.
+    assert stability.Policy.from_dict(rebuilt.policy) == policy
 
 
 class TestExecuteComplete:

@@ -6,6 +6,9 @@ import pytest
 
 from airflow_s3sftp.core.paths import (
     backup_path_for,
+    check_plan,
+    leftover_of,
+    new_token,
     parse_s3_location,
     remote_path_for,
     temp_path_for,
@@ -72,7 +75,60 @@ def test_bad_sftp_path(sftp_path):
         remote_path_for(sftp_path, "k")
 
 
-def test_temp_and_backup_names_are_hidden_siblings():
-    assert temp_path_for("/in/x.csv") == "/in/.x.csv.s3sftp-part"
-    assert backup_path_for("/in/x.csv") == "/in/.x.csv.s3sftp-old"
-    assert temp_path_for("x.csv") == ".x.csv.s3sftp-part"
+def test_temp_and_backup_names_are_hidden_unique_siblings():
+    assert temp_path_for("/in/x.csv", "0123456789ab") == "/in/.x.csv.0123456789ab.s3sftp-part"
+    assert backup_path_for("/in/x.csv", "0123456789ab") == "/in/.x.csv.0123456789ab.s3sftp-old"
+    assert temp_path_for("x.csv", "0123456789ab") == ".x.csv.0123456789ab.s3sftp-part"
+    assert new_token() != new_token()
+    assert len(new_token()) == 12
+
+
+@pytest.mark.parametrize(
+    ("name", "owner"),
+    [
+        (".x.csv.0123456789ab.s3sftp-part", "x.csv"),
+        (".x.csv.0123456789ab.s3sftp-old", "x.csv"),
+        (".a.b.c.0123456789ab.s3sftp-part", "a.b.c"),
+        (".x.csv.s3sftp-part", None),  # the old, token-less shape: not provably ours
+        ("x.csv.0123456789ab.s3sftp-part", None),  # not hidden
+        (".x.csv.0123456789AB.s3sftp-part", None),
+        (".x.csv.0123.s3sftp-part", None),
+        ("x.csv", None),
+    ],
+)
+def test_leftover_of_recognises_only_our_pattern(name, owner):
+    assert leftover_of(name) == owner
+
+
+def test_plan_refuses_two_keys_on_one_path():
+    with pytest.raises(ValueError, match=r"'s3://b/a/x.csv' and 's3://b/c/x.csv' clash"):
+        check_plan(
+            [("s3://b/a/x.csv", "/in/x.csv"), ("s3://b/c/x.csv", "/in/x.csv")],
+            sidecar_suffix=None,
+            done_marker=None,
+        )
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_plan_refuses_a_key_on_anothers_sidecar(order):
+    planned = [("s3://b/a.csv", "/in/a.csv"), ("s3://b/a.csv.sha256", "/in/a.csv.sha256")][::order]
+    with pytest.raises(
+        ValueError, match=r"'s3://b/a\.csv(\.sha256)?' and 's3://b/a\.csv(\.sha256)?' clash.*sidecar"
+    ):
+        check_plan(planned, sidecar_suffix=".sha256", done_marker=None)
+    check_plan(planned, sidecar_suffix=None, done_marker=None)  # no sidecar written: no clash
+
+
+def test_plan_refuses_a_key_on_anothers_done_marker():
+    planned = [("s3://b/a.csv", "/in/a.csv"), ("s3://b/a.csv.done", "/in/a.csv.done")]
+    with pytest.raises(ValueError, match=r"'s3://b/a\.csv' and 's3://b/a\.csv\.done' clash.*done marker"):
+        check_plan(planned, sidecar_suffix=None, done_marker=".done")
+
+
+@pytest.mark.parametrize(
+    "name", [".x.bin.s3sftp-part", ".x.bin.0123456789ab.s3sftp-part", ".x.bin.s3sftp-old"]
+)
+def test_plan_refuses_keys_shaped_like_our_temp_files(name):
+    planned = [("s3://b/x.bin", "/in/x.bin"), (f"s3://b/{name}", f"/in/{name}")]
+    with pytest.raises(ValueError, match=rf"'s3://b/{name}' would land on .*reserved.*'s3://b/x\.bin'"):
+        check_plan(planned, sidecar_suffix=None, done_marker=None)

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from airflow_s3sftp.core.options import RetryPolicy
 from airflow_s3sftp.core.ranged import RangedReader
 
 KiB = 1024
@@ -189,7 +190,7 @@ def test_broken_part_is_reopened_at_the_exact_offset_it_broke() -> None:
         chunk_size=4 * KiB,
         hashers=[sha],
         is_retryable=lambda err: isinstance(err, (ConnectionError, TimeoutError)),
-        retry_delay=0,
+        retry=RetryPolicy(delay=0),
     )
     assert read_all(reader) == source.data
     assert sha.digest() == hashlib.sha256(source.data).digest()
@@ -207,7 +208,7 @@ def test_a_part_that_ends_early_counts_as_broken_and_resumes_where_it_stopped() 
         part_size=64 * KiB,
         parts=2,
         is_retryable=transient,
-        retry_delay=0,
+        retry=RetryPolicy(delay=0),
     )
     assert read_all(reader) == source.data
     assert reader.retries == 1
@@ -224,7 +225,7 @@ def test_non_retryable_error_reaches_the_consumer_after_an_in_order_prefix() -> 
         parts=4,
         chunk_size=4 * KiB,
         is_retryable=transient,
-        retry_delay=0,
+        retry=RetryPolicy(delay=0),
     )
     out = bytearray()
 
@@ -250,8 +251,7 @@ def test_retries_are_counted_per_transfer_and_run_out() -> None:
         part_size=8 * KiB,
         parts=2,
         is_retryable=transient,
-        max_retries=3,
-        retry_delay=0,
+        retry=RetryPolicy(s3_retries=3, delay=0),
     )
     with pytest.raises(ConnectionError, match="reset"):
         read_all(reader)

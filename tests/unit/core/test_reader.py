@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from airflow_s3sftp.core.options import RetryPolicy
 from airflow_s3sftp.core.reader import ChunkReader
 
 DATA = os.urandom(1_000_003)
@@ -50,7 +51,7 @@ def test_resumes_at_exact_offset_after_a_break():
         chunk_size=100_000,
         hashers=[hasher],
         is_retryable=lambda err: isinstance(err, ConnectionError),
-        retry_delay=0.01,
+        retry=RetryPolicy(delay=0.01),
     ) as reader:
         assert b"".join(reader) == DATA
         assert reader.retries == 1
@@ -61,7 +62,9 @@ def test_resumes_at_exact_offset_after_a_break():
 def test_early_end_counts_as_broken_and_gives_up_after_max_retries():
     with (
         ChunkReader(
-            lambda start: io.BytesIO(DATA[start:500]), size=len(DATA), max_retries=2, retry_delay=0.01
+            lambda start: io.BytesIO(DATA[start:500]),
+            size=len(DATA),
+            retry=RetryPolicy(s3_retries=2, delay=0.01),
         ) as r,
         pytest.raises(ConnectionError, match="ended at byte 500 of 1000003"),
     ):

@@ -1,0 +1,200 @@
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software distributed under the License
+# is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
+"""How to deliver: option groups with one source of defaults, and the one retry policy."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from airflow_s3sftp.core.checksums import new_hasher
+
+MiB = 1024 * 1024
+MAX_BACKOFF = 60.0
+
+Verify = Literal["none", "size", "checksum"]
+IfExists = Literal["replace", "fail", "skip_identical"]
+SkipIdenticalBy = Literal["content", "sidecar"]
+
+
+@dataclass(frozen=True)
+class Publishing:
+    """Where and how the file is published.
+
+    :param atomic: write a unique hidden temp file and rename it onto the final name once verified;
+        False writes the final name directly (the previous version is gone as soon as it starts)
+    :param if_exists: ``"replace"``, ``"fail"`` or ``"skip_identical"``
+    :param create_dirs: create missing directories of the target (each one is logged)
+    :param file_mode: permissions of the published file; None keeps the server's default
+    :param sidecar: write ``<name>.<checksum>`` in ``sha256sum -c`` format after publishing
+    :param done_marker: suffix of an empty marker file written last, e.g. ``".done"``
+    :param stale_temp_after: seconds after which a leftover temp file of the same final name
+        (left by a crashed worker) counts as abandoned and is removed, measured on the server's clock
+    """
+
+    atomic: bool = True
+    if_exists: IfExists = "replace"
+    create_dirs: bool = False
+    file_mode: int | None = 0o644
+    sidecar: bool = False
+    done_marker: str | None = None
+    stale_temp_after: float = 86400.0
+
+    def __post_init__(self) -> None:
+        if self.if_exists not in ("replace", "fail", "skip_identical"):
+            raise ValueError(
+                f"if_exists must be 'replace', 'fail' or 'skip_identical', not {self.if_exists!r}"
+            )
+        if self.done_marker is not None and (
+            not self.done_marker.startswith(".") or len(self.done_marker) < 2 or "/" in self.done_marker
+        ):
+            raise ValueError(
+                f"done_marker is a suffix starting with '.', e.g. '.done' (got {self.done_marker!r})"
+            )
+        if self.stale_temp_after <= 0:
+            raise ValueError(f"stale_temp_after must be positive seconds (got {self.stale_temp_after!r})")
+
+
+@dataclass(frozen=True)
+class Checks:
+    """How the bytes are proven.
+
+    :param checksum: algorithm of the on-the-fly checksum (sha256, sha1, sha512, md5, blake2b), or None
+    :param verify: before publishing check nothing, the remote size, or re-read and compare checksums
+    :param skip_identical_by: with ``if_exists="skip_identical"``, prove identity by re-reading the
+        remote file (``"content"``), or trust a sidecar that equals S3's own full-object checksum
+        (``"sidecar"``: faster, but blind to a remote file changed behind its sidecar)
+    """
+
+    checksum: str | None = "sha256"
+    verify: Verify = "size"
+    skip_identical_by: SkipIdenticalBy = "content"
+
+    def __post_init__(self) -> None:
+        if self.verify not in ("none", "size", "checksum"):
+            raise ValueError(f"verify must be 'none', 'size' or 'checksum', not {self.verify!r}")
+        if self.skip_identical_by not in ("content", "sidecar"):
+            raise ValueError(
+                f"skip_identical_by must be 'content' or 'sidecar', not {self.skip_identical_by!r}"
+            )
+        if self.checksum is not None:
+            new_hasher(self.checksum)
+            object.__setattr__(self, "checksum", self.checksum.lower())  # "SHA256" names sidecars .sha256
+        if self.verify == "checksum" and self.checksum is None:
+            raise ValueError("verify='checksum' needs a checksum algorithm (checksum=None was given)")
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """How the bytes move.
+
+    :param chunk_size: bytes per S3 read and per queued chunk
+    :param read_ahead: chunks read ahead of the SFTP writer
+    :param write_size: bytes per SFTP WRITE; None asks the server (``limits@openssh.com``)
+    :param strict_order: one write in flight at a time; None decides per server
+    :param max_in_flight: pipelined WRITE requests outstanding at most
+    :param parallel_parts: S3 ranged GETs in flight (1 = one stream)
+    :param part_size: bytes per ranged GET
+    :param fsync: ask the server to flush the file before publishing (``fsync@openssh.com``)
+    :param io_timeout: seconds an SFTP request may stall before the connection counts as lost
+    :param progress_interval: seconds between progress lines
+    """
+
+    chunk_size: int = MiB
+    read_ahead: int = 8
+    write_size: int | None = None
+    strict_order: bool | None = None
+    max_in_flight: int = 32
+    parallel_parts: int = 1
+    part_size: int = 16 * MiB
+    fsync: bool = True
+    io_timeout: float = 120.0
+    progress_interval: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.parallel_parts <= 0 or self.part_size <= 0:
+            raise ValueError("parallel_parts and part_size must be positive")
+        if self.chunk_size <= 0 or self.read_ahead <= 0:
+            raise ValueError("chunk_size and read_ahead must be positive")
+        if self.max_in_flight <= 0 or (self.write_size is not None and self.write_size <= 0):
+            raise ValueError("max_in_flight and write_size must be positive")
+        if self.io_timeout <= 0:
+            raise ValueError(f"io_timeout must be positive seconds (got {self.io_timeout!r})")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The one retry policy: how often to reconnect or reopen, and how long to wait in between.
+
+    :param retries: reconnects after a lost SSH connection, per object
+    :param s3_retries: reopens of a broken S3 stream at the offset where it broke, per object
+    :param delay: first wait in seconds, doubled on every further attempt (at most a minute)
+    """
+
+    retries: int = 3
+    s3_retries: int = 5
+    delay: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.s3_retries < 0 or self.delay < 0:
+            raise ValueError("connection_retries, s3_retries and connection_retry_delay must be >= 0")
+
+    def backoff(self, attempt: int) -> float:
+        """Return the wait before retry number ``attempt`` (1-based): doubling, at most a minute."""
+        return float(min(MAX_BACKOFF, self.delay * 2 ** max(0, attempt - 1)))
+
+
+# Flat names (the operator's parameters) that differ from the field names of their group.
+_RENAMED = {"connection_retries": ("retry", "retries"), "connection_retry_delay": ("retry", "delay")}
+
+
+@dataclass(frozen=True)
+class DeliveryOptions:
+    """Every setting of a delivery, in four groups; the operator's defaults come from here."""
+
+    publishing: Publishing = field(default_factory=Publishing)
+    checks: Checks = field(default_factory=Checks)
+    streaming: Streaming = field(default_factory=Streaming)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if self.publishing.sidecar and self.checks.checksum is None:
+            raise ValueError("sidecar=True needs a checksum algorithm (checksum=None was given)")
+
+    @classmethod
+    def from_flat(cls, **flat: Any) -> DeliveryOptions:
+        """Build options from flat names (``atomic=False, chunk_size=...``), as the operator takes them.
+
+        Unknown names raise ``TypeError``; bad values raise ``ValueError``.
+        """
+        groups: dict[str, dict[str, Any]] = {name: {} for name in _GROUP_FIELDS}
+        for name, value in flat.items():
+            group, field_name = _RENAMED.get(name) or (_FIELD_GROUP.get(name), name)
+            if group is None:
+                raise TypeError(f"Unknown delivery option {name!r}")
+            groups[group][field_name] = value
+        return cls(**{name: _GROUP_FIELDS[name](**values) for name, values in groups.items()})
+
+    def flat(self) -> dict[str, Any]:
+        """Return every option under its flat name (the inverse of :meth:`from_flat`)."""
+        renamed = {value: key for key, value in _RENAMED.items()}
+        out: dict[str, Any] = {}
+        for group in _GROUP_FIELDS:
+            for item in dataclasses.fields(_GROUP_FIELDS[group]):
+                out[renamed.get((group, item.name), item.name)] = getattr(getattr(self, group), item.name)
+        return out
+
+
+_GROUP_FIELDS: dict[str, type[Any]] = {
+    "publishing": Publishing,
+    "checks": Checks,
+    "streaming": Streaming,
+    "retry": RetryPolicy,
+}
+_FIELD_GROUP = {
+    item.name: group for group, kind in _GROUP_FIELDS.items() for item in dataclasses.fields(kind)
+}

@@ -1,0 +1,172 @@
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software distributed under the License
+# is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
+"""SFTP sessions that serve many objects in turn, and the small pool that hands them out."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from airflow_s3sftp.core.sftp import server_write_size
+from airflow_s3sftp.exceptions import ConnectionLostError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from paramiko import SFTPClient
+
+log = logging.getLogger(__name__)
+
+
+class SFTPSession:
+    """One SFTP session on one SSH connection, and what was learnt about its server.
+
+    Built by the hook (which knows connections and credentials); used by the core, which knows
+    neither. A session serves one delivery at a time and many deliveries in turn.
+
+    :param sftp: the open SFTP client
+    :param close: closes the session and its SSH connection
+    :param endpoint: ``user@host:port``, for messages (never a secret)
+    :param writes_in_order: whether the server applies pipelined writes in arrival order; None
+        asks :func:`airflow_s3sftp.core.servers.detect_server` on first use
+    """
+
+    def __init__(
+        self,
+        sftp: SFTPClient,
+        *,
+        close: Callable[[], None],
+        endpoint: str,
+        writes_in_order: bool | None = None,
+    ) -> None:
+        self.sftp = sftp
+        self.endpoint = endpoint
+        self._close = close
+        self._writes_in_order = writes_in_order
+        self.closed = False
+
+    @cached_property
+    def write_size(self) -> int:
+        """Return the largest WRITE the server accepts (asked once per session)."""
+        return server_write_size(self.sftp)
+
+    @property
+    def writes_in_order(self) -> bool:
+        """Return whether pipelined writes land in offset order on this server."""
+        if self._writes_in_order is None:
+            from airflow_s3sftp.core.servers import detect_server
+
+            self._writes_in_order = detect_server(self.sftp).pipelined_writes_in_order
+        return self._writes_in_order
+
+    def set_timeout(self, seconds: float) -> None:
+        """Make a request that stalls longer than ``seconds`` fail instead of hanging."""
+        channel = self.sftp.get_channel()
+        if channel is not None:
+            channel.settimeout(seconds)
+
+    def alive(self) -> bool:
+        """Return True while the SSH connection is up."""
+        if self.closed:
+            return False
+        channel = self.sftp.get_channel()
+        if channel is None or channel.closed:
+            return False
+        transport = channel.get_transport()
+        return transport is not None and transport.is_active()
+
+    def lost(self, err: BaseException) -> bool:
+        """Return True when ``err`` means this session's connection is gone or stalled."""
+        if isinstance(err, (socket.timeout, TimeoutError, EOFError, ConnectionLostError)):
+            return True
+        return not self.alive()
+
+    def close(self) -> None:
+        """Close the session and its SSH connection (idempotent, never raises)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._close()
+        except Exception:  # closing a dead connection may fail; nothing is left to do
+            log.debug("Closing the SFTP session to %s failed", self.endpoint, exc_info=True)
+
+
+class SessionPool:
+    """Up to ``size`` SFTP sessions, opened on demand and reused by the deliveries of one task.
+
+    :meth:`acquire` returns an idle live session or opens a new one (blocking while ``size`` are
+    busy); :meth:`release` returns a healthy session for the next delivery; :meth:`discard`
+    closes a broken one so that the next :meth:`acquire` reconnects.
+
+    :param connect: opens a new session
+    :param size: sessions open at most at once
+    """
+
+    def __init__(self, connect: Callable[[], SFTPSession], size: int = 1) -> None:
+        if size <= 0:
+            raise ValueError(f"A session pool needs a positive size (got {size})")
+        self._connect = connect
+        self._size = size
+        self._idle: list[SFTPSession] = []
+        self._busy = 0
+        self._cond = threading.Condition()
+        self.opened = 0  # sessions opened over the pool's life, for the record and benchmarks
+
+    def acquire(self) -> SFTPSession:
+        """Return a session for the caller's exclusive use until :meth:`release` or :meth:`discard`."""
+        with self._cond:
+            while not self._idle and self._busy >= self._size:
+                self._cond.wait()
+            self._busy += 1
+            while self._idle:
+                session = self._idle.pop()
+                if session.alive():
+                    return session
+                session.close()
+        try:
+            session = self._connect()
+        except BaseException:
+            self._done()
+            raise
+        with self._cond:
+            self.opened += 1
+        return session
+
+    def release(self, session: SFTPSession) -> None:
+        """Give a healthy session back for the next delivery."""
+        if session.alive():
+            with self._cond:
+                self._idle.append(session)
+        else:
+            session.close()
+        self._done()
+
+    def discard(self, session: SFTPSession) -> None:
+        """Close a broken session; the next :meth:`acquire` opens a fresh one."""
+        session.close()
+        self._done()
+
+    def _done(self) -> None:
+        with self._cond:
+            self._busy -= 1
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Close every idle session."""
+        with self._cond:
+            idle, self._idle = self._idle, []
+        for session in idle:
+            session.close()
+
+    def __enter__(self) -> SessionPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

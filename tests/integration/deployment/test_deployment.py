@@ -1,0 +1,237 @@
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software distributed under the License
+# is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
+"""Sensing under a real scheduler, triggerer, dag-processor and api-server (LocalExecutor, sqlite).
+
+(a) the delivery DAG's deferrable sensor really defers to the triggerer and succeeds; (b) every file dropped
+into a watched directory reaches exactly one run of the asset-scheduled DAG, claimed, with its checksum;
+(c) a triggerer restart mid-watch neither loses nor duplicates a file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.deployment.airflow_deployment import Deployment, running_deployment
+from tests.integration.sftp_writers import SlowWriter, random_bytes, sha256
+from tests.servers import MotoServer, SSHDServer
+
+EXAMPLE_DAGS = Path(__file__).resolve().parents[3] / "example_dags"
+DELIVERY = "example_s3_to_sftp_delivery"
+INBOUND = "example_sftp_inbound_asset"
+
+
+def owned(sshd: SSHDServer, path: Path) -> Path:
+    path.mkdir(parents=True)
+    os.chown(path, sshd.root.stat().st_uid, sshd.root.stat().st_gid)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inbound_dirs(sshd: SSHDServer) -> dict[str, Path]:
+    base = sshd.root / f"deployment-{uuid.uuid4().hex[:8]}"
+    return {name: owned(sshd, base / name) for name in ("inbound", "claimed", "processed", "delivered")}
+
+
+@pytest.fixture(scope="module")
+def deployment(sshd: SSHDServer, moto: MotoServer, inbound_dirs: dict[str, Path]) -> Iterator[Deployment]:
+    """One deployment for the module: the delivery and the inbound asset example DAGs, fast timings."""
+    started = time.monotonic()
+    env = {
+        "S3SFTP_STABLE_FOR_SECONDS": "1",
+        "S3SFTP_POKE_INTERVAL_SECONDS": "1",
+        "S3SFTP_DELIVERY_RETRIES": "0",
+        "S3SFTP_INBOUND_DIR": str(inbound_dirs["inbound"]),
+        "S3SFTP_INBOUND_CLAIM_DIR": str(inbound_dirs["claimed"]),
+        "S3SFTP_INBOUND_PROCESSED_DIR": str(inbound_dirs["processed"]),
+        "S3SFTP_INBOUND_STABLE_FOR_SECONDS": "1",
+        "S3SFTP_INBOUND_POKE_INTERVAL_SECONDS": "0.5",
+    }
+    with running_deployment(
+        [EXAMPLE_DAGS / f"{DELIVERY}.py", EXAMPLE_DAGS / f"{INBOUND}.py"], env
+    ) as deployment:
+        deployment.wait_for(
+            "both DAGs parsed and the asset watcher registered",
+            lambda: (
+                len(
+                    deployment.query(
+                        "SELECT dag_id FROM dag WHERE dag_id IN (?, ?) AND is_paused = 0", DELIVERY, INBOUND
+                    )
+                )
+                == 2
+                and deployment.query(
+                    "SELECT id FROM trigger WHERE classpath LIKE '%SFTPFileStableEventTrigger'"
+                )
+            ),
+            timeout=180,
+        )
+        deployment.wait_for("the api-server", lambda: deployment.api("GET", "/monitor/health"))
+        print(f"\ndeployment ready in {time.monotonic() - started:.1f}s")
+        yield deployment
+
+
+TERMINAL = ("success", "failed")
+
+
+def runs(deployment: Deployment, dag_id: str) -> list[tuple[str, str]]:
+    return deployment.query("SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id", dag_id)
+
+
+def processed(deployment: Deployment) -> list[dict[str, Any]]:
+    """Every file the inbound DAG's runs took, over all runs so far."""
+    taken: list[dict[str, Any]] = []
+    for run_id, _ in runs(deployment, INBOUND):
+        taken += deployment.xcom(INBOUND, run_id, "process") or []
+    return taken
+
+
+def events_per_file(deployment: Deployment) -> Counter[str]:
+    """Count the asset events the watcher fired, per source file name."""
+    payloads = [
+        json.loads(extra)["payload"] for (extra,) in deployment.query("SELECT extra FROM asset_event")
+    ]
+    return Counter(Path(payload["source_path"]).name for payload in payloads)
+
+
+def settled(deployment: Deployment, names: set[str]) -> bool:
+    """Return whether every named file was processed and no inbound run is still going."""
+    done = {item["name"] for item in processed(deployment)}
+    return names <= done and all(state in TERMINAL for _, state in runs(deployment, INBOUND))
+
+
+def test_a_delivery_dag_defers_its_sensor_to_the_triggerer(
+    deployment: Deployment, s3: Any, bucket: str, inbound_dirs: dict[str, Path]
+) -> None:
+    started = time.monotonic()
+    today = datetime.datetime.now(datetime.timezone.utc)
+    data = random_bytes(2 * 1024 * 1024 + 5)
+    s3.put_object(Bucket=bucket, Key=f"feeds/{today:%Y-%m-%d}/orders.bin", Body=data)
+    conf = {
+        "bucket": bucket,
+        "prefix": "feeds",
+        "file_name": "orders.bin",
+        "target_dir": str(inbound_dirs["delivered"]),
+    }
+
+    run = deployment.api(
+        "POST", f"/dags/{DELIVERY}/dagRuns", {"logical_date": today.isoformat(), "conf": conf}
+    )
+    run_id = run["dag_run_id"]
+    state = deployment.wait_for(
+        "the delivery run to finish",
+        lambda: next((s for r, s in runs(deployment, DELIVERY) if r == run_id and s in TERMINAL), None),
+        timeout=150,
+    )
+
+    assert state == "success", deployment.query(
+        "SELECT task_id, state FROM task_instance WHERE run_id = ?", run_id
+    )
+    deliver, confirm = (
+        deployment.xcom(DELIVERY, run_id, "deliver"),
+        deployment.xcom(DELIVERY, run_id, "confirm"),
+    )
+    assert deliver["checksum"] == confirm["checksum"] == sha256(data)
+    assert (inbound_dirs["delivered"] / "orders.bin").read_bytes() == data
+    # The sensor deferred: the triggerer ran its trigger and wrote the trigger's log beside the task's.
+    logs = deployment.home / "logs"
+    trigger_logs = [path for path in logs.rglob("*.log.trigger.*") if "task_id=confirm" in str(path)]
+    assert trigger_logs, sorted(str(path) for path in logs.rglob("*") if path.is_file())
+    assert any("is complete" in p.read_text(errors="replace") for p in trigger_logs)
+    assert confirm["polls"] >= 2
+    print(f"(a) delivery with a deferred sensor: {time.monotonic() - started:.1f}s")
+
+
+def test_b_every_dropped_file_reaches_exactly_one_run(
+    deployment: Deployment, sshd: SSHDServer, inbound_dirs: dict[str, Path]
+) -> None:
+    started = time.monotonic()
+    inbound, claimed = inbound_dirs["inbound"], inbound_dirs["claimed"]
+    slow = b"order_id,amount\n" + b"".join(f"{i},{i * 2}\n".encode() for i in range(40_000))
+    quick = b"order_id,amount\n1,2\n"
+    (inbound / "quick.csv").write_bytes(quick)
+    # A burst: five files that become complete in the same poll fire five events back to back.
+    burst = {f"burst-{i}.csv": random_bytes(10_000 + i) for i in range(5)}
+    for name, data in burst.items():
+        (inbound / name).write_bytes(data)
+    # Six pieces, out of order, 0.4 s apart: each pause is shorter than the 1 s stability window.
+    writer = SlowWriter(sshd, str(inbound / "slow.csv"), slow, pieces=6, pause=0.4, out_of_order=True)
+    writer.start()
+    writer.join_checked()
+
+    files = {"slow.csv": slow, "quick.csv": quick, **burst}
+    deployment.wait_for("every file processed", lambda: settled(deployment, set(files)), timeout=120)
+
+    taken = {item["name"]: item for item in processed(deployment)}
+    counts = Counter(item["name"] for item in processed(deployment))
+    assert all(counts[name] == 1 for name in files), counts
+    # The trigger itself fired exactly one event per file (however the scheduler batched them into runs).
+    assert all(events_per_file(deployment)[name] == 1 for name in files), events_per_file(deployment)
+    for name, data in files.items():
+        assert taken[name]["checksum"] == sha256(data)
+        assert taken[name]["claimed_path"] == str(claimed / name)
+        assert (inbound_dirs["processed"] / name).read_bytes() == data
+    assert sorted(inbound.iterdir()) == [] and sorted(claimed.iterdir()) == []
+    # The events carried the claimed path and the checksum the trigger proved.
+    payloads = [
+        json.loads(extra)["payload"] for (extra,) in deployment.query("SELECT extra FROM asset_event")
+    ]
+    by_source = {Path(p["source_path"]).name: p for p in payloads}
+    assert by_source["slow.csv"]["checksum"] == sha256(slow) and by_source["slow.csv"]["size"] == len(slow)
+    assert by_source["slow.csv"]["path"] == str(claimed / "slow.csv")
+    assert all(state == "success" for _, state in runs(deployment, INBOUND))
+    swept = sum(not item["from_event"] for item in processed(deployment))
+    print(
+        f"(b) {len(files)} files in {len(runs(deployment, INBOUND))} run(s), {swept} taken by a sweep "
+        f"rather than their own event: {time.monotonic() - started:.1f}s"
+    )
+
+
+def test_c_a_triggerer_restart_neither_loses_nor_duplicates_a_file(
+    deployment: Deployment, sshd: SSHDServer, inbound_dirs: dict[str, Path]
+) -> None:
+    started = time.monotonic()
+    inbound = inbound_dirs["inbound"]
+    before = Counter(item["name"] for item in processed(deployment))
+    during = random_bytes(600_000)
+    writer = SlowWriter(sshd, str(inbound / "during.csv"), during, pieces=8, pause=0.5)
+    writer.start()
+    time.sleep(1.0)  # mid-upload, mid-watch
+    deployment.stop("triggerer")
+    stopped = time.monotonic()
+    down = random_bytes(1000)
+    (inbound / "down.csv").write_bytes(down)  # arrives while no triggerer runs
+    writer.join_checked()
+    deployment.start("triggerer")
+
+    deployment.wait_for(
+        "both files processed after the restart",
+        lambda: settled(deployment, {"during.csv", "down.csv"}),
+        timeout=150,
+    )
+    recovered = time.monotonic() - stopped
+
+    counts = Counter(item["name"] for item in processed(deployment))
+    assert counts["during.csv"] == counts["down.csv"] == 1
+    assert events_per_file(deployment)["during.csv"] == events_per_file(deployment)["down.csv"] == 1
+    assert max(events_per_file(deployment).values()) == 1  # no file of (b) fired again after the restart
+    assert counts - Counter({"during.csv": 1, "down.csv": 1}) == before  # nothing earlier came back
+    taken = {item["name"]: item for item in processed(deployment)}
+    assert taken["during.csv"]["checksum"] == sha256(during)
+    assert taken["down.csv"]["checksum"] == sha256(down)
+    assert (inbound_dirs["processed"] / "during.csv").read_bytes() == during
+    assert sorted(inbound.iterdir()) == []
+    print(
+        f"(c) triggerer restart: files processed {recovered:.1f}s after the stop, test {time.monotonic() - started:.1f}s"
+    )

@@ -1,0 +1,190 @@
+"""The delivery owner on an in-memory SFTP server: every attempt path, no network."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import zlib
+
+import pytest
+
+from airflow_s3sftp.core.delivery import Delivery, LeftoverSweeper, Source
+from airflow_s3sftp.core.options import DeliveryOptions
+from airflow_s3sftp.core.session import SessionPool
+from airflow_s3sftp.exceptions import ConnectionLostError, SupersededError
+from tests.unit.core.fake_sftp import FakeFS, FakeSFTP, session_factory
+
+KiB = 1024
+DATA = bytes(range(256)) * 4 * 300  # 300 KiB
+RECORD_KEYS = {
+    "s3_uri", "sftp_path", "size", "checksum", "etag", "version_id", "skipped", "attempts", "resumed_from",
+    "seconds", "mb_per_s", "verified", "published_with", "source_check", "s3_retries", "sidecar_path",
+    "done_marker_path",
+}  # fmt: skip
+
+
+def crc32_head(data: bytes) -> dict[str, str]:
+    """What boto3 uploads carry by default: a full-object CRC32 (not our sha256)."""
+    return {"ChecksumCRC32": base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()}
+
+
+def source(data: bytes = DATA, head: dict[str, str] | None = None) -> Source:
+    return Source(
+        uri="s3://b/k",
+        size=len(data),
+        open=lambda start, end=None: io.BytesIO(data[start : None if end is None else end + 1]),
+        head=crc32_head(data) if head is None else head,
+        etag="e",
+    )
+
+
+def deliver(fs: FakeFS, path: str = "/in/k", data: bytes = DATA, head=None, **flat):  # type: ignore[no-untyped-def]
+    options = DeliveryOptions.from_flat(**{"chunk_size": 16 * KiB, "connection_retry_delay": 0, **flat})
+    with SessionPool(session_factory(fs), 1) as pool:
+        return Delivery(source(data, head), path, options, pool, sleep=lambda s: None).run()
+
+
+def names(fs: FakeFS) -> list[str]:
+    return sorted(fs.files)
+
+
+def test_happy_path_record_has_every_key_and_leaves_only_the_file():
+    fs = FakeFS()
+    record = deliver(fs, sidecar=True, done_marker=".done")
+    assert bytes(fs.files["/in/k"]) == DATA
+    assert set(record.to_dict()) == RECORD_KEYS
+    assert record.checksum == "sha256:" + hashlib.sha256(DATA).hexdigest()
+    assert record.source_check == "S3 ChecksumCRC32"
+    assert (record.attempts, record.resumed_from, record.published_with) == (1, 0, "posix-rename")
+    assert names(fs) == ["/in/k", "/in/k.done", "/in/k.sha256"]
+
+
+@pytest.mark.parametrize(
+    "flat",
+    [{}, {"checksum": None}, {"verify": "checksum"}, {"parallel_parts": 2, "part_size": 64 * KiB},
+     {"atomic": False}, {"sidecar": True}],
+    ids=["default", "no-checksum", "verify-checksum", "parallel-parts", "non-atomic", "sidecar"],
+)  # fmt: skip
+@pytest.mark.parametrize("cut", ["open", 1, 100 * KiB, len(DATA), "chmod", "posix-rename"])
+def test_one_cut_anywhere_is_recovered_byte_identical(flat, cut):
+    """A lost connection at any point costs one attempt; digests restart from a known state."""
+    fs = FakeFS()
+    if isinstance(cut, int):
+        fs.cut_after_bytes.append(cut)
+    else:
+        fs.cut_at.append(cut)
+    record = deliver(fs, **flat)
+    assert bytes(fs.files["/in/k"]) == DATA
+    if not (cut == "posix-rename" and flat.get("atomic") is False):  # no rename to cut without atomic
+        assert record.attempts == 2, record
+    assert record.checksum in (None, "sha256:" + hashlib.sha256(DATA).hexdigest())
+    expected = {"/in/k"} | ({"/in/k.sha256"} if flat.get("sidecar") else set())
+    assert set(names(fs)) == expected
+    assert fs.connections == record.attempts
+
+
+def test_mid_object_cut_resumes_after_the_proven_prefix():
+    fs = FakeFS(cut_after_bytes=[200 * KiB])
+    record = deliver(fs)
+    assert 100 * KiB < record.resumed_from < len(DATA)  # the applied writes, proven by read-back
+    assert bytes(fs.files["/in/k"]) == DATA
+
+
+def test_a_prefix_that_does_not_read_back_restarts_from_byte_zero_with_fresh_digests():
+    fs = FakeFS(cut_after_bytes=[200 * KiB])
+    options = DeliveryOptions.from_flat(chunk_size=16 * KiB, connection_retry_delay=0)
+
+    def corrupt(seconds: float) -> None:  # between the attempts, someone scribbles on our temp file
+        (temp,) = [path for path in fs.files if path.endswith(".s3sftp-part")]
+        fs.files[temp][5] ^= 0xFF
+
+    with SessionPool(session_factory(fs), 1) as pool:
+        record = Delivery(source(), "/in/k", options, pool, sleep=corrupt).run()
+    assert record.resumed_from == 0
+    assert record.attempts == 2
+    assert bytes(fs.files["/in/k"]) == DATA
+
+
+def test_retries_exhausted_non_atomic_removes_the_partial_and_says_the_old_version_is_gone():
+    fs = FakeFS(cut_after_bytes=[50 * KiB, 100 * KiB, 150 * KiB])
+    fs.files["/in/k"] = bytearray(b"previous version")
+    with pytest.raises(
+        ConnectionLostError, match=r"after 3 attempts.*partial '/in/k' was removed.*previous version"
+    ):
+        deliver(fs, atomic=False, connection_retries=2)
+    assert names(fs) == []
+
+
+def test_retries_exhausted_atomic_keeps_the_old_version_and_removes_our_temp():
+    fs = FakeFS(cut_after_bytes=[50 * KiB, 100 * KiB])
+    fs.files["/in/k"] = bytearray(b"previous version")
+    with pytest.raises(ConnectionLostError, match="after 2 attempts"):
+        deliver(fs, connection_retries=1)
+    assert names(fs) == ["/in/k"]
+    assert bytes(fs.files["/in/k"]) == b"previous version"
+
+
+def test_a_removed_temp_file_ends_in_superseded_and_never_deletes_the_other_writers_file():
+    fs = FakeFS()
+
+    def other_writer(step: str, path: str) -> None:
+        if step == "chmod" and path.endswith(".s3sftp-part"):
+            del fs.files[path]  # a cleanup took our temp file away...
+            fs.files["/in/k"] = bytearray(b"the other writer's complete file")  # ...and published its own
+
+    fs.on_step = other_writer
+    with pytest.raises(SupersededError, match="removed by someone else"):
+        deliver(fs)
+    assert names(fs) == ["/in/k"]
+    assert bytes(fs.files["/in/k"]) == b"the other writer's complete file"
+
+
+def test_a_server_without_posix_rename_gets_the_fallback_with_a_unique_backup():
+    fs = FakeFS(posix_rename=False)
+    fs.files["/in/k"] = bytearray(b"old")
+    record = deliver(fs)
+    assert record.published_with == "rename-with-backup"
+    assert names(fs) == ["/in/k"]
+    assert bytes(fs.files["/in/k"]) == DATA
+
+
+def test_skip_identical_proves_by_content_and_the_sidecar_mode_trusts_the_sidecar():
+    data = b"x" * 5000
+    head = {"ChecksumSHA256": base64.b64encode(hashlib.sha256(data).digest()).decode()}
+    fs = FakeFS()
+    deliver(fs, data=data, head=head, sidecar=True)
+    fs.files["/in/k"][10] ^= 1  # same size, one byte changed behind the sidecar's back
+    again = deliver(fs, data=data, head=head, if_exists="skip_identical", sidecar=True)
+    assert again.skipped is False
+    assert bytes(fs.files["/in/k"]) == data
+    skipped = deliver(fs, data=data, head=head, if_exists="skip_identical", sidecar=True)
+    assert skipped.skipped is True and set(skipped.to_dict()) == RECORD_KEYS
+    fs.files["/in/k"][10] ^= 1
+    trusted = deliver(fs, data=data, head=head, if_exists="skip_identical", skip_identical_by="sidecar")
+    assert trusted.skipped is True  # the documented, faster mode: blind to this change
+
+
+def test_sessions_are_reused_across_objects():
+    fs = FakeFS()
+    options = DeliveryOptions.from_flat(chunk_size=16 * KiB)
+    with SessionPool(session_factory(fs), 2) as pool:
+        for n in range(5):
+            Delivery(source(), f"/in/k{n}", options, pool).run()
+        assert pool.opened == 1
+    assert fs.connections == 1
+
+
+def test_sweeper_removes_only_abandoned_temp_files_of_the_tasks_names():
+    fs = FakeFS()
+    fs.files.update({
+        "/in/.k.0123456789ab.s3sftp-part": bytearray(b"old"),
+        "/in/.k.0123456789ac.s3sftp-part": bytearray(b"fresh"),
+        "/in/.j.0123456789ab.s3sftp-part": bytearray(b"another name"),
+        "/in/.k.s3sftp-part": bytearray(b"not our shape"),
+    })  # fmt: skip
+    fs.mtimes.update({"/in/.k.0123456789ab.s3sftp-part": fs.now - 100, "/in/.j.0123456789ab.s3sftp-part": 0})
+    fs.mtimes["/in/.k.s3sftp-part"] = 0
+    sweeper = LeftoverSweeper(50, ["/in/k"])
+    assert sweeper.sweep(FakeSFTP(fs), "/in", fs.now) == ["/in/.k.0123456789ab.s3sftp-part"]  # type: ignore[arg-type]
+    assert sweeper.sweep(FakeSFTP(fs), "/in", fs.now + 1000) == []  # once per directory  # type: ignore[arg-type]
