@@ -78,6 +78,10 @@ def test_airflow_dags_test_runs_the_delivery_example(s3, bucket, remote_dir):
     airflow = [sys.executable, "-m", "airflow"]
     try:
         subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+        # Airflow 3.0 finds a DAG for `dags test` only once the DAG processor has stored it.
+        subprocess.run(
+            [*airflow, "dags", "reserialize"], env=env, check=True, capture_output=True, timeout=300
+        )
         run = subprocess.run(
             [*airflow, "dags", "test", "example_s3_to_sftp_delivery", "2024-01-01"],
             env=env,
