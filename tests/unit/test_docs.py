@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 from airflow.providers.common.compat.sdk import conf
 
+from airflow_s3sftp.core.delivery import DeliveryRecord
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
 
@@ -142,6 +145,21 @@ def test_docstring_marks_exactly_the_template_fields(cls: type) -> None:
     params = re.split(r"\n\s*:param ", cls.__doc__ or "")[1:]
     marked = {text.split(":", 1)[0] for text in params if "(templated)" in text}
     assert marked == set(cls.template_fields)  # type: ignore[attr-defined]
+
+
+RECORD_KEYS = [field.name for field in dataclasses.fields(DeliveryRecord)]
+
+
+def test_operator_docstring_names_every_record_key() -> None:
+    named = re.findall(r"``(\w+)``", (S3ToSFTPStreamOperator.__doc__ or "").split(":param ")[0])
+    assert not set(RECORD_KEYS) - set(named), f"missing: {sorted(set(RECORD_KEYS) - set(named))}"
+
+
+def test_readme_record_example_has_the_record_keys() -> None:
+    text = README.read_text(encoding="utf-8")
+    example = re.search(r"```json\n(\{\"s3_uri\".*?\})\n```", text, re.DOTALL)
+    assert example, "the README's XCom record example is missing"
+    assert list(json.loads(example[1])) == RECORD_KEYS
 
 
 @pytest.mark.parametrize(
