@@ -22,6 +22,7 @@ from airflow_s3sftp.exceptions import (
 )
 from airflow_s3sftp.hooks.sftp_sensing import DEFAULT_CHUNK_SIZE, SFTPSensingHook
 from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
+from airflow_s3sftp.version_compat import check_sensor_mode
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -109,6 +110,8 @@ class SFTPFileStableSensor(BaseSensorOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not deferrable:
+            check_sensor_mode(self.mode)  # reschedule needs the task state store: fail at parse time
         self.path = path
         self.sftp_conn_id = sftp_conn_id
         self.stable_for = stable_for
