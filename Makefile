@@ -8,4 +8,6 @@ demo:
 	bash scripts/demo.sh
 
 bench:
+	[ -x .venv/bin/python ] || python3 -m venv .venv
+	.venv/bin/python -m pip install -q -e '.[test,bench]'
 	.venv/bin/python -m benchmarks

@@ -59,3 +59,7 @@ class DeliveryFailedError(S3SFTPError):
     def __init__(self, message: str, summary: dict[str, object]) -> None:
         super().__init__(message)
         self.summary = summary
+
+
+class UnsupportedAirflowVersionError(S3SFTPError, RuntimeError):
+    """A feature was asked for that the running Airflow version does not provide."""

@@ -32,7 +32,7 @@ from typing import Any
 
 import pendulum
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-from airflow.sdk import DAG, Param, task
+from airflow.providers.common.compat.sdk import DAG, Param, task
 
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 

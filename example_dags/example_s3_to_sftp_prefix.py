@@ -35,7 +35,7 @@ import os
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.providers.common.compat.sdk import DAG, Param, task
 
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import pendulum
 from airflow.providers.sftp.hooks.sftp import SFTPHook
-from airflow.sdk import DAG, Asset, AssetWatcher, task
+from airflow.sdk import DAG, Asset, AssetWatcher, task  # noqa: TID251 (AssetWatcher: Airflow 3 only)
 
 from airflow_s3sftp.triggers.sftp import SFTPFileStableEventTrigger
 

@@ -26,8 +26,8 @@ import os
 from typing import Any
 
 import pendulum
+from airflow.providers.common.compat.sdk import DAG, Param, task
 from airflow.providers.sftp.hooks.sftp import SFTPHook
-from airflow.sdk import DAG, Param, task
 
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
 

@@ -3,7 +3,7 @@
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 # Unless required by applicable law or agreed to in writing, software distributed under the License
 # is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
-"""Session fixtures: a real OpenSSH sshd, moto's S3 server, and Airflow connections pointing at them."""
+"""Fixtures shared by all tests; the servers start only when a test asks for one (unit tests need none)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,42 @@ from typing import Any
 import paramiko
 import pytest
 
-from tests.servers import MotoServer, SSHDServer, conn_env, start_moto, start_sshd
+from tests.servers import MotoServer, SSHDServer, conn_env, remove_test_user, start_moto, start_sshd
+
+IS_ROOT = os.geteuid() == 0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "requires_root: needs root (mounts, files owned by another user); skipped otherwise"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests that need root, with one reason, when the suite does not run as root."""
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="needs root: run the suite as root (CI does) to include it")
+    for item in items:
+        if item.get_closest_marker("requires_root"):
+            item.add_marker(skip)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if IS_ROOT:
+        return "running as root: tests marked requires_root are included; a random test user is created"
+    return "running as a non-root user: tests marked requires_root are skipped (CI runs them as root)"
 
 
 @pytest.fixture(scope="session")
-def sshd() -> Iterator[SSHDServer]:
+def test_user() -> Iterator[None]:
+    """Remove the random test user (created by the first server that needs it, as root) at the end."""
+    yield
+    remove_test_user()
+
+
+@pytest.fixture(scope="session")
+def sshd(test_user: None) -> Iterator[SSHDServer]:
     server = start_sshd()
     yield server
     server.stop()
@@ -38,20 +69,6 @@ def moto() -> Iterator[MotoServer]:
     server = start_moto()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def airflow_connections(sshd: SSHDServer, moto: MotoServer) -> Iterator[None]:
-    """Expose ``aws_default`` and ``sftp_default`` to Airflow as ``AIRFLOW_CONN_*`` variables."""
-    env = dict([conn_env("aws_default", moto.connection()), conn_env("sftp_default", sshd.connection())])
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 @pytest.fixture

@@ -3,14 +3,16 @@
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 # Unless required by applicable law or agreed to in writing, software distributed under the License
 # is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
-"""Real servers for tests and benchmarks: OpenSSH ``sshd`` and moto's S3 server on loopback ports."""
+"""Real servers for tests and benchmarks on loopback ports: SFTP (OpenSSH, Green End, ProFTPD) and moto's S3."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -24,9 +26,13 @@ from pathlib import Path
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
-# When the tests run as root, sshd logs in an unprivileged user so that permission checks are real.
-TEST_USER = "s3sftp"
-TEST_PASSWORD = "s3sftp-Secret-Pa55"
+GREENEND_SFTP_SERVER = "/usr/libexec/gesftpserver"
+PROFTPD = shutil.which("proftpd") or "/usr/sbin/proftpd"
+PROFTPD_MODULES = Path("/usr/lib/proftpd")
+# When the tests run as root, the SFTP servers log in an unprivileged user so that permission checks are
+# real. It is created per process with a random name and password (nothing committed) and removed at exit.
+TEST_PASSWORD = secrets.token_urlsafe(18)
+_created_user: str | None = None
 
 
 def free_port() -> int:
@@ -45,15 +51,31 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 
 
 def ensure_test_user() -> str:
-    """Return the login for the test sshd, creating the unprivileged test user when running as root."""
+    """Return the login of the test servers, creating the unprivileged test user when running as root.
+
+    As root, one user ``s3sftp-<random>`` with the random :data:`TEST_PASSWORD` is created per process and
+    removed by :func:`remove_test_user` (also registered with :mod:`atexit`). Otherwise the servers log in
+    the current user.
+    """
+    global _created_user
     if os.geteuid() != 0:
         return pwd.getpwuid(os.geteuid()).pw_name
-    try:
-        pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", TEST_USER], check=True)
-    subprocess.run(["chpasswd"], input=f"{TEST_USER}:{TEST_PASSWORD}", text=True, check=True)
-    return TEST_USER
+    if _created_user is None:
+        name = f"s3sftp-{secrets.token_hex(4)}"
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+        _created_user = name
+        atexit.register(remove_test_user)
+        subprocess.run(["chpasswd"], input=f"{name}:{TEST_PASSWORD}", text=True, check=True)
+    return _created_user
+
+
+def remove_test_user() -> None:
+    """Remove the test user this process created (its servers must be stopped first)."""
+    global _created_user
+    if _created_user is None:
+        return
+    name, _created_user = _created_user, None
+    subprocess.run(["userdel", "--force", "--remove", name], check=False, capture_output=True)
 
 
 @dataclass
@@ -67,6 +89,7 @@ class SSHDServer:
     root: Path  # a directory the test user owns; tests put their files below it
     workdir: Path
     process: subprocess.Popen[bytes] = field(repr=False)
+    name: str = "openssh"  # which SFTP server answers: "openssh", "greenend" or "proftpd"
 
     def connection(self, **extra: object) -> dict[str, object]:
         """Return an Airflow ``sftp`` connection (as a dict) for this server."""
@@ -95,8 +118,13 @@ def _keygen(path: Path, kind: str = "ed25519") -> None:
     )
 
 
-def start_sshd(*, port: int | None = None, extra_config: tuple[str, ...] = ()) -> SSHDServer:
+def start_sshd(
+    *, port: int | None = None, extra_config: tuple[str, ...] = (), sftp_server: str = "openssh"
+) -> SSHDServer:
     """Start ``sshd`` on a loopback port with a generated config, host key and user key.
+
+    ``sftp_server="greenend"`` runs the Green End SFTP server (Debian ``gesftpserver``) as sshd's sftp
+    subsystem instead of OpenSSH's ``sftp-server``.
 
     Its files live in a fresh world-traversable directory under /tmp, since the unprivileged
     test user must read its ``authorized_keys`` and write below the SFTP root.
@@ -132,7 +160,7 @@ def start_sshd(*, port: int | None = None, extra_config: tuple[str, ...] = ()) -
                 "MaxSessions 100",
                 "MaxStartups 200:30:400",
                 "LogLevel ERROR",
-                f"Subsystem sftp {SFTP_SERVER}",
+                f"Subsystem sftp {_SUBSYSTEMS[sftp_server]}",
                 *extra_config,
                 "",
             ]
@@ -156,7 +184,108 @@ def start_sshd(*, port: int | None = None, extra_config: tuple[str, ...] = ()) -
         root=root,
         workdir=workdir,
         process=process,
+        name=sftp_server,
     )
+
+
+_SUBSYSTEMS = {"openssh": SFTP_SERVER, "greenend": GREENEND_SFTP_SERVER}
+
+
+def start_proftpd(*, port: int | None = None, extra_config: tuple[str, ...] = ()) -> SSHDServer:
+    """Start ProFTPD with mod_sftp (Debian ``proftpd-core`` + ``proftpd-mod-crypto``) on a loopback port.
+
+    It gets its own config, ed25519 host key and user key (``SFTPAuthorizedUserKeys`` wants RFC 4716);
+    the login and SFTP root are the same as :func:`start_sshd`'s, so a test can use either server.
+    """
+    if not (PROFTPD_MODULES / "mod_sftp.so").exists():
+        raise FileNotFoundError(
+            f"{PROFTPD_MODULES / 'mod_sftp.so'} is missing: apt-get install proftpd-core proftpd-mod-crypto"
+        )
+    workdir = Path(tempfile.mkdtemp(prefix="s3sftp-proftpd-"))
+    workdir.chmod(0o755)
+    user = ensure_test_user()
+    pw = pwd.getpwnam(user)
+    host_key, user_key = workdir / "ssh_host_ed25519_key", workdir / "id_ed25519"
+    _keygen(host_key)
+    _keygen(user_key)
+    authorized = workdir / "authorized_keys"
+    authorized.write_text(
+        subprocess.run(
+            ["ssh-keygen", "-e", "-f", str(user_key.with_suffix(".pub"))],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    authorized.chmod(0o644)
+    root = workdir / "sftp-root"
+    root.mkdir()
+    os.chown(root, pw.pw_uid, pw.pw_gid)
+    port = port or free_port()
+    me = pwd.getpwuid(os.geteuid())
+    config = workdir / "proftpd.conf"
+    config.write_text(
+        "\n".join(
+            [
+                'ServerName "s3sftp-test-proftpd"',
+                "ServerType standalone",
+                "DefaultServer on",
+                f"Port {port}",
+                "DefaultAddress 127.0.0.1",
+                "UseIPv6 off",
+                "UseReverseDNS off",
+                f"ModulePath {PROFTPD_MODULES}",
+                "LoadModule mod_sftp.c",
+                f"PidFile {workdir / 'proftpd.pid'}",
+                f"ScoreboardFile {workdir / 'proftpd.scoreboard'}",
+                "DelayTable none",
+                "WtmpLog off",
+                "TransferLog none",
+                f"SystemLog {workdir / 'system.log'}",
+                "RequireValidShell off",
+                "AuthOrder mod_auth_unix.c",
+                "MaxInstances 200",
+                # As root it serves each login as that user; otherwise it runs as (and serves) the caller.
+                *([] if os.geteuid() == 0 else [f"User {me.pw_name}", f"Group {me.pw_gid}"]),
+                "SFTPEngine on",
+                f"SFTPLog {workdir / 'sftp.log'}",
+                f"SFTPHostKey {host_key}",
+                "SFTPAuthMethods publickey password",
+                f"SFTPAuthorizedUserKeys file:{authorized}",
+                "SFTPCompression off",
+                "<Directory />",
+                "  AllowOverwrite on",
+                "</Directory>",
+                *extra_config,
+                "",
+            ]
+        )
+    )
+    log = (workdir / "proftpd.log").open("wb")
+    process = subprocess.Popen([PROFTPD, "--nodaemon", "-c", str(config)], stderr=log, stdout=log)
+    try:
+        wait_for_port(port)
+    except TimeoutError:
+        process.kill()
+        raise
+    host_pub = host_key.with_suffix(".pub").read_text().split()
+    return SSHDServer(
+        port=port,
+        user=user,
+        key_file=user_key,
+        host_key=f"{host_pub[0]} {host_pub[1]}",
+        root=root,
+        workdir=workdir,
+        process=process,
+        name="proftpd",
+    )
+
+
+def start_sftp_server(name: str) -> SSHDServer:
+    """Start the SFTP server called ``name``: ``openssh``, ``greenend`` or ``proftpd``."""
+    if name == "proftpd":
+        return start_proftpd()
+    return start_sshd(sftp_server=name)
 
 
 @dataclass

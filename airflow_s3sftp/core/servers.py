@@ -3,32 +3,180 @@
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 # Unless required by applicable law or agreed to in writing, software distributed under the License
 # is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
-"""What we know about an SFTP server from its banner: does it apply pipelined writes in order?"""
+"""What an SFTP server can do and how it applies pipelined writes: :func:`detect_server`'s profile.
+
+The profile comes from the SSH banner and the SFTP extensions the server announces in its VERSION
+packet. paramiko reads that packet when it opens a session and throws the extension list away, so
+:func:`probe_extensions` asks again on a second ``sftp`` subsystem channel of the same SSH connection (one
+channel open, no new handshake) and closes it. The facts behind each rule are measured by
+tests/integration/servers/test_server_matrix.py and tabled in docs/servers.md.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from paramiko import SFTPClient
+    from collections.abc import Mapping
+
+    import paramiko
+
+_FXP_INIT, _FXP_VERSION, _FXP_STATUS, _FXP_EXTENDED, _FXP_EXTENDED_REPLY = 1, 2, 101, 200, 201
+_FX_OP_UNSUPPORTED = 8
+_MAX_PACKET = 256 * 1024
+#: Hash extensions of draft-ietf-secsh-filexfer-extensions (ProFTPD implements them without announcing
+#: them in a version-3 session, so :func:`probe_extensions` asks for them).
+HASH_EXTENSIONS = ("check-file-name", "check-file-handle")
 
 
 @dataclass(frozen=True)
 class ServerProfile:
-    """The facts about one SFTP server that change how we write to it."""
+    """An SFTP server's identity and the abilities the delivery relies on.
+
+    :param name: ``openssh``, ``greenend``, ``proftpd``, ``asyncssh`` or ``unknown``
+    :param banner: the server's SSH identification string
+    :param pipelined_writes_in_order: WRITE requests sent back to back are applied in the order sent
+        (a single-threaded server); ``False`` for a server that applies them on several threads, and for any
+        server not known to be in order (then ``strict_order=None`` keeps one write in flight)
+    :param posix_rename: ``posix-rename@openssh.com`` (atomic replace of an existing file)
+    :param fsync: ``fsync@openssh.com``
+    :param limits: ``limits@openssh.com`` (the server's largest read and write)
+    :param hash_extensions: the server-side hash extensions it answers (``check-file-name``...)
+    :param extensions: every extension announced in its VERSION packet, name to data
+    """
 
     name: str
     banner: str
     pipelined_writes_in_order: bool
+    posix_rename: bool
+    fsync: bool
+    limits: bool
+    hash_extensions: tuple[str, ...] = ()
+    extensions: Mapping[str, bytes] = field(default_factory=dict)
+
+    @property
+    def strict_order(self) -> bool:
+        """Return what ``strict_order=None`` (auto) means on this server: one write in flight or not."""
+        return not self.pipelined_writes_in_order
 
 
-def detect_server(sftp: SFTPClient) -> ServerProfile:
-    """Return the profile of the server behind ``sftp``; unknown servers get one write in flight."""
-    channel = sftp.get_channel()
-    transport = channel.get_transport() if channel is not None else None
-    banner = str(getattr(transport, "remote_version", "") or "")
-    if "OpenSSH" in banner:
-        # OpenSSH's sftp-server handles requests one at a time, in arrival order.
-        return ServerProfile("openssh", banner, pipelined_writes_in_order=True)
-    return ServerProfile("unknown", banner, pipelined_writes_in_order=False)
+def detect_server(sftp: paramiko.SFTPClient) -> ServerProfile:
+    """Return the profile of the server behind ``sftp``, probing its extensions on a second channel."""
+    transport = sftp.get_channel().get_transport()  # type: ignore[union-attr]
+    return profile_for(str(transport.remote_version), probe_extensions(transport))
+
+
+def profile_for(banner: str, extensions: Mapping[str, bytes]) -> ServerProfile:
+    """Return the profile of a server from its SSH banner and its SFTP extensions (pure; unit-tested)."""
+    software = banner.split("-", 2)[-1] if banner.startswith("SSH-") else banner
+    vendor = _vendor_name(extensions.get("vendor-id", b""))
+    if vendor == "Green End" or any(name.endswith("@rjk.greenend.org.uk") for name in extensions):
+        # Runs as OpenSSH's sftp subsystem (so the banner is OpenSSH's) and applies requests on a thread
+        # pool: the replies to pipelined writes come back out of order (measured), so writes land so too.
+        name, in_order = "greenend", False
+    elif software.startswith("mod_sftp"):
+        name, in_order = "proftpd", True
+    elif software.startswith("OpenSSH"):
+        name, in_order = "openssh", True
+    elif software.startswith("AsyncSSH"):
+        name, in_order = "asyncssh", True
+    else:
+        name, in_order = "unknown", False
+    return ServerProfile(
+        name=name,
+        banner=banner,
+        pipelined_writes_in_order=in_order,
+        posix_rename="posix-rename@openssh.com" in extensions,
+        fsync="fsync@openssh.com" in extensions,
+        limits="limits@openssh.com" in extensions,
+        hash_extensions=tuple(ext for ext in HASH_EXTENSIONS if ext in extensions),
+        extensions=dict(extensions),
+    )
+
+
+def probe_extensions(transport: paramiko.Transport, *, timeout: float = 15.0) -> dict[str, bytes]:
+    """Return the SFTP extensions the server announces, plus the hash extensions it answers unannounced.
+
+    Opens an ``sftp`` subsystem channel of its own on ``transport``, sends INIT (version 3), reads the
+    VERSION packet, asks ``check-file-name`` of a path that does not exist (an unsupported extension
+    answers OP_UNSUPPORTED, a supported one a file error), and closes the channel.
+    """
+    channel = transport.open_session(timeout=timeout)
+    try:
+        channel.settimeout(timeout)
+        channel.invoke_subsystem("sftp")
+        _send(channel, struct.pack(">BI", _FXP_INIT, 3))
+        kind, body = _receive(channel)
+        if kind != _FXP_VERSION:
+            raise OSError(f"SFTP server answered INIT with packet type {kind}, not VERSION")
+        extensions = dict(_pairs(body[4:]))
+        for name in HASH_EXTENSIONS[:1]:
+            if name not in extensions and _answers(channel, name):
+                extensions[name] = b""
+                extensions.setdefault("check-file-handle", b"")
+        return extensions
+    finally:
+        channel.close()
+
+
+def _answers(channel: paramiko.Channel, extension: str) -> bool:
+    """Return whether the server implements ``check-file-name`` (asked of a path that cannot exist)."""
+    args = _string(b"/.s3sftp-probe-does-not-exist") + _string(b"sha256") + struct.pack(">QQI", 0, 0, 0)
+    _send(channel, struct.pack(">BI", _FXP_EXTENDED, 1) + _string(extension.encode()) + args)
+    kind, body = _receive(channel)
+    if kind == _FXP_STATUS:
+        code: int = struct.unpack(">I", body[4:8])[0]
+        return code != _FX_OP_UNSUPPORTED
+    return kind == _FXP_EXTENDED_REPLY
+
+
+def _vendor_name(data: bytes) -> str | None:
+    try:
+        return next(iter(value.decode("utf-8", "replace") for value in _strings(data)), None)
+    except (struct.error, IndexError):
+        return None
+
+
+def _string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def _strings(data: bytes) -> list[bytes]:
+    values, offset = [], 0
+    while offset + 4 <= len(data):
+        (length,) = struct.unpack_from(">I", data, offset)
+        offset += 4
+        if offset + length > len(data):
+            break
+        values.append(data[offset : offset + length])
+        offset += length
+    return values
+
+
+def _pairs(data: bytes) -> list[tuple[str, bytes]]:
+    items = _strings(data)
+    return [(items[i].decode("utf-8", "replace"), items[i + 1]) for i in range(0, len(items) - 1, 2)]
+
+
+def _send(channel: paramiko.Channel, payload: bytes) -> None:
+    channel.sendall(struct.pack(">I", len(payload)) + payload)
+
+
+def _receive(channel: paramiko.Channel) -> tuple[int, bytes]:
+    (length,) = struct.unpack(">I", _read_exactly(channel, 4))
+    if not 1 <= length <= _MAX_PACKET:
+        raise OSError(f"SFTP server sent a packet of {length} bytes")
+    packet = _read_exactly(channel, length)
+    return packet[0], packet[1:]
+
+
+def _read_exactly(channel: paramiko.Channel, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = channel.recv(count - len(data))
+        if not chunk:
+            raise EOFError("SFTP server closed the channel during the extension probe")
+        data += chunk
+    return data

@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-from airflow.sdk import BaseHook
+from airflow.providers.common.compat.sdk import BaseHook
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,

@@ -134,7 +134,8 @@ def connect_sftp(hook: SFTPHook) -> paramiko.SFTPClient:
     if hook.ciphers and not hook.disabled_algorithms:
         # SSHHook applies ``ciphers`` only after the handshake (to later re-keys); disabling every other
         # cipher makes the first handshake honour the connection too, as the async hook does.
-        others = [name for name in paramiko.Transport._preferred_ciphers if name not in hook.ciphers]
+        known: tuple[str, ...] = getattr(paramiko.Transport, "_preferred_ciphers", ())
+        others = [name for name in known if name not in hook.ciphers]
         hook.disabled_algorithms = {"ciphers": others}
     sftp: paramiko.SFTPClient = hook.get_conn()
     return sftp

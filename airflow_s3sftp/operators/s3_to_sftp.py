@@ -11,7 +11,7 @@ import re
 import socket
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow.sdk import BaseOperator
+from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_s3sftp.core.options import Checks, DeliveryOptions, Publishing, RetryPolicy, Streaming
 from airflow_s3sftp.core.paths import (
@@ -28,7 +28,7 @@ from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from airflow.sdk import Context
+    from airflow.providers.common.compat.sdk import Context
 
 
 class S3ToSFTPStreamOperator(BaseOperator):
@@ -53,9 +53,9 @@ class S3ToSFTPStreamOperator(BaseOperator):
     ``version_id``, ``skipped``, ``attempts``, ``resumed_from``, ``seconds``, ``mb_per_s``,
     ``verified``, ``published_with``, ``source_check``, ``s3_retries``, ``sidecar_path``,
     ``done_marker_path``. Many objects
-    (``s3_prefix`` or ``s3_keys``) return ``{"objects": [records], "count", "transferred",
-    "skipped", "bytes"}``; when some fail, the others still complete and the task fails with
-    :class:`~airflow_s3sftp.exceptions.DeliveryFailedError` listing the failures.
+    (``s3_prefix`` or ``s3_keys``) return ``{"objects": [records], "failed": [], "count",
+    "transferred", "skipped", "bytes"}``; when some fail, the others still complete and the task
+    fails with :class:`~airflow_s3sftp.exceptions.DeliveryFailedError` listing the failures.
 
     :param s3_key: key of one object, or an ``s3://bucket/key`` URL when ``s3_bucket`` is None (templated)
     :param sftp_path: remote file path; a path ending in ``/`` is a directory and the key's base

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue, conf
 
 from airflow_s3sftp.core import poll, stability
 from airflow_s3sftp.exceptions import (
@@ -22,11 +22,12 @@ from airflow_s3sftp.exceptions import (
 )
 from airflow_s3sftp.hooks.sftp_sensing import DEFAULT_CHUNK_SIZE, SFTPSensingHook
 from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
+from airflow_s3sftp.version_compat import check_sensor_mode
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from airflow.sdk import Context
+    from airflow.providers.common.compat.sdk import Context
 
 #: Key of the observations in Airflow's task state store (reschedule mode).
 STATE_STORE_KEY = "airflow_s3sftp.sftp_file_stable"
@@ -109,6 +110,8 @@ class SFTPFileStableSensor(BaseSensorOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not deferrable:
+            check_sensor_mode(self.mode)  # reschedule needs the task state store: fail at parse time
         self.path = path
         self.sftp_conn_id = sftp_conn_id
         self.stable_for = stable_for

@@ -159,6 +159,7 @@ def small_disk(remote_dir, sshd):  # type: ignore[no-untyped-def]
     subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
+@pytest.mark.requires_root  # mounts a small tmpfs
 def test_disk_full_fails_clearly_and_keeps_the_previous_version(s3, bucket, small_disk):
     (small_disk / "k").write_bytes(b"previous version")
     s3.put_object(Bucket=bucket, Key="k", Body=os.urandom(5 * MiB))

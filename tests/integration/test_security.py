@@ -18,13 +18,10 @@ MiB = 1024 * 1024
 AWS_SECRET = "AwsSecretKey-Do-Not-Log-7f3a9c"
 
 
+@pytest.mark.requires_root  # logs in with the random password of the test user that root creates
 def test_secrets_never_reach_logs_errors_or_xcom(
     sshd, moto, s3, bucket, remote_dir, set_connection, caplog, capfd
 ):
-    if sshd.user != "s3sftp":
-        pytest.fail(
-            "this test logs in with the password of the dedicated test user; run the suite as root (CI does)"
-        )
     set_connection(
         "sftp_password", sshd.connection(key_file=None, look_for_keys="false") | {"password": TEST_PASSWORD}
     )
