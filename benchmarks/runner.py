@@ -565,7 +565,7 @@ def summarize(
             "peak_rss_mib": max(peak_rss),
             "rss_over_imports_mib": (
                 round(max(peak_rss) - imports_rss, 1)
-                if imports_rss is not None and method.kind in ("ours", "putfo", "stock")
+                if imports_rss is not None and method.kind in ("ours", "stock")  # same imports
                 else None
             ),
             "rss_growth_mib": (
