@@ -107,6 +107,7 @@ def test_sensor_and_trigger_prove_the_file_on_asyncssh(s3, bucket, target):
     import asyncio
 
     from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
+    from airflow_s3sftp.core import stability
     from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
 
     conn_id, _, remote = target
@@ -123,9 +124,10 @@ def test_sensor_and_trigger_prove_the_file_on_asyncssh(s3, bucket, target):
     trigger = SFTPFileStableTrigger(
         path=f"{remote}/k",
         sftp_conn_id=conn_id,
-        stable_for=1,
+        policy=stability.Policy.build(
+            target=f"{remote}/k", stable_for=1, checksum="sha256", expected_checksum_from="sidecar"
+        ).to_dict(),
         poll_interval=0.3,
-        expected_checksum_from="sidecar",
     )
 
     async def first_event() -> dict[str, object]:
