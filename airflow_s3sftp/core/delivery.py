@@ -335,10 +335,11 @@ class Delivery:
         sftp = session.sftp
         self._endpoint = f"{session.endpoint}:"
         session.set_timeout(self.options.streaming.io_timeout)
-        # A server that applies requests in arrival order takes independent ones back to back:
-        # several requests then cost one round trip (what many small files are made of).
-        replies = None if self._strict(session) else Replies(sftp)
         try:
+            # A server that applies requests in arrival order takes independent ones back to back:
+            # several requests then cost one round trip (what many small files are made of). Asking
+            # the server what it is may itself meet a dropped connection: inside the try.
+            replies = None if self._strict(session) else Replies(sftp)
             if self._prepared:
                 handle, start, digests = self._open(sftp, replies)
             elif replies is not None and self.options.publishing.if_exists != "skip_identical":
