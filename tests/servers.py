@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -168,24 +169,30 @@ def start_sshd(
     )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    log = (workdir / "sshd.log").open("wb")
-    process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=log)
+    return _serve(
+        [SSHD, "-D", "-e", "-f", str(config)],
+        workdir / "sshd.log",
+        port=port,
+        host_key_file=host_key,
+        user=user,
+        key_file=user_key,
+        root=root,
+        workdir=workdir,
+        name=sftp_server,
+    )
+
+
+def _serve(argv: list[str], log_path: Path, *, port: int, host_key_file: Path, **fields: Any) -> SSHDServer:
+    """Start a server process logging to ``log_path`` and wait for its port; ``fields`` describe it."""
+    log = log_path.open("wb")
+    process = subprocess.Popen(argv, stderr=log, stdout=log)
     try:
         wait_for_port(port)
     except TimeoutError:
         process.kill()
         raise
-    host_pub = host_key.with_suffix(".pub").read_text().split()
-    return SSHDServer(
-        port=port,
-        user=user,
-        key_file=user_key,
-        host_key=f"{host_pub[0]} {host_pub[1]}",
-        root=root,
-        workdir=workdir,
-        process=process,
-        name=sftp_server,
-    )
+    host_pub = host_key_file.with_suffix(".pub").read_text().split()
+    return SSHDServer(port=port, host_key=f"{host_pub[0]} {host_pub[1]}", process=process, **fields)
 
 
 _SUBSYSTEMS = {"openssh": SFTP_SERVER, "greenend": GREENEND_SFTP_SERVER}
@@ -261,22 +268,15 @@ def start_proftpd(*, port: int | None = None, extra_config: tuple[str, ...] = ()
             ]
         )
     )
-    log = (workdir / "proftpd.log").open("wb")
-    process = subprocess.Popen([PROFTPD, "--nodaemon", "-c", str(config)], stderr=log, stdout=log)
-    try:
-        wait_for_port(port)
-    except TimeoutError:
-        process.kill()
-        raise
-    host_pub = host_key.with_suffix(".pub").read_text().split()
-    return SSHDServer(
+    return _serve(
+        [PROFTPD, "--nodaemon", "-c", str(config)],
+        workdir / "proftpd.log",
         port=port,
+        host_key_file=host_key,
         user=user,
         key_file=user_key,
-        host_key=f"{host_pub[0]} {host_pub[1]}",
         root=root,
         workdir=workdir,
-        process=process,
         name="proftpd",
     )
 
