@@ -156,7 +156,7 @@ class S3ToSFTPHook(BaseHook):
             ) from err
         except ClientError as err:
             code = _s3_error_code(err)
-            if code in ("404", "NoSuchKey", "NotFound"):
+            if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):  # HEAD says 404, GET names it
                 if not self.s3_hook.check_for_bucket(bucket):
                     raise FileNotFoundError(f"S3 bucket {bucket!r} does not exist (reading {uri})") from err
                 raise FileNotFoundError(f"S3 object {uri} does not exist") from err
@@ -270,7 +270,9 @@ class S3ToSFTPHook(BaseHook):
         :param key: S3 object key
         :param sftp_path: final remote path of the file (not a directory)
         :param options: how to deliver; the defaults are safe
-        :param sessions: SFTP sessions to use (and reuse); a one-session pool of its own when None
+        :param sessions: SFTP sessions to use (and reuse); a one-session pool of its own when None.
+            With a pool (many objects) the object is described by its own GET, one S3 request
+            instead of HEAD + GET
         :param sweeper: removes abandoned temp files, shared by the deliveries of one task
         """
         options = options or DeliveryOptions()

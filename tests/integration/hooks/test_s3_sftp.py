@@ -245,3 +245,49 @@ def test_the_connections_ciphers_apply_to_the_first_handshake(sshd, set_connecti
         assert session.sftp.get_channel().get_transport().local_cipher == "aes192-ctr"
     finally:
         session.close()
+
+
+def _count_s3_calls(hook: S3ToSFTPHook) -> list[str]:
+    calls: list[str] = []
+    hook.s3_client.meta.events.register(
+        "before-call.s3", lambda model, **kwargs: calls.append(model.name), unique_id="count-s3-calls"
+    )
+    return calls
+
+
+def test_many_objects_cost_one_get_each_small_and_large_alike(s3, bucket, remote_dir, caplog):
+    import logging
+
+    small, large = os.urandom(64 * 1024), os.urandom(9 * MiB)  # the large one is read again, pinned
+    s3.put_object(Bucket=bucket, Key="a", Body=small, ChecksumAlgorithm="SHA256")
+    s3.put_object(Bucket=bucket, Key="b", Body=large)
+    hook = S3ToSFTPHook()
+    calls = _count_s3_calls(hook)
+    caplog.set_level(logging.INFO, logger="airflow_s3sftp")
+    records = hook.stream_objects(
+        [(bucket, "a", str(remote_dir / "a")), (bucket, "b", str(remote_dir / "b"))],
+        DeliveryOptions.from_flat(progress_interval=0.0),
+        max_concurrency=1,
+    )
+    assert (remote_dir / "a").read_bytes() == small
+    assert (remote_dir / "b").read_bytes() == large
+    assert calls == ["GetObject", "GetObject", "GetObject"], (
+        "no HEAD; the large object's body is fetched again"
+    )
+    assert [r["source_check"] for r in records] == ["S3 ChecksumSHA256", "S3 ChecksumCRC32"]  # boto3 default
+    assert all(r["verified"] == "size" and r["checksum"].startswith("sha256:") for r in records)
+    progress = [r.getMessage() for r in caplog.records if " objects done (" in r.getMessage()]
+    assert progress == [progress[0]] and progress[0].startswith("1 of 2 objects done (0 failed), 65536 bytes")
+    assert sorted(p.name for p in remote_dir.iterdir()) == ["a", "b"]
+
+
+def test_many_objects_name_a_missing_bucket_or_key(s3, bucket, remote_dir):
+    records = S3ToSFTPHook().stream_objects(
+        [("no-such-bucket-s3sftp", "a", str(remote_dir / "a")), (bucket, "missing", str(remote_dir / "m"))],
+        DeliveryOptions(),
+    )
+    assert [r["error"] for r in records] == [
+        "FileNotFoundError: S3 bucket 'no-such-bucket-s3sftp' does not exist (reading s3://no-such-bucket-s3sftp/a)",
+        f"FileNotFoundError: S3 object s3://{bucket}/missing does not exist",
+    ]
+    assert list(remote_dir.iterdir()) == []
