@@ -39,6 +39,10 @@ def test_quick_benchmark_runs_every_method_and_verifies_bytes(tmp_path: Path) ->
         if name == "rclone" and not shutil.which("rclone"):
             assert row["status"] == "not installed"
             continue
+        if name == "rclone" and "rclone" in result["skipped"]:
+            # An optional comparison tool that does not work here is reported, never a failure.
+            assert result["skipped"]["rclone"], result["skipped"]
+            continue
         assert row["status"] == "ok", row
         assert row["mb_per_s"] > 0, row
         assert row["sha256_verified"] is True, row

@@ -106,8 +106,8 @@ def test_sensor_and_trigger_prove_the_file_on_asyncssh(s3, bucket, target):
     """The sensor suite's core guarantee on the second implementation: poke and trigger paths."""
     import asyncio
 
-    from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
     from airflow_s3sftp.core import stability
+    from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
     from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
 
     conn_id, _, remote = target
