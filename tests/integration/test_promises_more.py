@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_s3sftp.exceptions import DeliveryFailedError
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from tests import servers
 from tests.servers import SFTP_SERVER, SSHDServer
@@ -107,3 +108,63 @@ def test_the_temp_file_is_fsynced_after_its_last_write_and_before_the_rename(
     assert kinds.count("write") >= 3, kinds  # 3 MiB in writes of at most 256 KiB
     last_write = len(kinds) - 1 - kinds[::-1].index("write")
     assert kinds[last_write + 1 :] == ["fsync", "close", "posix-rename"], kinds[last_write:]
+
+
+@pytest.fixture(scope="module")
+def limited_sshd(test_user: None) -> Iterator[SSHDServer]:
+    """An OpenSSH sftp-server that may write no file past 2 MiB (``ulimit -f``): WRITE fails with a status."""
+    server, log = start_wrapped_sshd("openssh-2mib", file_size_limit_kib=2048)
+    yield server
+    server.stop()
+    shutil.rmtree(log.parent, ignore_errors=True)
+
+
+@pytest.mark.parametrize("strict_order", [False, True], ids=["pipelined", "strict"])
+def test_a_refused_write_on_a_real_server_names_the_path_and_leaves_nothing(
+    limited_sshd, s3, bucket, set_connection, strict_order
+):
+    s3.put_object(Bucket=bucket, Key="big", Body=os.urandom(3 * MiB))
+    directory = owned_dir(limited_sshd, f"limit-{strict_order}")
+    (directory / "big").write_bytes(b"previous version")
+    conn_id = set_connection("sftp_limited", limited_sshd.connection())
+    refused = rf"SFTP write '{re.escape(str(directory))}/\.big\.[0-9a-f]+\.s3sftp-part' failed"
+    with pytest.raises(OSError, match=refused):
+        run(
+            s3_bucket=bucket,
+            s3_key="big",
+            sftp_path=str(directory / "big"),
+            sftp_conn_id=conn_id,
+            chunk_size=MiB,
+            strict_order=strict_order,
+            connection_retries=0,
+        )
+    assert (directory / "big").read_bytes() == b"previous version"
+    assert sorted(p.name for p in directory.iterdir()) == ["big"]
+
+
+def test_one_object_failing_mid_stream_in_a_many_object_task(limited_sshd, s3, bucket, set_connection):
+    """The middle object outgrows the server's limit half way: the others land, the summary names it."""
+    bodies = {"in/a.bin": os.urandom(MiB), "in/b.bin": os.urandom(3 * MiB), "in/c.bin": os.urandom(MiB + 1)}
+    for key, body in bodies.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    directory = owned_dir(limited_sshd, "many")
+    conn_id = set_connection("sftp_limited", limited_sshd.connection())
+    with pytest.raises(DeliveryFailedError, match=r"b\.bin") as info:
+        run(
+            s3_bucket=bucket,
+            s3_prefix="in/",
+            sftp_path=f"{directory}/",
+            sftp_conn_id=conn_id,
+            chunk_size=256 * 1024,
+            max_concurrency=1,
+            connection_retries=0,
+        )
+    summary = info.value.summary
+    assert [Path(str(r["sftp_path"])).name for r in summary["failed"]] == ["b.bin"]
+    assert re.search(
+        r"SFTP write '.*/\.b\.bin\.[0-9a-f]+\.s3sftp-part' failed", str(summary["failed"][0]["error"])
+    )
+    assert sorted(Path(str(r["sftp_path"])).name for r in summary["objects"]) == ["a.bin", "c.bin"]
+    assert (directory / "a.bin").read_bytes() == bodies["in/a.bin"]
+    assert (directory / "c.bin").read_bytes() == bodies["in/c.bin"]
+    assert sorted(p.name for p in directory.iterdir()) == ["a.bin", "c.bin"]
