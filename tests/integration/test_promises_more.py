@@ -12,18 +12,26 @@ captured logs, a child process's allocations, a proxy in front of moto.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
 import os
 import pwd
 import re
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from airflow_s3sftp.exceptions import DeliveryFailedError
+from airflow_s3sftp.core import stability
+from airflow_s3sftp.exceptions import DeliveryFailedError, HostKeyVerificationError
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
+from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
+from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
 from tests import servers
 from tests.servers import SFTP_SERVER, SSHDServer
 
@@ -168,3 +176,96 @@ def test_one_object_failing_mid_stream_in_a_many_object_task(limited_sshd, s3, b
     assert (directory / "a.bin").read_bytes() == bodies["in/a.bin"]
     assert (directory / "c.bin").read_bytes() == bodies["in/c.bin"]
     assert sorted(p.name for p in directory.iterdir()) == ["a.bin", "c.bin"]
+
+
+def make_sensor(path: Path, conn_id: str) -> SFTPFileStableSensor:
+    return SFTPFileStableSensor(
+        task_id="wait", path=str(path), sftp_conn_id=conn_id, stable_for=0.5, deferrable=False
+    )
+
+
+def make_trigger(path: Path, conn_id: str) -> SFTPFileStableTrigger:
+    policy = stability.Policy.build(target=str(path), stable_for=0.5, checksum="sha256").to_dict()
+    return SFTPFileStableTrigger(path=str(path), sftp_conn_id=conn_id, policy=policy, poll_interval=0.25)
+
+
+def trigger_events(trigger: SFTPFileStableTrigger, timeout: float = 30) -> list[dict[str, Any]]:
+    async def collect() -> list[dict[str, Any]]:
+        return [event.payload async for event in trigger.run()]
+
+    return asyncio.run(asyncio.wait_for(collect(), timeout))
+
+
+def known_hosts_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: SSHDServer, key: str) -> None:
+    """Make ``~/.ssh/known_hosts`` (the default of paramiko and asyncssh) hold ``key`` for ``server``."""
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{server.port} {key}\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
+def another_host_key(tmp_path: Path) -> str:
+    path = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return " ".join(path.with_suffix(".pub").read_text().split()[:2])
+
+
+@pytest.mark.parametrize("known", ["right", "wrong"])
+@pytest.mark.parametrize("user", ["operator", "sensor", "trigger"])
+def test_host_keys_come_from_known_hosts_without_a_host_key_extra(
+    sshd, s3, bucket, remote_dir, set_connection, monkeypatch, tmp_path, user, known
+):
+    key = sshd.host_key if known == "right" else another_host_key(tmp_path)
+    known_hosts_home(tmp_path, monkeypatch, sshd, key)
+    conn_id = set_connection("sftp_known_hosts", sshd.connection(host_key=None))
+    data = b"complete file"
+    s3.put_object(Bucket=bucket, Key="k", Body=data)
+    (remote_dir / "seen").write_bytes(data)
+
+    def act() -> object:
+        if user == "operator":
+            return run(s3_bucket=bucket, s3_key="k", sftp_path=str(remote_dir / "k"), sftp_conn_id=conn_id)
+        if user == "sensor":
+            return make_sensor(remote_dir / "seen", conn_id).poke({})  # type: ignore[arg-type]
+        trigger = make_trigger(remote_dir / "seen", conn_id)
+        events = trigger_events(trigger)
+        return make_sensor(remote_dir / "seen", conn_id).execute_complete({}, events[0])  # type: ignore[arg-type]
+
+    if known == "wrong":
+        with pytest.raises(HostKeyVerificationError, match=f"127.0.0.1:{sshd.port}"):
+            act()
+        assert not (remote_dir / "k").exists()
+        return
+    result = act()
+    if user == "operator":
+        assert (remote_dir / "k").read_bytes() == data
+    elif user == "sensor":
+        assert result is False  # looked at the file: one observation, not yet stable for 0.5 s
+    else:
+        assert result["checksum"] == f"sha256:{hashlib.sha256(data).hexdigest()}", result
+
+
+@pytest.mark.parametrize("user", ["sensor", "trigger"])
+def test_no_host_key_check_warns_in_the_sensor_and_the_trigger(
+    sshd, remote_dir, set_connection, monkeypatch, tmp_path, caplog, capfd, user
+):
+    """The sensor logs our warning (connection and server named); the trigger's async hook logs the
+    sftp provider's own warning, through Airflow's structured logging (captured output, not caplog)."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # no known_hosts: only the extra lets the login through
+    conn_id = set_connection("sftp_trusting", sshd.connection(host_key=None, no_host_key_check="true"))
+    (remote_dir / "seen").write_bytes(b"data")
+    caplog.set_level(logging.WARNING)
+    capfd.readouterr()
+    if user == "sensor":
+        assert make_sensor(remote_dir / "seen", conn_id).poke({}) is False  # type: ignore[arg-type]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any(
+            "'sftp_trusting' sets no_host_key_check" in m and f"127.0.0.1:{sshd.port}" in m for m in warnings
+        ), warnings
+    else:
+        events = trigger_events(make_trigger(remote_dir / "seen", conn_id))
+        assert [e["status"] for e in events] == ["success"], events
+        out, err = capfd.readouterr()
+        emitted = [line for line in (caplog.text + out + err).splitlines() if "warning" in line.lower()]
+        assert any("No Host Key Verification" in line or "no_host_key_check" in line for line in emitted), (
+            emitted
+        )
