@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import pwd
@@ -28,7 +29,7 @@ from typing import Any
 import pytest
 
 from airflow_s3sftp.core import stability
-from airflow_s3sftp.exceptions import DeliveryFailedError, HostKeyVerificationError
+from airflow_s3sftp.exceptions import AuthenticationError, DeliveryFailedError, HostKeyVerificationError
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
 from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
@@ -269,3 +270,36 @@ def test_no_host_key_check_warns_in_the_sensor_and_the_trigger(
         assert any("No Host Key Verification" in line or "no_host_key_check" in line for line in emitted), (
             emitted
         )
+
+
+def test_an_inline_private_key_never_reaches_logs_or_errors(
+    sshd, s3, bucket, remote_dir, set_connection, tmp_path, caplog, capfd
+):
+    """The key text of a ``private_key`` extra, in a delivery, a refused login and a sensor poke."""
+    key_text = sshd.key_file.read_text()
+    other = tmp_path / "not_authorized"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    other_text = other.read_text()
+    secrets = [
+        line for text in (key_text, other_text) for line in text.splitlines() if "PRIVATE KEY" not in line
+    ]
+    assert len(secrets) >= 8 and all(len(line) > 20 for line in secrets)
+    inline = set_connection("sftp_inline", sshd.connection(key_file=None, private_key=key_text))
+    refused = set_connection("sftp_refused", sshd.connection(key_file=None, private_key=other_text))
+    s3.put_object(Bucket=bucket, Key="k", Body=b"data")
+    (remote_dir / "seen").write_bytes(b"seen")
+    caplog.set_level(logging.DEBUG)
+
+    record = run(s3_bucket=bucket, s3_key="k", sftp_path=str(remote_dir / "k"), sftp_conn_id=inline)
+    assert (remote_dir / "k").read_bytes() == b"data"
+    assert make_sensor(remote_dir / "seen", inline).poke({}) is False  # type: ignore[arg-type]
+    with pytest.raises(AuthenticationError, match="refused the login") as info:
+        run(s3_bucket=bucket, s3_key="k", sftp_path=str(remote_dir / "k2"), sftp_conn_id=refused)
+    errors = [repr(e) + str(e) for e in (info.value, info.value.__cause__, info.value.__context__)]
+
+    out, err = capfd.readouterr()
+    emitted = "\n".join([caplog.text, out, err, json.dumps(record), *errors])
+    assert "Authentication (publickey) successful" in emitted  # the logs were captured at all
+    assert len(caplog.records) > 5
+    leaked = [line for line in secrets if line in emitted or line[:20] in emitted]
+    assert leaked == []
