@@ -21,6 +21,7 @@ import pwd
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,3 +304,53 @@ def test_an_inline_private_key_never_reaches_logs_or_errors(
     assert len(caplog.records) > 5
     leaked = [line for line in secrets if line in emitted or line[:20] in emitted]
     assert leaked == []
+
+
+DELIVER_AND_MEASURE = """
+import json, sys, tracemalloc
+from airflow_s3sftp.core.options import DeliveryOptions
+from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
+
+bucket, directory = sys.argv[1:3]
+hook, peaks = S3ToSFTPHook(), []
+for verify in ("size", "checksum"):  # imports and first connections happen here, not below
+    hook.stream_object(bucket, "warm-up", f"{directory}/warm-up-{verify}", DeliveryOptions.from_flat(verify=verify))
+tracemalloc.start()
+for key in sys.argv[3:]:
+    verify = key.split("-")[0]
+    options = DeliveryOptions.from_flat(verify=verify, checksum="sha256")
+    tracemalloc.reset_peak()
+    before = tracemalloc.get_traced_memory()[0]
+    hook.stream_object(bucket, key, f"{directory}/{key}", options)
+    peaks.append(tracemalloc.get_traced_memory()[1] - before)
+print(json.dumps(dict(zip(sys.argv[3:], peaks))))
+"""
+
+
+def test_memory_is_flat_in_the_object_size(s3, bucket, remote_dir):
+    """Peak Python allocations of whole deliveries, 48 MiB and then 16 MiB, with and without read-back.
+
+    Both objects are larger than the read-ahead and write windows. One process: a warm-up delivery per mode first (imports, connections), then the large one, so
+    whatever a first delivery still sets up counts against it.
+    """
+    small, large = os.urandom(16 * MiB), os.urandom(48 * MiB)
+    s3.put_object(Bucket=bucket, Key="warm-up", Body=small[:MiB])
+    keys = []
+    for verify in ("size", "checksum"):
+        for label, body in (("large", large), ("small", small)):
+            keys.append(f"{verify}-{label}")
+            s3.put_object(Bucket=bucket, Key=keys[-1], Body=body)
+    done = subprocess.run(
+        [sys.executable, "-c", DELIVER_AND_MEASURE, bucket, str(remote_dir), *keys],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    peaks = json.loads(done.stdout.splitlines()[-1])
+    for key in keys:
+        assert (remote_dir / key).stat().st_size == len(large if key.endswith("large") else small)
+    # Buffering the object would add 32 MiB; a fixed window of chunks (filled by 16 MiB) adds nothing.
+    for verify in ("size", "checksum"):
+        assert peaks[f"{verify}-large"] - peaks[f"{verify}-small"] < 4 * MiB, peaks
