@@ -13,6 +13,8 @@ captured logs, a child process's allocations, a proxy in front of moto.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,11 +32,17 @@ from typing import Any
 import pytest
 
 from airflow_s3sftp.core import stability
-from airflow_s3sftp.exceptions import AuthenticationError, DeliveryFailedError, HostKeyVerificationError
+from airflow_s3sftp.exceptions import (
+    AuthenticationError,
+    DeliveryFailedError,
+    HostKeyVerificationError,
+    VerificationError,
+)
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
 from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
 from tests import servers
+from tests.faults import FaultyProxy
 from tests.servers import SFTP_SERVER, SSHDServer
 
 MiB = 1024 * 1024
@@ -354,3 +362,104 @@ def test_memory_is_flat_in_the_object_size(s3, bucket, remote_dir):
     # Buffering the object would add 32 MiB; a fixed window of chunks (filled by 16 MiB) adds nothing.
     for verify in ("size", "checksum"):
         assert peaks[f"{verify}-large"] - peaks[f"{verify}-small"] < 4 * MiB, peaks
+
+
+def _crc_table(poly: int) -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC32C, _CRC64NVME = _crc_table(0x82F63B78), _crc_table(0x9A6C9329AC4BC9B5)
+
+
+def reference_checksum(algorithm: str, data: bytes) -> str:
+    """S3's base64 checksum of ``data``, computed here (reflected table CRCs), not by the code under test."""
+    if algorithm == "SHA1":
+        return base64.b64encode(hashlib.sha1(data).digest()).decode()
+    table, width = (_CRC32C, 4) if algorithm == "CRC32C" else (_CRC64NVME, 8)
+    mask = (1 << (8 * width)) - 1
+    crc = mask
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return base64.b64encode((crc ^ mask).to_bytes(width, "big")).decode()
+
+
+RUN = b"\xaa" * 4096  # a run no random body holds: the proxy below finds it in any response chunk
+
+
+class FlipInBody(FaultyProxy):
+    """Forward to moto, flipping one byte of every 64-byte stretch of :data:`RUN` that comes back."""
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port, after=0, direction="down", faulty=0)
+        self.flipped = 0
+
+    def _pump(self, src, dst, counted, state, lock, pair) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while not self._closing.is_set():
+                data = src.recv(65536)
+                if not data:
+                    break
+                at = data.find(RUN[:64]) if counted else -1
+                if at >= 0:
+                    data = data[:at] + b"\x55" + data[at + 1 :]
+                    self.flipped += 1
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in pair:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+
+def has_awscrt() -> bool:
+    try:
+        import awscrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("algorithm", ["CRC32C", "CRC64NVME", "SHA1"])
+def test_s3_full_object_checksums_are_checked_and_a_flipped_byte_fails(
+    moto, s3, bucket, remote_dir, set_connection, caplog, algorithm
+):
+    """The check names the algorithm S3 vouches with; a byte flipped on the way from S3 fails it.
+
+    CRC-32C and CRC-64/NVME need ``awscrt``: without it the delivery says so and checks the ETag
+    (MD5) instead, which must catch the flipped byte just the same.
+    """
+    data = os.urandom(200_000) + RUN + os.urandom(100_000)
+    s3.put_object(
+        Bucket=bucket,
+        Key="k",
+        Body=data,
+        ChecksumAlgorithm=algorithm,
+        **{f"Checksum{algorithm}": reference_checksum(algorithm, data)},
+    )
+    caplog.set_level(logging.INFO, logger="airflow_s3sftp")
+    record = run(s3_bucket=bucket, s3_key="k", sftp_path=str(remote_dir / "k"))
+    assert (remote_dir / "k").read_bytes() == data
+    if algorithm == "SHA1" or has_awscrt():
+        check = f"S3 Checksum{algorithm}"
+    else:
+        check = "S3 ETag (MD5)"
+        assert f"S3 offers Checksum{algorithm} but awscrt is not installed" in caplog.text
+    assert record["source_check"] == check
+
+    (remote_dir / "k").write_bytes(b"previous version")
+    aws = moto.connection()
+    with FlipInBody(moto.port) as proxy:
+        aws["extra"] = {**aws["extra"], "endpoint_url": f"http://127.0.0.1:{proxy.port}"}  # type: ignore[dict-item]
+        flipping = set_connection("aws_flipping", aws)
+        with pytest.raises(VerificationError, match=rf"corrupted in transit: {re.escape(check)} says"):
+            run(s3_bucket=bucket, s3_key="k", sftp_path=str(remote_dir / "k"), aws_conn_id=flipping)
+    assert proxy.flipped >= 1
+    assert (remote_dir / "k").read_bytes() == b"previous version"
+    assert sorted(p.name for p in remote_dir.iterdir()) == ["k"]
