@@ -463,3 +463,32 @@ def test_s3_full_object_checksums_are_checked_and_a_flipped_byte_fails(
     assert proxy.flipped >= 1
     assert (remote_dir / "k").read_bytes() == b"previous version"
     assert sorted(p.name for p in remote_dir.iterdir()) == ["k"]
+
+
+def test_a_new_version_uploaded_mid_delivery_does_not_mix_bytes(moto, s3, bucket, remote_dir, set_connection):
+    """Versioned bucket: the S3 stream is cut after 2 MiB and a new version uploaded at that moment;
+    the resumed read still comes from the version the delivery started with, and the record names it."""
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    first, second = os.urandom(8 * MiB), os.urandom(8 * MiB)
+    v1 = s3.put_object(Bucket=bucket, Key="k", Body=first)["VersionId"]
+    uploaded: list[str] = []
+
+    def upload_second() -> None:
+        uploaded.append(s3.put_object(Bucket=bucket, Key="k", Body=second)["VersionId"])
+
+    aws = moto.connection()
+    with FaultyProxy(moto.port, after=2 * MiB, direction="down", on_fault=upload_second) as proxy:
+        aws["extra"] = {**aws["extra"], "endpoint_url": f"http://127.0.0.1:{proxy.port}"}  # type: ignore[dict-item]
+        record = run(
+            s3_bucket=bucket,
+            s3_key="k",
+            sftp_path=str(remote_dir / "k"),
+            aws_conn_id=set_connection("aws_cut", aws),
+            chunk_size=256 * 1024,
+        )
+    assert proxy.faults == 1 and uploaded and uploaded[0] != v1
+    assert s3.head_object(Bucket=bucket, Key="k")["VersionId"] == uploaded[0]  # the new one is the latest
+    assert record["s3_retries"] >= 1  # the read was resumed after the new version appeared
+    assert (remote_dir / "k").read_bytes() == first
+    assert record["version_id"] == v1
+    assert record["checksum"] == f"sha256:{hashlib.sha256(first).hexdigest()}"
