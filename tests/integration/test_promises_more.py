@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -492,3 +493,24 @@ def test_a_new_version_uploaded_mid_delivery_does_not_mix_bytes(moto, s3, bucket
     assert (remote_dir / "k").read_bytes() == first
     assert record["version_id"] == v1
     assert record["checksum"] == f"sha256:{hashlib.sha256(first).hexdigest()}"
+
+
+@pytest.mark.parametrize("skew_days", [-10, 10], ids=["client-behind", "client-ahead"])
+def test_the_sweep_goes_by_the_servers_clock_not_the_clients(s3, bucket, remote_dir, monkeypatch, skew_days):
+    """The worker's clock is ten days off: an abandoned temp file (two days old on the server) goes,
+    one written a moment ago stays."""
+    s3.put_object(Bucket=bucket, Key="k", Body=b"data")
+    abandoned = remote_dir / ".k.0123456789ab.s3sftp-part"
+    fresh = remote_dir / ".k.0123456789ac.s3sftp-part"
+    for path in (abandoned, fresh):
+        path.write_bytes(b"left by another worker")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(abandoned, (two_days_ago, two_days_ago))
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + skew_days * 86400)
+
+    record = run(s3_bucket=bucket, s3_key="k", sftp_path=str(remote_dir / "k"), stale_temp_after=86400)
+
+    assert record["size"] == 4
+    assert not abandoned.exists()
+    assert fresh.exists()
