@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
     from paramiko import SFTPClient
 
+    from airflow_s3sftp.core.remote import Remote
+
 log = logging.getLogger(__name__)
 
 
@@ -64,6 +66,35 @@ class SFTPSession:
 
             self._writes_in_order = detect_server(self.sftp).pipelined_writes_in_order
         return self._writes_in_order
+
+    def remote(
+        self,
+        *,
+        strict_order: bool | None = None,
+        write_size: int | None = None,
+        max_in_flight: int = 32,
+        io_timeout: float | None = None,
+    ) -> Remote:
+        """Return the SFTP port of this session for one delivery, in the wire mode the server needs.
+
+        :param strict_order: one request at a time; None decides by what the server is known to do
+        :param write_size: bytes per WRITE; None asks the server (``limits@openssh.com``)
+        :param max_in_flight: WRITE requests outstanding at most when pipelined
+        :param io_timeout: seconds a request may stall before the connection counts as lost
+        """
+        from airflow_s3sftp.core.remote import PipelinedRemote, StrictRemote
+
+        if io_timeout is not None:
+            self.set_timeout(io_timeout)
+        strict = strict_order if strict_order is not None else not self.writes_in_order
+        kind = StrictRemote if strict else PipelinedRemote
+        return kind(
+            self.sftp,
+            endpoint=self.endpoint,
+            lost=self.lost,
+            write_size=write_size or self.write_size,
+            max_in_flight=max_in_flight,
+        )
 
     def set_timeout(self, seconds: float) -> None:
         """Make a request that stalls longer than ``seconds`` fail instead of hanging."""

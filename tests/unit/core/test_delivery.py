@@ -13,7 +13,7 @@ from airflow_s3sftp.core.delivery import Delivery, LeftoverSweeper, Source
 from airflow_s3sftp.core.options import DeliveryOptions
 from airflow_s3sftp.core.session import SessionPool
 from airflow_s3sftp.exceptions import ConnectionLostError, SupersededError
-from tests.unit.core.fake_sftp import FakeFS, FakeSFTP, session_factory
+from tests.unit.core.fake_sftp import FakeFS, FakeRemote, session_factory
 
 KiB = 1024
 DATA = bytes(range(256)) * 4 * 300  # 300 KiB
@@ -186,5 +186,5 @@ def test_sweeper_removes_only_abandoned_temp_files_of_the_tasks_names():
     fs.mtimes.update({"/in/.k.0123456789ab.s3sftp-part": fs.now - 100, "/in/.j.0123456789ab.s3sftp-part": 0})
     fs.mtimes["/in/.k.s3sftp-part"] = 0
     sweeper = LeftoverSweeper(50, ["/in/k"])
-    assert sweeper.sweep(FakeSFTP(fs), "/in", fs.now) == ["/in/.k.0123456789ab.s3sftp-part"]  # type: ignore[arg-type]
-    assert sweeper.sweep(FakeSFTP(fs), "/in", fs.now + 1000) == []  # once per directory  # type: ignore[arg-type]
+    assert sweeper.sweep(FakeRemote(fs), "/in", fs.now) == ["/in/.k.0123456789ab.s3sftp-part"]  # type: ignore[arg-type]
+    assert sweeper.sweep(FakeRemote(fs), "/in", fs.now + 1000) == []  # once per directory  # type: ignore[arg-type]
