@@ -19,6 +19,7 @@ from airflow_s3sftp.core.checksums import format_checksum, new_hasher
 from airflow_s3sftp.core.digests import Checkpoints, Digests
 from airflow_s3sftp.core.integrity import choose_source_check
 from airflow_s3sftp.core.ordered import OrderedWriter
+from airflow_s3sftp.core.parts import StripedFile, Striping, part_token
 from airflow_s3sftp.core.paths import backup_path_for, leftover_of, new_token, temp_path_for
 from airflow_s3sftp.core.ranged import RangedReader
 from airflow_s3sftp.core.reader import ChunkReader
@@ -42,6 +43,25 @@ if TYPE_CHECKING:
     from airflow_s3sftp.core.session import SessionPool, SFTPSession
 
 log = logging.getLogger(__name__)
+
+#: Auto striping (``channels=None``): objects at least this large...
+AUTO_MIN_SIZE = 64 * 1024 * 1024
+#: ...over links whose SFTP round trip is at least this long...
+AUTO_MIN_ROUND_TRIP = 0.010
+#: ...are spread over this many channels (OpenSSH grants 10 per connection by default).
+AUTO_CHANNELS = 8
+
+_noted: set[tuple[str, str]] = set()
+_noted_lock = threading.Lock()
+
+
+def _note_once(endpoint: str, what: str) -> None:
+    """Log a fact about a server once per process, not once per object."""
+    with _noted_lock:
+        if (endpoint, what) in _noted:
+            return
+        _noted.add((endpoint, what))
+    log.info("%s %s", endpoint, what)
 
 
 @dataclass(frozen=True)
@@ -266,6 +286,7 @@ class Delivery:
         self._prepared = False  # the skip check ran (it runs once, before the first byte)
         self._looked = False  # the target was looked at (it rides with our file's first create)
         self._created = False  # write_path is a file this delivery created and has not published
+        self._parts: list[str] = []  # part files this delivery created and has not removed
         self._started = time.monotonic()
         self._endpoint = ""  # "user@host:port:" once a session was had, for messages
 
@@ -320,6 +341,7 @@ class Delivery:
             file, digests = self._open(remote)
             start = file.position
             landed = self._stream(file, digests)
+            self._remove_parts(remote)
             if problem := digests.source_problem():
                 raise VerificationError(f"{self.source.uri} changed or was corrupted in transit: {problem}")
             checksum = digests.checksum()
@@ -405,6 +427,7 @@ class Delivery:
         publishing = self.options.publishing
         if self._created and publishing.atomic:
             remote.remove(self.write_path)  # our own earlier attempt, not provably reusable
+        self._remove_parts(remote)
         file = self._create(
             remote, exclusive=publishing.atomic or (publishing.if_exists == "fail" and not self._created)
         )
@@ -438,7 +461,73 @@ class Delivery:
         self._created = True
         self._looked = True
         self._check_target(target)
-        return file
+        striping = self._striping(remote)
+        return file if striping is None else self._striped(remote, file, striping)
+
+    def _striping(self, remote: Remote) -> Striping | None:
+        """Return how to spread the object over several channels, or None for one channel.
+
+        Auto (``channels=None``) stripes objects of at least :data:`AUTO_MIN_SIZE` over a link whose
+        round trip is at least :data:`AUTO_MIN_ROUND_TRIP`: below, one channel is as fast (measured in
+        docs/performance.md) and spends less CPU.
+        """
+        streaming, size = self.options.streaming, self.source.size
+        wanted = streaming.channels
+        if wanted == 1 or not self.options.publishing.atomic or size < 2 * streaming.stripe_size:
+            return None
+        if wanted is None:
+            if size < AUTO_MIN_SIZE or remote.round_trip() < AUTO_MIN_ROUND_TRIP:
+                return None
+            wanted = AUTO_CHANNELS
+        if not remote.can_join():
+            _note_once(remote.endpoint, "offers no copy-data extension: one SFTP channel per object")
+            return None
+        free = remote.free_bytes(posixpath.dirname(self.path) or ".")
+        if free is not None and free < 2 * size + 64 * 1024 * 1024:
+            log.info(
+                "%s has %s bytes free, less than twice %s (%s bytes): one SFTP channel",
+                remote.endpoint,
+                free,
+                self.source.uri,
+                size,
+            )
+            return None
+        return Striping(min(wanted, -(-size // streaming.stripe_size)), streaming.stripe_size)
+
+    def _striped(self, remote: Remote, target: RemoteFile, striping: Striping) -> RemoteFile:
+        """Open one hidden part file per granted channel and return the file that spreads writes over them."""
+        lanes = remote.lanes(striping.channels)
+        if len(lanes) < 2:
+            _note_once(remote.endpoint, "granted fewer than 2 extra SFTP channels: one channel per object")
+            return target
+        parts = []
+        try:
+            for number, lane in enumerate(lanes):
+                path = temp_path_for(self.path, part_token(self._token, number))
+                self._parts.append(path)
+                part, _ = lane.create(path, exclusive=True, size=self.source.size)
+                parts.append(part)
+        except BaseException:
+            for part in parts:
+                part.abort()
+            target.abort()
+            raise
+        log.info(
+            "Spreading %s over %s SFTP channels in stripes of %s bytes (round trip %.0f ms)",
+            self.source.uri,
+            len(lanes),
+            striping.stripe_size,
+            remote.round_trip() * 1000,
+        )
+        return StripedFile(
+            remote, target, parts, Striping(len(lanes), striping.stripe_size), self.source.size
+        )
+
+    def _remove_parts(self, remote: Remote) -> None:
+        """Remove the part files of this delivery (joined into the temp file, or abandoned)."""
+        parts, self._parts = self._parts, []
+        for path in parts:
+            remote.remove(path)
 
     def _resume(self, remote: Remote, fresh: Digests) -> tuple[RemoteFile, Digests] | None:
         """Reopen our file after the longest prefix whose read-back digest matches what was sent."""
@@ -683,10 +772,12 @@ class Delivery:
 
     def _clean_up(self, session: SFTPSession) -> None:
         """Remove the file this delivery created and did not publish (never anything else)."""
-        if not self._created:
+        if not self._created and not self._parts:
             return
         try:
-            removed = self._port(session).remove(self.write_path)
+            remote = self._port(session)
+            removed = self._created and remote.remove(self.write_path)
+            self._remove_parts(remote)
         except Exception as err:  # cleanup after a failure must not mask that failure
             log.warning("Could not remove %s after the failure: %s", self.write_path, err)
             removed = False
@@ -695,7 +786,7 @@ class Delivery:
         self._created = False
 
     def _clean_up_on_new_session(self) -> None:
-        if not self._created:
+        if not self._created and not self._parts:
             return
         try:
             session = self.sessions.acquire()

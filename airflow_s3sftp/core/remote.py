@@ -27,18 +27,23 @@ import errno
 import logging
 from typing import TYPE_CHECKING, Protocol
 
+from paramiko.sftp import CMD_EXTENDED, SFTP_FLAG_READ, int64
+
 from airflow_s3sftp.core.sftp import (
     PipelinedWriter,
     Replies,
+    close_handle,
     create_private,
     ensure_directory,
     free_bytes,
     fsync,
+    open_handle,
     publish,
     read_range,
     remove_quietly,
     sftp_error,
     stat_or_none,
+    status_error,
     write_error,
 )
 
@@ -46,6 +51,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from paramiko import SFTPAttributes, SFTPClient, SFTPFile
+
+    from airflow_s3sftp.core.session import SFTPSession
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +139,18 @@ class Remote(Protocol):
     def free_bytes(self, path: str) -> int | None:
         """Return the bytes free to us on the filesystem of ``path`` (None: the server will not say)."""
 
+    def round_trip(self) -> float:
+        """Return the round-trip time of one SFTP request in seconds (measured once per session)."""
+
+    def can_join(self) -> bool:
+        """Return whether the server copies byte ranges between files itself (``copy-data``)."""
+
+    def lanes(self, count: int) -> list[Remote]:
+        """Return up to ``count`` ports on SFTP channels of their own (same connection, as granted)."""
+
+    def join(self, target: RemoteFile, parts: list[str], pieces: list[tuple[int, int, int, int]]) -> None:
+        """Have the server copy ``pieces`` (part, offset in it, length, offset in ``target``) in order."""
+
 
 class _File:
     """A file of ours being written in order over a paramiko session (both wire modes)."""
@@ -162,6 +181,12 @@ class _File:
     @property
     def position(self) -> int:
         return self._writes.offset
+
+    @property
+    def handle(self) -> bytes:
+        """Return the server's handle of the open file."""
+        handle: bytes = self._handle.handle  # type: ignore[assignment]  # paramiko types it loosely
+        return handle
 
     def write(self, data: bytes) -> int:
         with self._remote.naming_write_errors(self.path, self._size):
@@ -220,12 +245,14 @@ class _ParamikoRemote:
         lost: Callable[[BaseException], bool],
         write_size: int,
         max_in_flight: int = 32,
+        session: SFTPSession | None = None,
     ) -> None:
         self.sftp = sftp
         self.endpoint = endpoint
         self._lost = lost
         self.write_size = write_size
         self.max_in_flight = max_in_flight
+        self._session = session
 
     def _replies(self) -> Replies | None:
         return Replies(self.sftp) if self.pipelined else None
@@ -323,6 +350,63 @@ class _ParamikoRemote:
 
     def free_bytes(self, path: str) -> int | None:
         return free_bytes(self.sftp, path)
+
+    def round_trip(self) -> float:
+        return self._session.round_trip if self._session is not None else 0.0
+
+    def can_join(self) -> bool:
+        return self._session is not None and "copy-data" in self._session.profile.extensions
+
+    def lanes(self, count: int) -> list[Remote]:
+        if self._session is None:
+            return []
+        kind = type(self)
+        return [
+            kind(
+                sftp,
+                endpoint=self.endpoint,
+                lost=self._lost,
+                write_size=self.write_size,
+                max_in_flight=self.max_in_flight,
+            )
+            for sftp in self._session.lanes(count)
+        ]
+
+    def join(self, target: RemoteFile, parts: list[str], pieces: list[tuple[int, int, int, int]]) -> None:
+        if not isinstance(target, _File):
+            raise TypeError(f"cannot join into {target!r}: not a file of this session")
+        handles = [open_handle(self.sftp, path, SFTP_FLAG_READ) for path in parts]
+        try:
+            # Pipelined where the server applies requests in arrival order: the stripes still land in
+            # offset order, and the whole join costs about one round trip. Else one at a time.
+            replies = Replies(self.sftp)
+            window = 64 if self.pipelined else 1
+            pending: list[int] = []
+            for lane, offset, length, at in pieces:
+                if len(pending) >= window:
+                    self._copied(replies, pending.pop(0), target.path)
+                pending.append(
+                    replies.send(
+                        CMD_EXTENDED,
+                        "copy-data",
+                        handles[lane],
+                        int64(offset),
+                        int64(length),
+                        target.handle,
+                        int64(at),
+                    )
+                )
+            for num in pending:
+                self._copied(replies, num, target.path)
+        finally:
+            for handle in handles:
+                close_handle(self.sftp, handle)
+
+    @staticmethod
+    def _copied(replies: Replies, num: int, path: str) -> None:
+        error = status_error(*replies.status(num))
+        if error is not None:
+            raise sftp_error(error, "copy-data into", path)
 
 
 class PipelinedRemote(_ParamikoRemote):
