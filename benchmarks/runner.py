@@ -29,12 +29,12 @@ import psutil
 
 from benchmarks.methods import AWS_CONN_ID, RESULT_PREFIX, SFTP_CONN_ID
 from benchmarks.throttle import ThrottleProxy
-from tests.servers import conn_env, start_moto, start_sshd
+from testservers.processes import conn_env, start_moto, start_sshd
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-    from tests.servers import MotoServer, SSHDServer
+    from testservers.processes import MotoServer, SSHDServer
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 BUCKET = "s3sftp-bench"

@@ -375,7 +375,7 @@ def child() -> int:
 
 
 def main() -> int:
-    from tests.servers import start_sshd
+    from testservers.processes import start_sshd
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.write_paths")
     parser.add_argument("--size", default="512MiB")

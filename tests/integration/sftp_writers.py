@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import paramiko
 
 from tests.conftest import open_sftp
-from tests.servers import SSHDServer
+from testservers.processes import SSHDServer
 
 OLD_MTIME = int(datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc).timestamp())
 

@@ -26,7 +26,7 @@ import pytest
 
 from tests.integration.deployment.airflow_deployment import Deployment, running_deployment
 from tests.integration.sftp_writers import SlowWriter, random_bytes, sha256
-from tests.servers import MotoServer, SSHDServer
+from testservers.processes import MotoServer, SSHDServer
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[3] / "example_dags"
 DELIVERY = "example_s3_to_sftp_delivery"

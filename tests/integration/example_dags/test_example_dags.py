@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import SSHDServer
+from testservers.processes import SSHDServer
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[3] / "example_dags"
 EXPECTED_DAG_IDS = {
