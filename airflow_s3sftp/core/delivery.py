@@ -327,7 +327,7 @@ class Delivery:
                 note = self._lost_note()
                 self._clean_up(session.sftp)
                 self.sessions.release(session)
-                if note and hasattr(err, "add_note"):
+                if note:
                     err.add_note(note.strip())
                 raise
             self.sessions.release(session)

@@ -115,7 +115,7 @@ def test_a_delivery_dag_defers_its_sensor_to_the_triggerer(
     deployment: Deployment, s3: Any, bucket: str, inbound_dirs: dict[str, Path]
 ) -> None:
     started = time.monotonic()
-    today = datetime.datetime.now(datetime.timezone.utc)
+    today = datetime.datetime.now(datetime.UTC)
     data = random_bytes(2 * 1024 * 1024 + 5)
     s3.put_object(Bucket=bucket, Key=f"feeds/{today:%Y-%m-%d}/orders.bin", Body=data)
     conf = {
