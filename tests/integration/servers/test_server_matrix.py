@@ -134,6 +134,21 @@ class RecordingWriter(PipelinedWriter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.replies: list[int] = []
+        self.sent: list[int] = []
+
+    def write(self, data: bytes) -> int:
+        original = self._sftp._async_request  # type: ignore[attr-defined]
+
+        def send(*args: Any) -> int:
+            num: int = original(*args)
+            self.sent.append(num)
+            return num
+
+        self._sftp._async_request = send  # type: ignore[attr-defined]
+        try:
+            return super().write(data)
+        finally:
+            self._sftp._async_request = original  # type: ignore[attr-defined]
 
     def _async_response(self, kind: int, msg: Any, num: int) -> None:
         self.replies.append(num)
@@ -158,6 +173,8 @@ def reply_inversions(server: MatrixServer, directory, writes: int, block: int = 
         sftp.close()
         client.close()
     assert (directory / "order.bin").read_bytes() == data
+    # Zero recorded replies would count zero inversions: the recorder must have seen every write answered.
+    assert sorted(writer.replies) == sorted(writer.sent) and len(writer.replies) == writes
     return sum(
         1 for earlier, later in zip(writer.replies, writer.replies[1:], strict=False) if later < earlier
     )
