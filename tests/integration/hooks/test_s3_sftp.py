@@ -223,7 +223,7 @@ def test_aes_gcm_is_negotiated_unless_the_connection_chooses(sshd, set_connectio
 
 
 def test_server_without_aes_gcm_falls_back_to_its_ciphers(s3, bucket, set_connection):
-    from tests.servers import start_sshd
+    from testservers.processes import start_sshd
 
     server = start_sshd(extra_config=("Ciphers aes128-ctr,aes256-ctr",))
     try:

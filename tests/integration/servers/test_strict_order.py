@@ -24,7 +24,7 @@ from airflow_s3sftp.core import remote as remote_module
 from airflow_s3sftp.core.sftp import PipelinedWriter
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from tests.integration.servers.conftest import MatrixServer, _start
-from tests.servers import conn_env
+from testservers.processes import conn_env
 
 MiB = 1024 * 1024
 
