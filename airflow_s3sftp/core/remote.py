@@ -355,7 +355,7 @@ class _ParamikoRemote:
         return self._session.round_trip if self._session is not None else 0.0
 
     def can_join(self) -> bool:
-        return self._session is not None and "copy-data" in self._session.profile.extensions
+        return self._session is not None and self._session.profile.copy_data
 
     def lanes(self, count: int) -> list[Remote]:
         if self._session is None:

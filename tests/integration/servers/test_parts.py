@@ -89,7 +89,7 @@ def supports_copy_data(server: MatrixServer) -> bool:
 
     client, sftp = server.connect()
     try:
-        return "copy-data" in detect_server(sftp).extensions
+        return detect_server(sftp).copy_data
     finally:
         client.close()
 

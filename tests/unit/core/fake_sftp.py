@@ -35,11 +35,16 @@ class FakeFS:
     dirs: set[str] = field(default_factory=lambda: {"/", "/in"})
     now: int = 1_000_000
     cut_after_bytes: list[int] = field(default_factory=list)  # cut the connection once per entry
-    cut_at: list[str] = field(default_factory=list)  # steps: "open", "chmod", "posix-rename"
+    cut_at: list[str] = field(default_factory=list)  # steps: "open", "chmod", "posix-rename", "join"
     posix_rename: bool = True
     written: int = 0
     connections: int = 0
     on_step: Any = None  # called with (step, path) before chmod and rename: a second writer's moment
+    copy_data: bool = False  # the server joins parts (copy-data)
+    lanes_granted: int = 0  # extra channels the server grants per connection
+    round_trip: float = 0.0
+    free: int | None = None  # bytes free (statvfs); None: the server does not say
+    joins: int = 0
 
     def step(self, name: str, path: str) -> None:
         if self.on_step is not None:
@@ -92,10 +97,11 @@ class FakeRemote:
 
     endpoint = "fake@server:22"
 
-    def __init__(self, fs: FakeFS) -> None:
+    def __init__(self, fs: FakeFS, *, lane: bool = False) -> None:
         self.fs = fs
         self.dead = False
-        fs.connections += 1
+        if not lane:  # a lane is one more channel on the same connection
+            fs.connections += 1
 
     # -- faults ------------------------------------------------------------------------------
     def check(self, step: str | None = None) -> None:
@@ -210,7 +216,27 @@ class FakeRemote:
         return self.fs.files.pop(path, None) is not None
 
     def free_bytes(self, path: str) -> int | None:
-        return None
+        return self.fs.free
+
+    def round_trip(self) -> float:
+        return self.fs.round_trip
+
+    def can_join(self) -> bool:
+        return self.fs.copy_data
+
+    def lanes(self, count: int) -> list[FakeRemote]:
+        self.check()
+        if not hasattr(self, "_lanes"):
+            self._lanes = [FakeRemote(self.fs, lane=True) for _ in range(self.fs.lanes_granted)]
+        return self._lanes[:count]
+
+    def join(self, target: Any, parts: list[str], pieces: list[tuple[int, int, int, int]]) -> None:
+        self.check("join")
+        self.fs.joins += 1
+        out = self.fs.files[target.path]
+        for lane, offset, length, at in pieces:
+            assert at == len(out), "the join must write the temp file in offset order"
+            out += self.fs.files[parts[lane]][offset : offset + length]
 
 
 class FakeSession:
