@@ -102,6 +102,10 @@ class Streaming:
     :param fsync: ask the server to flush the file before publishing (``fsync@openssh.com``)
     :param io_timeout: seconds an SFTP request may stall before the connection counts as lost
     :param progress_interval: seconds between progress lines
+    :param channels: SFTP channels per object (several fill a long link; see
+        :mod:`airflow_s3sftp.core.parts`): None decides by the object's size and the measured
+        round trip, 1 keeps one channel, ``n`` asks for up to ``n``
+    :param stripe_size: bytes per stripe when an object is spread over several channels
     """
 
     chunk_size: int = MiB
@@ -114,8 +118,14 @@ class Streaming:
     fsync: bool = True
     io_timeout: float = 120.0
     progress_interval: float = 10.0
+    channels: int | None = None
+    stripe_size: int = 8 * MiB
 
     def __post_init__(self) -> None:
+        if self.channels is not None and not 1 <= self.channels <= 64:
+            raise ValueError(f"channels must be None (auto) or 1 to 64 (got {self.channels!r})")
+        if self.stripe_size < MiB:
+            raise ValueError(f"stripe_size must be at least 1 MiB (got {self.stripe_size!r})")
         if self.parallel_parts <= 0 or self.part_size <= 0:
             raise ValueError("parallel_parts and part_size must be positive")
         if self.chunk_size <= 0 or self.read_ahead <= 0:

@@ -38,10 +38,13 @@ class ServerProfile:
     :param pipelined_writes_in_order: WRITE requests sent back to back are applied in the order sent
         (a single-threaded server); ``False`` for a server that applies them on several threads, and for any
         server not known to be in order (then ``strict_order=None`` keeps one write in flight)
+    :param copy_data: the server copies byte ranges between its files (``copy-data``): parts written on
+        several channels can be joined on the server (:mod:`airflow_s3sftp.core.parts`)
     """
 
     name: str
     pipelined_writes_in_order: bool
+    copy_data: bool = False
 
 
 def detect_server(sftp: paramiko.SFTPClient) -> ServerProfile:
@@ -66,7 +69,7 @@ def profile_for(banner: str, extensions: Mapping[str, bytes]) -> ServerProfile:
         name, in_order = "asyncssh", True
     else:
         name, in_order = "unknown", False
-    return ServerProfile(name=name, pipelined_writes_in_order=in_order)
+    return ServerProfile(name=name, pipelined_writes_in_order=in_order, copy_data="copy-data" in extensions)
 
 
 def probe_extensions(transport: paramiko.Transport, *, timeout: float = 15.0) -> dict[str, bytes]:

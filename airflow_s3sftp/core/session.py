@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from functools import cached_property
 from typing import TYPE_CHECKING
+
+import paramiko
 
 from airflow_s3sftp.core.sftp import server_write_size
 from airflow_s3sftp.exceptions import ConnectionLostError
@@ -20,6 +23,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from paramiko import SFTPClient
+
+    from airflow_s3sftp.core.remote import Remote
+    from airflow_s3sftp.core.servers import ServerProfile
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,9 @@ class SFTPSession:
         self.endpoint = endpoint
         self._close = close
         self._writes_in_order = writes_in_order
+        self._lanes: list[SFTPClient] = []
+        self._lanes_refused = False
+        self._timeout: float | None = None
         self.closed = False
 
     @cached_property
@@ -56,20 +65,96 @@ class SFTPSession:
         """Return the largest WRITE the server accepts (asked once per session)."""
         return server_write_size(self.sftp)
 
+    @cached_property
+    def profile(self) -> ServerProfile:
+        """Return what the server is and can do (asked once per session, on a channel of its own)."""
+        from airflow_s3sftp.core.servers import detect_server
+
+        return detect_server(self.sftp)
+
     @property
     def writes_in_order(self) -> bool:
         """Return whether pipelined writes land in offset order on this server."""
         if self._writes_in_order is None:
-            from airflow_s3sftp.core.servers import detect_server
-
-            self._writes_in_order = detect_server(self.sftp).pipelined_writes_in_order
+            self._writes_in_order = self.profile.pipelined_writes_in_order
         return self._writes_in_order
+
+    @cached_property
+    def round_trip(self) -> float:
+        """Return the round-trip time of one SFTP request in seconds (the best of two, once per session)."""
+        samples = []
+        for _ in range(2):
+            begin = time.monotonic()
+            self.sftp.normalize(".")
+            samples.append(time.monotonic() - begin)
+        return min(samples)
+
+    def lanes(self, count: int) -> list[SFTPClient]:
+        """Return up to ``count`` SFTP channels of their own on this connection, opened once and kept.
+
+        The server may grant fewer (OpenSSH's ``MaxSessions`` defaults to 10 channels per
+        connection); what it refuses is not asked again in this session.
+        """
+        while len(self._lanes) < count and not self._lanes_refused:
+            transport = self.sftp.get_channel().get_transport()  # type: ignore[union-attr]
+            try:
+                lane = paramiko.SFTPClient.from_transport(transport)
+            except (paramiko.SSHException, OSError) as err:
+                log.info(
+                    "%s granted %s extra SFTP channels of the %s asked for (%s)",
+                    self.endpoint,
+                    len(self._lanes),
+                    count,
+                    err,
+                )
+                self._lanes_refused = True
+                break
+            if lane is None:
+                self._lanes_refused = True
+                break
+            channel = lane.get_channel()
+            if channel is not None and self._timeout is not None:
+                channel.settimeout(self._timeout)
+            self._lanes.append(lane)
+        return self._lanes[:count]
+
+    def remote(
+        self,
+        *,
+        strict_order: bool | None = None,
+        write_size: int | None = None,
+        max_in_flight: int = 32,
+        io_timeout: float | None = None,
+    ) -> Remote:
+        """Return the SFTP port of this session for one delivery, in the wire mode the server needs.
+
+        :param strict_order: one request at a time; None decides by what the server is known to do
+        :param write_size: bytes per WRITE; None asks the server (``limits@openssh.com``)
+        :param max_in_flight: WRITE requests outstanding at most when pipelined
+        :param io_timeout: seconds a request may stall before the connection counts as lost
+        """
+        from airflow_s3sftp.core.remote import PipelinedRemote, StrictRemote
+
+        if io_timeout is not None:
+            self.set_timeout(io_timeout)
+        strict = strict_order if strict_order is not None else not self.writes_in_order
+        kind = StrictRemote if strict else PipelinedRemote
+        return kind(
+            self.sftp,
+            endpoint=self.endpoint,
+            lost=self.lost,
+            write_size=write_size or self.write_size,
+            max_in_flight=max_in_flight,
+            session=self,
+        )
 
     def set_timeout(self, seconds: float) -> None:
         """Make a request that stalls longer than ``seconds`` fail instead of hanging."""
-        channel = self.sftp.get_channel()
-        if channel is not None:
-            channel.settimeout(seconds)
+        self._timeout = seconds
+        for sftp in (self.sftp, *self._lanes):
+            channel = sftp.get_channel()
+            if channel is not None:
+                channel.settimeout(seconds)
 
     def alive(self) -> bool:
         """Return True while the SSH connection is up."""

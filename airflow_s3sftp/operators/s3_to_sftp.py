@@ -205,7 +205,8 @@ class S3ToSFTPStreamOperator(BaseOperator):
 
     def delivery_options(self) -> DeliveryOptions:
         """Return the validated delivery options (raises ``ValueError`` on a bad value)."""
-        return DeliveryOptions.from_flat(**{name: getattr(self, name) for name in DeliveryOptions().flat()})
+        names = [name for name in DeliveryOptions().flat() if hasattr(self, name)]
+        return DeliveryOptions.from_flat(**{name: getattr(self, name) for name in names})
 
     def _hook(self) -> S3ToSFTPHook:
         return S3ToSFTPHook(aws_conn_id=self.aws_conn_id, sftp_conn_id=self.sftp_conn_id)
