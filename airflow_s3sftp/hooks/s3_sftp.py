@@ -371,7 +371,11 @@ class S3ToSFTPHook(BaseHook):
             return record
 
         with self.session_pool(workers) as pool:
-            first = self._first_session(pool, options)
+            try:
+                first = self._first_session(pool, options)
+            except Exception as err:
+                stop.ends_all(planned, err)
+                raise
             try:
                 missing = _missing_directories(first.sftp, planned, create=options.publishing.create_dirs)
             except BaseException:
@@ -476,6 +480,12 @@ class _TaskStop:
                 return True
             return False
 
+    def ends_all(self, planned: Sequence[tuple[str, str, str]], err: Exception) -> None:
+        """Note on ``err`` that no object was attempted (the first connection failed, even after retries)."""
+        self.error = err
+        self._hit = list(planned)
+        self._note(err, delivered=0)
+
     def not_attempted(self, item: tuple[str, str, str]) -> dict[str, Any]:
         """Return the record of an object left out after a task-wide failure."""
         with self._lock:
@@ -487,15 +497,17 @@ class _TaskStop:
         if self.error is None:
             return
         err = self.error
-        delivered = sum(1 for record in records or () if "error" not in record)
-        undelivered = self._total - delivered
+        self._note(err, delivered=sum(1 for record in records or () if "error" not in record))
+        raise err
+
+    def _note(self, err: BaseException, *, delivered: int) -> None:
         shown = "\n".join(f"  s3://{bucket}/{key} -> {path}" for bucket, key, path in self._hit[:_LISTED])
         more = f"\n  ... and {len(self._hit) - _LISTED} more" if len(self._hit) > _LISTED else ""
         err.add_note(
-            f"Task-wide failure: stopped the task at once; {delivered} of {self._total} objects delivered, "
-            f"{undelivered} not delivered:\n{shown}{more}"
+            f"Task-wide failure, so the task stopped at once: {delivered} of {self._total} objects "
+            f"delivered, "
+            f"{self._total - delivered} not delivered:\n{shown}{more}"
         )
-        raise err
 
 
 _LISTED = 20  # objects named in a task-wide failure's note; the rest are counted
