@@ -444,7 +444,8 @@ def _missing_directories(
 class _TaskStop:
     """Notice the first failure that every remaining object would share, and end the task with it once.
 
-    A final failure (:func:`~airflow_s3sftp.exceptions.is_final`) stops the task; so does a
+    A final failure (:func:`~airflow_s3sftp.exceptions.is_final`) stops the task (a missing bucket or
+    directory only when every object needs it); so does a
     permission denied on creating a temp file (``atomic=True``: the name is new, so it is the
     directory that refuses) when every object goes to that directory.
     """
@@ -452,6 +453,7 @@ class _TaskStop:
     def __init__(self, planned: Sequence[tuple[str, str, str]], *, atomic: bool) -> None:
         self._total = len(planned)
         self._directories = {posixpath.dirname(path) for _, _, path in planned}
+        self._buckets = {bucket for bucket, _, _ in planned}
         self._atomic = atomic
         self._lock = threading.Lock()
         self.error: BaseException | None = None
@@ -462,7 +464,7 @@ class _TaskStop:
             return True
         directory = posixpath.dirname(item[2])
         if isinstance(err, MissingTargetError) and str(err).startswith("S3 bucket"):
-            return True
+            return self._buckets == {item[0]}
         shared = self._directories == {directory}
         if isinstance(err, MissingTargetError):
             return shared

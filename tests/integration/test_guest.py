@@ -175,3 +175,27 @@ def test_good_connection_fans_out_after_the_first(server, counted, objects, targ
     deliver(objects, target, "sftp_guest_ok")
     assert sorted(p.name for p in target.iterdir()) == [f"{i:02d}.csv" for i in range(OBJECTS)]
     assert 1 <= counted.connections <= 8
+
+
+def test_missing_bucket_once(moto, server, counted, target, set_connection):
+    set_connection("sftp_guest_bucket", conn(server, counted))
+    with pytest.raises(MissingTargetError, match=r"S3 bucket 'no-such-bucket-guest' does not exist") as info:
+        S3ToSFTPStreamOperator(
+            task_id="deliver",
+            s3_bucket="no-such-bucket-guest",
+            s3_keys=[f"k{i}" for i in range(OBJECTS)],
+            sftp_path=f"{target}/",
+            sftp_conn_id="sftp_guest_bucket",
+            max_concurrency=8,
+        ).execute(context={})  # type: ignore[arg-type]
+    assert f"of {OBJECTS} objects delivered" in "\n".join(info.value.__notes__)
+    assert list(target.iterdir()) == []
+
+
+@pytest.mark.parametrize("selection", [{"s3_key": "in/00.csv"}, {"s3_prefix": "in/"}])
+def test_missing_aws_connection_is_named(objects, target, selection):
+    with pytest.raises(ConnectionConfigError, match=r"AWS connection 'aws_typo' is not defined"):
+        S3ToSFTPStreamOperator(
+            task_id="deliver", s3_bucket=objects, sftp_path=f"{target}/", aws_conn_id="aws_typo", **selection
+        ).execute(context={})  # type: ignore[arg-type]
+    assert list(target.iterdir()) == []
