@@ -284,8 +284,23 @@ def asyncssh_options(extra: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
+#: sha256 of ``inspect.getsource(SFTPHookAsync._get_conn)`` that :class:`_ParityHookAsync` mirrors
+#: (apache-airflow-providers-sftp 7.0.0). A test fails when the installed provider's method changes:
+#: then bring the copy below up to date and record the new hash.
+UPSTREAM_GET_CONN_SHA256 = "7ac88f196fc7ca7ac62349133ea7ab040532c8f0ce2f622dab354d869cedc644"
+
+
+def _first_set(*values: Any) -> Any:
+    """Return the first value that is not None (the provider's ``_get_value``: 0 and "" count as set)."""
+    return next((value for value in values if value is not None), None)
+
+
 class _ParityHookAsync(SFTPHookAsync):
-    """``SFTPHookAsync`` that also honours the ``ciphers``, ``disabled_algorithms``, ``compress`` extras."""
+    """``SFTPHookAsync`` that also honours the ``ciphers``, ``disabled_algorithms``, ``compress`` extras.
+
+    asyncssh takes them only as arguments of ``connect``, which the provider's ``_get_conn`` builds
+    inside itself: this is a copy of it (pinned by :data:`UPSTREAM_GET_CONN_SHA256`) plus those options.
+    """
 
     extra_options: dict[str, Any]
 
@@ -294,10 +309,10 @@ class _ParityHookAsync(SFTPHookAsync):
         conn = await get_async_connection(self.sftp_conn_id)
         self._parse_extras(conn)  # host_key, known_hosts, no_host_key_check, key_file, private_key
         config: dict[str, Any] = {
-            "host": self.host or conn.host,
-            "port": self.port or conn.port or 22,
-            "username": self.username or conn.login,
-            "password": self.password or conn.password,
+            "host": _first_set(self.host, conn.host),
+            "port": _first_set(self.port, conn.port, 22),
+            "username": _first_set(self.username, conn.login),
+            "password": _first_set(self.password, conn.password),
         }
         if self.key_file:
             config["client_keys"] = self.key_file

@@ -233,7 +233,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
             planned = []
             pattern = re.compile(self.s3_regex) if self.s3_regex else None
             glob = glob_to_regex(self.s3_glob) if self.s3_glob else None
-            for key in hook.s3_hook.list_keys(bucket_name=bucket, prefix=prefix) or []:
+            for key in hook.list_keys(bucket, prefix):
                 relative = key[len(prefix) :].lstrip("/")
                 if not relative or key.endswith("/"):
                     continue  # the prefix itself, or a "directory" marker
