@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
+from airflow_s3sftp.core import validate
 from airflow_s3sftp.core.options import Checks, DeliveryOptions, Publishing, RetryPolicy, Streaming
 from airflow_s3sftp.core.paths import (
     check_plan,
     glob_to_regex,
     parse_s3_location,
     parse_s3_prefix,
+    prefix_as_directory,
     remote_path_for,
     safe_name,
 )
@@ -61,7 +63,9 @@ class S3ToSFTPStreamOperator(BaseOperator):
     :param sftp_path: remote file path; a path ending in ``/`` is a directory and the key's base
         name (or, with ``s3_prefix``, its path below the prefix) is appended (templated)
     :param s3_bucket: bucket of the objects (templated)
-    :param s3_prefix: deliver every object under this prefix, keeping its relative path (templated)
+    :param s3_prefix: deliver every object below this "directory", keeping its path below it; a prefix
+        not ending in ``/`` is read as a directory all the same (``px/day-1`` is ``px/day-1/`` and never
+        takes ``px/day-10/...``) (templated)
     :param s3_keys: deliver these keys, each under its base name (templated)
     :param s3_glob: with ``s3_prefix``, only keys whose path below the prefix matches this glob
         (``*`` stays within a path segment, ``**`` crosses segments: ``**/*.csv``)
@@ -198,10 +202,34 @@ class S3ToSFTPStreamOperator(BaseOperator):
         self.write_size = write_size
         self.max_in_flight = max_in_flight
         self.progress_interval = progress_interval
-        if max_concurrency <= 0:
-            raise ValueError(f"max_concurrency must be positive (got {max_concurrency})")
-        self.delivery_options()  # a bad option fails the DAG at parse time
+        self._check_arguments()  # a bad argument fails the DAG at parse time
         self._delivered: list[tuple[str, str, str]] = []  # (bucket, key, sftp path), for lineage
+
+    def _check_arguments(self) -> None:
+        """Refuse bad non-templated arguments (types, ranges, patterns), naming the parameter."""
+        validate.integer("max_concurrency", self.max_concurrency, minimum=1)
+        validate.flag("allow_empty", self.allow_empty)
+        validate.text("s3_glob", self.s3_glob, optional=True)
+        validate.text("s3_regex", self.s3_regex, optional=True)
+        if self.s3_regex is not None:
+            try:
+                re.compile(self.s3_regex)
+            except re.error as err:
+                raise ValueError(
+                    f"s3_regex {self.s3_regex!r} is not a valid regular expression: {err}"
+                ) from err
+        self.delivery_options()
+
+    def _check_templated(self) -> None:
+        """Refuse bad templated arguments once rendered, naming the parameter."""
+        validate.text("sftp_path", self.sftp_path)
+        validate.text("s3_key", self.s3_key, optional=True)
+        validate.text("s3_bucket", self.s3_bucket, optional=True)
+        validate.text("s3_prefix", self.s3_prefix, optional=True, empty=True)
+        if self.s3_keys is not None:
+            validate.string_list("s3_keys", self.s3_keys)
+        validate.text("aws_conn_id", self.aws_conn_id, optional=True)
+        validate.text("sftp_conn_id", self.sftp_conn_id)
 
     def delivery_options(self) -> DeliveryOptions:
         """Return the validated delivery options (raises ``ValueError`` on a bad value)."""
@@ -212,6 +240,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
 
     def plan(self, hook: S3ToSFTPHook) -> list[tuple[str, str, str]]:
         """Return ``(bucket, key, remote path)`` for every object this task delivers."""
+        self._check_templated()
         chosen = [self.s3_key is not None, self.s3_prefix is not None, self.s3_keys is not None]
         if sum(chosen) != 1:
             raise ValueError("Set exactly one of s3_key, s3_prefix or s3_keys")
@@ -229,6 +258,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
             planned = [(bucket, key, remote_path_for(self.sftp_path, key)) for bucket, key in pairs]
         else:
             bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix or "")
+            prefix = prefix_as_directory(prefix)  # "px/day-1" never takes "px/day-10/..."
             planned = []
             pattern = re.compile(self.s3_regex) if self.s3_regex else None
             glob = glob_to_regex(self.s3_glob) if self.s3_glob else None
