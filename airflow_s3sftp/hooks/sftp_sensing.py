@@ -232,7 +232,7 @@ def async_sftp_errors(
                     f"Host key of SFTP server {self.where} is unknown or does not match the one configured "
                     f"in connection {self.conn_id!r} (host_key extra or known_hosts): {err.reason}"
                 ) from err
-            except (asyncssh.DisconnectError, asyncssh.ConnectionLost) as err:
+            except (asyncssh.DisconnectError, asyncssh.ConnectionLost, asyncssh.SFTPConnectionLost) as err:
                 await self.close()
                 raise ConnectionError(f"SSH connection to {self.where} failed: {err.reason}") from err
             except (ConnectionRefusedError, TimeoutError, socket.gaierror) as err:
@@ -456,7 +456,8 @@ class SFTPSensingHookAsync:
             if not await sftp.exists(source):
                 return Claimed.GONE  # another watcher claimed it, or someone removed it
             raise _no_claim_directory(self.target(posixpath.dirname(target))) from None
-        except asyncssh.SFTPFailure as err:
+        except (asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists) as err:
+            # OpenSSH answers a taken name with a bare failure, ProFTPD with "file already exists".
             if not await sftp.exists(target):
                 raise OSError(f"SFTP rename {self.target(source)} -> {target} failed: {err.reason}") from err
             return Claimed.EXISTS
