@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import time
@@ -30,6 +31,7 @@ from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
 from airflow_s3sftp.triggers.sftp import SFTPFileStableEventTrigger, SFTPFileStableTrigger
 from tests.faults import FaultyProxy
+from tests.integration.cut_proxy import CutWhen
 from tests.servers import SSHDServer
 
 MiB = 1024 * 1024
@@ -236,18 +238,20 @@ def proxied(set_connection, sshd: SSHDServer, proxy: FaultyProxy, **extra: Any) 
 
 
 def test_the_poke_sensor_reconnects_after_a_dropped_connection(sshd, remote_dir, set_connection):
-    data = os.urandom(3 * MiB)
+    data = os.urandom(MiB)
     (remote_dir / "big.bin").write_bytes(data)
-    with FaultyProxy(sshd.port, after=MiB, direction="down") as proxy:
+    chunks = itertools.count()
+    # The 20th request chunk is a STAT of a poll (the handshake takes fewer; many polls come before the
+    # hash, as stable_for spans several poke intervals): the connection drops under a poke.
+    with CutWhen(sshd.port, when=lambda: next(chunks) >= 20) as proxy:
         sensor = SFTPFileStableSensor(
             task_id="sense",
             path=str(remote_dir / "big.bin"),
             sftp_conn_id=proxied(set_connection, sshd, proxy),
-            stable_for=0.2,
-            poke_interval=0.2,
+            stable_for=1.5,
+            poke_interval=0.1,
             timeout=60,
             expected_checksum=sha(data),
-            chunk_size=64 * 1024,
             deferrable=False,
         )
         result = sensor.execute(NO_CONTEXT)
