@@ -66,7 +66,8 @@ class S3ToSFTPStreamOperator(BaseOperator):
     :param s3_prefix: deliver every object below this "directory", keeping its path below it; a prefix
         not ending in ``/`` is read as a directory all the same (``px/day-1`` is ``px/day-1/`` and never
         takes ``px/day-10/...``) (templated)
-    :param s3_keys: deliver these keys, each under its base name (templated)
+    :param s3_keys: deliver these keys, each under its base name; a list (a string, e.g. a template
+        rendered as text, is refused) (templated)
     :param s3_glob: with ``s3_prefix``, only keys whose path below the prefix matches this glob
         (``*`` stays within a path segment, ``**`` crosses segments: ``**/*.csv``)
     :param s3_regex: with ``s3_prefix``, only keys whose path below the prefix matches this regex
@@ -112,7 +113,8 @@ class S3ToSFTPStreamOperator(BaseOperator):
     :param connection_retries: reconnect attempts after a lost SSH connection, per object
     :param connection_retry_delay: seconds before the first reconnect, doubled on every further one
     :param s3_retries: reopens of a broken S3 stream at the offset where it broke, per object
-    :param write_size: bytes per SFTP WRITE request; None asks the server (``limits@openssh.com``)
+    :param write_size: bytes per SFTP WRITE request (at most 256 KiB, capped with a warning to the
+        server's ``limits@openssh.com``); None asks the server
     :param max_in_flight: pipelined SFTP WRITE requests outstanding at most
     :param progress_interval: seconds between progress lines of a long transfer
     """
