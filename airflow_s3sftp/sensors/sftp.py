@@ -120,9 +120,11 @@ class SFTPFileStableSensor(BaseSensorOperator):
             stable_for.total_seconds() if isinstance(stable_for, datetime.timedelta) else stable_for,
         )
         validate.algorithm("checksum", checksum)
-        if expected_checksum_from is not None:
-            validate.choice(
-                "expected_checksum_from", expected_checksum_from, stability.EXPECTED_CHECKSUM_SOURCES
+        if expected_checksum_from not in (None, *stability.EXPECTED_CHECKSUM_SOURCES):
+            choices = ", ".join(map(repr, stability.EXPECTED_CHECKSUM_SOURCES))
+            raise ValueError(
+                f"expected_checksum_from for {path} must be one of {choices} or None, "
+                f"got {expected_checksum_from!r}"
             )
         validate.integer("min_size", min_size, minimum=0)
         validate.integer("chunk_size", chunk_size, minimum=1)

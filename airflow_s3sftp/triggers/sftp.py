@@ -88,9 +88,7 @@ class SFTPFileStableTrigger(BaseTrigger):
         validate.text("sftp_conn_id", sftp_conn_id)
         validate.number("poll_interval", poll_interval, positive=True)
         validate.integer("chunk_size", chunk_size, minimum=1)
-        stability.Policy.from_dict(policy)  # raises ValueError naming the bad field
-        if state is not None:
-            stability.State.from_dict(state)
+        # The policy and state come from the sensor, which validated them: a bad one is one error event.
         self.path = path
         self.sftp_conn_id = sftp_conn_id
         self.policy = policy
@@ -211,6 +209,8 @@ class SFTPFileStableEventTrigger(_EventTriggerBase):
         validate.algorithm("checksum", checksum)
         stability.Policy.build(target=path, stable_for=stable_for, checksum=checksum)
         if claim_to is not None:
+            if not isinstance(claim_to, str) or not claim_to.startswith("/"):
+                raise ValueError(f"claim_to must be an absolute directory, got {claim_to!r}")
             validate.absolute_path("claim_to", claim_to)
             if posixpath.normpath(claim_to) == posixpath.normpath(self.directory):
                 raise ValueError(
