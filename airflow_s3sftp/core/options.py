@@ -124,7 +124,7 @@ class Streaming:
         validate.flag("strict_order", self.strict_order, optional=True)
         validate.flag("fsync", self.fsync)
         validate.number("io_timeout", self.io_timeout, positive=True)
-        validate.number("progress_interval", self.progress_interval, positive=True)
+        validate.number("progress_interval", self.progress_interval)
 
 
 @dataclass(frozen=True)

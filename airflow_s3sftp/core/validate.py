@@ -74,6 +74,15 @@ def file_mode(name: str, value: Any) -> int | None:
     return value
 
 
+def string(name: str, value: Any, *, optional: bool = False) -> str | None:
+    """Return ``value`` if it is a string (or ``None`` when ``optional``), whatever it holds."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ArgumentTypeError(f"{name} must be a string, got {_shown(value)}")
+    return value
+
+
 def text(name: str, value: Any, *, optional: bool = False, empty: bool = False) -> str | None:
     """Return ``value`` if it is a string without NUL bytes (and not empty unless ``empty``)."""
     if value is None and optional:
@@ -128,7 +137,7 @@ def choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
 
 
 def string_list(name: str, value: Any) -> list[str]:
-    """Return ``value`` if it is a list or tuple of non-empty strings; a string is not a list of keys."""
+    """Return ``value`` if it is a list or tuple of strings; a string is not a list of keys."""
     if isinstance(value, (str, bytes)):
         raise ArgumentTypeError(
             f"{name} must be a list of strings, got a string {value[:80]!r}: a templated value renders as "
@@ -137,5 +146,5 @@ def string_list(name: str, value: Any) -> list[str]:
     if not isinstance(value, (list, tuple)):
         raise ArgumentTypeError(f"{name} must be a list of strings, got {_shown(value)}")
     for item in value:
-        text(f"an item of {name}", item)
+        string(f"an item of {name}", item)
     return list(value)

@@ -224,10 +224,11 @@ class S3ToSFTPStreamOperator(BaseOperator):
 
     def _check_templated(self) -> None:
         """Refuse bad templated arguments once rendered, naming the parameter."""
-        validate.text("sftp_path", self.sftp_path)
-        validate.text("s3_key", self.s3_key, optional=True)
-        validate.text("s3_bucket", self.s3_bucket, optional=True)
-        validate.text("s3_prefix", self.s3_prefix, optional=True, empty=True)
+        # Types here; the content (empty keys, NUL, '..') is checked where the paths are made.
+        validate.string("sftp_path", self.sftp_path)
+        validate.string("s3_key", self.s3_key, optional=True)
+        validate.string("s3_bucket", self.s3_bucket, optional=True)
+        validate.string("s3_prefix", self.s3_prefix, optional=True)
         if self.s3_keys is not None:
             validate.string_list("s3_keys", self.s3_keys)
         validate.text("aws_conn_id", self.aws_conn_id, optional=True)
