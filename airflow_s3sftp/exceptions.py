@@ -45,10 +45,6 @@ class ChecksumMismatchError(VerificationError):
         self.actual = actual
 
 
-class OutOfOrderWriteError(S3SFTPError):
-    """A write did not start exactly where the previous one ended."""
-
-
 class ConnectionLostError(S3SFTPError, ConnectionError):
     """The SSH connection dropped or stalled in the middle of a transfer."""
 

@@ -23,7 +23,7 @@ from typing import Any
 import paramiko
 import pytest
 
-from tests.servers import MotoServer, SSHDServer, conn_env, remove_test_user, start_moto, start_sshd
+from testservers.processes import MotoServer, SSHDServer, conn_env, remove_test_user, start_moto, start_sshd
 
 IS_ROOT = os.geteuid() == 0
 
@@ -34,10 +34,25 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def in_ci() -> bool:
+    """Return True under CI (``CI=true``, as GitHub Actions and ``.ci/run`` set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip the tests that need root, with one reason, when the suite does not run as root."""
+    """Skip the tests that need root, with one reason, when the suite does not run as root.
+
+    In CI they must run: there, a run without root that collects any of them is refused outright
+    (the secrets-in-logs and disk-full tests are among them), instead of passing with them skipped.
+    """
     if IS_ROOT:
         return
+    needing_root = [item.nodeid for item in items if item.get_closest_marker("requires_root")]
+    if needing_root and in_ci():
+        raise pytest.UsageError(
+            f"CI=true but the suite runs as uid {os.geteuid()}: {len(needing_root)} tests need root "
+            f"({', '.join(needing_root[:3])}{', ...' if len(needing_root) > 3 else ''}); run CI as root"
+        )
     skip = pytest.mark.skip(reason="needs root: run the suite as root (CI does) to include it")
     for item in items:
         if item.get_closest_marker("requires_root"):

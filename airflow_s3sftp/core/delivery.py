@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_s3sftp.core.checksums import format_checksum, new_hasher
 from airflow_s3sftp.core.digests import Checkpoints, Digests
-from airflow_s3sftp.core.integrity import choose_source_check
+from airflow_s3sftp.core.integrity import weigh_source_integrity
 from airflow_s3sftp.core.ordered import OrderedWriter
 from airflow_s3sftp.core.paths import backup_path_for, leftover_of, new_token, short_stem, temp_path_for
 from airflow_s3sftp.core.ranged import RangedReader
@@ -99,6 +99,7 @@ class DeliveryRecord:
     verified: str
     published_with: str
     source_check: str | None
+    source_check_skipped: str | None
     s3_retries: int
     sidecar_path: str | None
     done_marker_path: str | None
@@ -291,7 +292,8 @@ class Delivery:
         self._sweeper.include(self._extra_paths())  # sidecars and markers are written via temp files too
         self._token = new_token()
         self.write_path = temp_path_for(path, self._token) if options.publishing.atomic else path
-        self.check = choose_source_check(source.head, preferred=options.checks.checksum)
+        self.integrity = weigh_source_integrity(source.head, preferred=options.checks.checksum)
+        self.check = self.integrity.check
         self.checkpoints = Checkpoints()
         self.attempts = 0
         self.resumed_from = 0
@@ -337,7 +339,7 @@ class Delivery:
                 note = self._lost_note()
                 self._clean_up(session.sftp)
                 self.sessions.release(session)
-                if note and hasattr(err, "add_note"):
+                if note:
                     err.add_note(note.strip())
                 raise
             self.sessions.release(session)
@@ -794,6 +796,7 @@ class Delivery:
             verified=verified,
             published_with=published_with,
             source_check=self.check.name if self.check else None,
+            source_check_skipped=self.integrity.unchecked_reason,
             s3_retries=self.s3_retries,
             sidecar_path=sidecar,
             done_marker_path=marker,

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class Claimed(str, enum.Enum):
+class Claimed(enum.StrEnum):
     """The outcome of a :class:`Claim`."""
 
     CLAIMED = "claimed"  # renamed into the claim directory: ours

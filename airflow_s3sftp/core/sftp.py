@@ -490,6 +490,6 @@ def publish(sftp: SFTPClient, temp: str, final: str, *, replace: bool, backup: s
         if existed:
             sftp.rename(backup, final)
         raise sftp_error(err, "rename to", final) from err
-    if existed:
-        remove_quietly(sftp, backup)
+    # Also when nothing was moved aside now: an attempt cut after its move aside left the backup.
+    remove_quietly(sftp, backup)
     return "rename-with-backup" if existed else "rename"

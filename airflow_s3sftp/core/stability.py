@@ -31,14 +31,14 @@ _PROCESS_CLOCK = uuid.uuid4().hex
 
 def utcnow() -> datetime.datetime:
     """Return the current time as a timezone-aware UTC datetime."""
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _parse_utc(value: str) -> datetime.datetime:
     moment = datetime.datetime.fromisoformat(value)
     if moment.tzinfo is None:
         raise ValueError(f"Observation time {value!r} has no timezone; expected UTC")
-    return moment.astimezone(datetime.timezone.utc)
+    return moment.astimezone(datetime.UTC)
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Observation:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able form for XCom, the task state store or trigger arguments."""
         return {
-            "at": self.at.astimezone(datetime.timezone.utc).isoformat(),
+            "at": self.at.astimezone(datetime.UTC).isoformat(),
             "size": self.size,
             "mtime": self.mtime,
             "monotonic": self.monotonic,
@@ -275,7 +275,7 @@ class State:
         )
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     """What the caller does next."""
 
     WAIT = "wait"  # poll again later

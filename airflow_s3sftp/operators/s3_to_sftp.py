@@ -53,8 +53,8 @@ class S3ToSFTPStreamOperator(BaseOperator):
     One object (``s3_key``) returns its record (XCom), with the same keys on every path:
     ``s3_uri``, ``sftp_path``, ``size``, ``checksum`` (``"sha256:<hex>"``), ``etag``,
     ``version_id``, ``skipped``, ``attempts``, ``resumed_from``, ``seconds``, ``mb_per_s``,
-    ``verified``, ``published_with``, ``source_check``, ``s3_retries``, ``sidecar_path``,
-    ``done_marker_path``. Many objects
+    ``verified``, ``published_with``, ``source_check``, ``source_check_skipped`` (why S3's
+    integrity data was not checked), ``s3_retries``, ``sidecar_path``, ``done_marker_path``. Many objects
     (``s3_prefix`` or ``s3_keys``) return ``{"objects": [records], "failed": [], "count",
     "transferred", "skipped", "bytes"}``; when some fail, the others still complete and the task
     fails with :class:`~airflow_s3sftp.exceptions.DeliveryFailedError` listing the failures.

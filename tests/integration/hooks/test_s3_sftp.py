@@ -149,25 +149,33 @@ def test_a_transfer_in_progress_is_never_touched(s3, bucket, remote_dir):
     """Another delivery's temp file (its own unique name) is left alone; both can publish."""
     s3.put_object(Bucket=bucket, Key="k", Body=b"data")
     temp = remote_dir / ".k.0123456789ab.s3sftp-part"
-    stop = threading.Event()
+    # An abandoned one beside it proves the sweep looked at this directory.
+    abandoned = remote_dir / ".k.ba9876543210.s3sftp-part"
+    abandoned.write_bytes(b"left by a crashed worker")
+    os.utime(abandoned, (time.time() - 3600, time.time() - 3600))
+    stop, writing = threading.Event(), threading.Event()
 
     def other_writer() -> None:
         with temp.open("ab") as f:
             while not stop.is_set():
                 f.write(b"x" * 1024)
                 f.flush()
-                time.sleep(0.02)
+                writing.set()
+                stop.wait(0.02)  # a slow writer: its mtime stays fresh
 
     thread = threading.Thread(target=other_writer)
     thread.start()
     try:
-        time.sleep(0.1)
+        assert writing.wait(10)
+        # SFTP v3 mtimes are whole seconds: a file touched 20 ms ago can look up to 1 s older, so
+        # the threshold stays above that (0.5 s took a live file in about 2 % of runs).
         result = S3ToSFTPHook().stream_object(
-            bucket, "k", str(remote_dir / "k"), DeliveryOptions.from_flat(stale_temp_after=0.5)
+            bucket, "k", str(remote_dir / "k"), DeliveryOptions.from_flat(stale_temp_after=2)
         )
     finally:
         stop.set()
         thread.join()
+    assert not abandoned.exists()
     assert temp.exists()
     assert (remote_dir / "k").read_bytes() == b"data"
     assert result["published_with"] == "posix-rename"
@@ -215,7 +223,7 @@ def test_aes_gcm_is_negotiated_unless_the_connection_chooses(sshd, set_connectio
 
 
 def test_server_without_aes_gcm_falls_back_to_its_ciphers(s3, bucket, set_connection):
-    from tests.servers import start_sshd
+    from testservers.processes import start_sshd
 
     server = start_sshd(extra_config=("Ciphers aes128-ctr,aes256-ctr",))
     try:

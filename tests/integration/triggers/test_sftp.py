@@ -29,7 +29,7 @@ from airflow_s3sftp.exceptions import (
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
 from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
 from tests.integration.sftp_writers import random_bytes, sha256
-from tests.servers import TEST_PASSWORD, SSHDServer
+from testservers.processes import TEST_PASSWORD, SSHDServer
 
 NO_CONTEXT: Any = {}
 
@@ -126,7 +126,17 @@ def test_continues_from_the_sensors_observations(remote_dir: Path) -> None:
     assert result["stable_seconds"] >= 30
 
 
-def test_missing_file_never_fires(remote_dir: Path) -> None:
+def test_missing_file_never_fires(remote_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A hang would time out too: record the polls' verdicts to prove the trigger kept looking.
+    actions: list[stability.Action] = []
+    real = stability.assess
+
+    def recording(*args: Any, **kwargs: Any) -> stability.Verdict:
+        verdict = real(*args, **kwargs)
+        actions.append(verdict.action)
+        return verdict
+
+    monkeypatch.setattr(stability, "assess", recording)
     trigger = make_trigger(remote_dir / "absent.bin")
 
     async def first_event() -> Any:
@@ -136,6 +146,8 @@ def test_missing_file_never_fires(remote_dir: Path) -> None:
 
     with pytest.raises(TimeoutError):
         asyncio.run(asyncio.wait_for(first_event(), 1.0))
+    assert len(actions) >= 2, f"the trigger polled {len(actions)} times in 1 s"
+    assert set(actions) == {stability.Action.WAIT}
 
 
 def test_checksum_mismatch_is_one_error_event(remote_dir: Path) -> None:

@@ -23,7 +23,7 @@ import pytest
 from airflow_s3sftp.hooks.sftp_sensing import SFTPSensingHook, SFTPSensingHookAsync, asyncssh_options
 from airflow_s3sftp.triggers.sftp import SFTPFileStableEventTrigger
 from tests.integration.sftp_writers import SlowWriter, random_bytes, sha256
-from tests.servers import SSHDServer
+from testservers.processes import SSHDServer
 
 STABLE_FOR = 0.5
 POKE = 0.25

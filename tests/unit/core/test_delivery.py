@@ -19,7 +19,7 @@ KiB = 1024
 DATA = bytes(range(256)) * 4 * 300  # 300 KiB
 RECORD_KEYS = {
     "s3_uri", "sftp_path", "size", "checksum", "etag", "version_id", "skipped", "attempts", "resumed_from",
-    "seconds", "mb_per_s", "verified", "published_with", "source_check", "s3_retries", "sidecar_path",
+    "seconds", "mb_per_s", "verified", "published_with", "source_check", "source_check_skipped", "s3_retries", "sidecar_path",
     "done_marker_path",
 }  # fmt: skip
 

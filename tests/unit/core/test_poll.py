@@ -22,7 +22,7 @@ import pytest
 from airflow_s3sftp.core import poll, stability
 from airflow_s3sftp.core.poll import Claim, Claimed, Hash, ListDir, ReadSidecar, Stat, Watch
 
-T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
 
 class FakeSFTP:
