@@ -36,7 +36,7 @@ from tests.servers import SSHDServer
 
 MiB = 1024 * 1024
 NO_CONTEXT: Any = {}
-OLD = int(datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc).timestamp())
+OLD = int(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC).timestamp())
 
 
 def sha(data: bytes) -> str:
