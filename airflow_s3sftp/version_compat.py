@@ -3,7 +3,7 @@
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 # Unless required by applicable law or agreed to in writing, software distributed under the License
 # is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
-"""Airflow version flags and the gates of features that need a newer Airflow than the 2.11 floor.
+"""The running Airflow's version and the gates of features that need a newer Airflow than the 2.11 floor.
 
 Airflow's public API (``BaseHook``, ``BaseOperator``, ``BaseSensorOperator``, ``Context``, ``conf``,
 ``PokeReturnValue``, ``timezone``) is imported from ``airflow.providers.common.compat.sdk``, as the official
@@ -26,9 +26,6 @@ def get_base_airflow_version_tuple() -> tuple[int, int, int]:
 
 
 AIRFLOW_VERSION = get_base_airflow_version_tuple()
-AIRFLOW_V_3_0_PLUS = AIRFLOW_VERSION >= (3, 0, 0)
-AIRFLOW_V_3_1_PLUS = AIRFLOW_VERSION >= (3, 1, 0)
-AIRFLOW_V_3_3_PLUS = AIRFLOW_VERSION >= (3, 3, 0)
 
 #: The features that need a newer Airflow than the package's floor, the version each needs, and the
 #: documented route on an older Airflow (docs/versions.md has the same table).

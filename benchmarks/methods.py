@@ -349,30 +349,10 @@ def ours(job: Job) -> dict[str, Any]:
     patches = variant.get("patches", {})
     if "window" in patches:
         _patch_window(**patches["window"])
-    if patches.get("lean_writer"):
-        from airflow_s3sftp.core import sftp as core_sftp
-        from benchmarks.write_paths import lean_pipelined_writer
-
-        core_sftp.PipelinedWriter = lean_pipelined_writer()  # type: ignore[misc]
     if patches.get("no_botocore_checksum"):
         # botocore >= 1.36 validates GetObject's checksum itself ("when_supported"): a second
         # sha256/crc pass over bytes the delivery hashes and checks against S3's checksum anyway.
         os.environ["AWS_RESPONSE_CHECKSUM_VALIDATION"] = "when_required"
-    if patches.get("no_source_check"):
-        from airflow_s3sftp.core import delivery
-
-        delivery.choose_source_check = lambda head, preferred=None: None  # type: ignore[assignment]
-    overrides = variant.get("options", {})
-    if overrides:
-        original = S3ToSFTPStreamOperator.delivery_options
-
-        def delivery_options(self: S3ToSFTPStreamOperator) -> Any:
-            from airflow_s3sftp.core.options import DeliveryOptions
-
-            return DeliveryOptions.from_flat(**{**original(self).flat(), **overrides})
-
-        S3ToSFTPStreamOperator.delivery_options = delivery_options  # type: ignore[method-assign]
-
     operator = S3ToSFTPStreamOperator(
         task_id="ours",
         s3_bucket=job["bucket"],
@@ -383,8 +363,27 @@ def ours(job: Job) -> dict[str, Any]:
         **variant.get("op", {}),
     )
     counter = RequestCounter().install()
-    record = operator.execute(context={})  # type: ignore[arg-type]
+    if variant.get("no_source_check"):
+        # The operator's own path with a hook whose sources carry none of S3's integrity data.
+        hook = _unchecked_source_hook()(aws_conn_id=AWS_CONN_ID, sftp_conn_id=SFTP_CONN_ID)
+        options = operator.delivery_options()
+        record = hook.stream_object(job["bucket"], job["key"], job["remote_path"], options)
+    else:
+        record = operator.execute(context={})  # type: ignore[arg-type]
     return {"record": record, "sftp": counter.report()}
+
+
+def _unchecked_source_hook() -> type:
+    """Return an ``S3ToSFTPHook`` whose sources offer no S3 checksum or ETag to check (measurement only)."""
+    import dataclasses
+
+    from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
+
+    class UncheckedSourceHook(S3ToSFTPHook):
+        def source(self, bucket: str, key: str) -> Any:
+            return dataclasses.replace(super().source(bucket, key), head={})
+
+    return UncheckedSourceHook
 
 
 METHODS: dict[str, Callable[[Job], dict[str, Any]]] = {

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.runner import BUCKET, Bench, Method, human, launch
+from benchmarks.harness import BUCKET, Bench, Method, human, launch, parse_size
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -40,8 +40,6 @@ MANY_METHODS = (
 
 def parse_many(text: str) -> list[tuple[int, int]]:
     """Return ``[(count, size)]`` for ``"200x64KiB,2000x4KiB"``."""
-    from benchmarks.runner import parse_size
-
     sets = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         count, _, size = part.partition("x")

@@ -129,38 +129,6 @@ class LeanWriter:
             raise OSError(self.error)
 
 
-def lean_pipelined_writer() -> type:
-    """Return the package's ``PipelinedWriter`` with :class:`LeanWriter`'s send path (same checks)."""
-    from airflow_s3sftp.core.sftp import PipelinedWriter
-
-    class LeanPipelinedWriter(PipelinedWriter):
-        def write(self, data: bytes) -> int:
-            sftp = self._sftp
-            send = sftp.sock.sendall
-            head = struct.pack(">I", len(self._handle)) + self._handle
-            view = memoryview(data)
-            for begin in range(0, len(view), self._write_size):
-                piece = view[begin : begin + self._write_size]
-                while len(self._outstanding) >= self._max_in_flight:
-                    self._collect_one()
-                self._raise_error()
-                with sftp._lock:
-                    num = sftp.request_number
-                    sftp.request_number += 1
-                    sftp._expecting[num] = self
-                length = len(piece)
-                packet = bytearray(struct.pack(">IBI", 1 + 4 + len(head) + 12 + length, 6, num))
-                packet += head
-                packet += struct.pack(">QI", self._offset, length)
-                packet += piece
-                send(memoryview(packet))
-                self._outstanding.add(num)
-                self._offset += length
-            return len(data)
-
-    return LeanPipelinedWriter
-
-
 def paramiko_core(job: dict[str, Any], pool: bytes) -> None:
     from airflow_s3sftp.core.sftp import PipelinedWriter, server_write_size
 
@@ -375,14 +343,14 @@ def child() -> int:
 
 
 def main() -> int:
-    from tests.servers import start_sshd
+    from testservers.processes import start_sshd
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.write_paths")
     parser.add_argument("--size", default="512MiB")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", default="openssh," + ",".join(VARIANTS))
     args = parser.parse_args()
-    from benchmarks.runner import parse_size
+    from benchmarks.harness import parse_size
 
     size = parse_size(args.size)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]

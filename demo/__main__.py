@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--date",
-        default=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        default=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
         help="logical date of the run; the object key is <prefix>/<date>/<file> (default: today, UTC)",
     )
     parser.add_argument(

@@ -99,18 +99,13 @@ class AirflowCLI:
             log.flush()
         started = time.monotonic()
         try:
-            kwargs: dict[str, Any] = {}
-            if sys.version_info >= (3, 11):
-                kwargs["process_group"] = 0
-            else:  # pragma: no cover - Python 3.10
-                kwargs["preexec_fn"] = os.setpgrp
             process = subprocess.Popen(
                 command,
+                process_group=0,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT if log is not None else None,
-                **kwargs,
             )
             self.process_groups.append(process.pid)
             try:

@@ -23,7 +23,7 @@ from typing import Any
 import paramiko
 import pytest
 
-from tests.servers import MotoServer, SSHDServer, conn_env, remove_test_user, start_moto, start_sshd
+from testservers.processes import MotoServer, SSHDServer, conn_env, remove_test_user, start_moto, start_sshd
 
 IS_ROOT = os.geteuid() == 0
 

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import posixpath
@@ -18,26 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_s3sftp.core.checksums import format_checksum, new_hasher
 from airflow_s3sftp.core.digests import Checkpoints, Digests
-from airflow_s3sftp.core.integrity import choose_source_check
+from airflow_s3sftp.core.integrity import weigh_source_integrity
 from airflow_s3sftp.core.ordered import OrderedWriter
-from airflow_s3sftp.core.paths import backup_path_for, leftover_of, new_token, temp_path_for
+from airflow_s3sftp.core.parts import StripedFile, Striping, part_token
+from airflow_s3sftp.core.paths import backup_path_for, leftover_of, new_token, short_stem, temp_path_for
 from airflow_s3sftp.core.ranged import RangedReader
 from airflow_s3sftp.core.reader import ChunkReader
-from airflow_s3sftp.core.sftp import (
-    PipelinedWriter,
-    Replies,
-    create_private,
-    ensure_directory,
-    fsync,
-    hash_remote,
-    is_dir,
-    publish,
-    read_range,
-    remove_quietly,
-    stat_or_none,
-    write_error,
-)
-from airflow_s3sftp.core.sidecar import read_sidecar, sidecar_path, sidecar_text, write_small_file
+from airflow_s3sftp.core.sftp import is_dir
+from airflow_s3sftp.core.sidecar import read_recorded, sidecar_path, sidecar_text, write_small_file
 from airflow_s3sftp.exceptions import (
     ChecksumMismatchError,
     ConnectionLostError,
@@ -46,15 +33,35 @@ from airflow_s3sftp.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
-    from paramiko import SFTPAttributes, SFTPClient, SFTPFile
+    from paramiko import SFTPAttributes
 
     from airflow_s3sftp.core.options import DeliveryOptions
     from airflow_s3sftp.core.reader import OpenSource, ReadAhead
+    from airflow_s3sftp.core.remote import Remote, RemoteFile
     from airflow_s3sftp.core.session import SessionPool, SFTPSession
 
 log = logging.getLogger(__name__)
+
+#: Auto striping (``channels=None``): objects at least this large...
+AUTO_MIN_SIZE = 64 * 1024 * 1024
+#: ...over links whose SFTP round trip is at least this long...
+AUTO_MIN_ROUND_TRIP = 0.010
+#: ...are spread over this many channels (OpenSSH grants 10 per connection by default).
+AUTO_CHANNELS = 8
+
+_noted: set[tuple[str, str]] = set()
+_noted_lock = threading.Lock()
+
+
+def _note_once(endpoint: str, what: str) -> None:
+    """Log a fact about a server once per process, not once per object."""
+    with _noted_lock:
+        if (endpoint, what) in _noted:
+            return
+        _noted.add((endpoint, what))
+    log.info("%s %s", endpoint, what)
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class DeliveryRecord:
     verified: str
     published_with: str
     source_check: str | None
+    source_check_skipped: str | None
     s3_retries: int
     sidecar_path: str | None
     done_marker_path: str | None
@@ -104,14 +112,6 @@ class DeliveryRecord:
     def to_dict(self) -> dict[str, Any]:
         """Return the record as a JSON-able dict (the operator's XCom)."""
         return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class Landed:
-    """What a STAT sent behind the last write said about our file (``asked=False``: nothing was sent)."""
-
-    asked: bool
-    attrs: SFTPAttributes | None = None
 
 
 class Progress:
@@ -197,34 +197,43 @@ class LeftoverSweeper:
 
     def __init__(self, older_than: float, final_paths: Iterable[str]) -> None:
         self._older_than = older_than
-        self._names: dict[str, set[str]] = {}
-        for path in final_paths:
-            directory, name = posixpath.split(path)
-            self._names.setdefault(directory, set()).add(name)
+        self._names: dict[str, dict[str, str]] = {}  # directory -> {what leftover_of says: final name}
         self._swept: set[str] = set()
         self._lock = threading.Lock()
+        self.include(final_paths)
+
+    def include(self, paths: Iterable[str]) -> None:
+        """Also sweep the leftovers of ``paths`` (e.g. a delivery's sidecar and done marker)."""
+        with self._lock:
+            for path in paths:
+                directory, name = posixpath.split(path)
+                names = self._names.setdefault(directory, {})
+                names[name] = name
+                names[short_stem(name)] = name  # the temp names of a long name use its short form
 
     def pending(self, directory: str) -> bool:
         """Return True when ``directory`` has not been swept yet."""
         with self._lock:
             return directory not in self._swept
 
-    def sweep(self, sftp: SFTPClient, directory: str, server_now: float) -> list[str]:
+    def sweep(self, remote: Remote, directory: str, server_now: float) -> list[str]:
         """Remove the abandoned leftovers in ``directory`` (the first time it is asked) and list them."""
         with self._lock:
             if directory in self._swept:
                 return []
             self._swept.add(directory)
-        names = self._names.get(directory, set())
+        with self._lock:
+            names = dict(self._names.get(directory, {}))
         removed: list[str] = []
         try:
-            entries = sftp.listdir_attr(directory or ".")
+            entries = remote.listdir(directory or ".")
         except OSError as err:
             log.warning("Could not list %s to look for abandoned temp files: %s", directory, err)
             return removed
         for attrs in entries:
-            owner = leftover_of(attrs.filename)
-            if owner not in names or attrs.st_mtime is None:
+            stem = leftover_of(attrs.filename)
+            owner = names.get(stem) if stem is not None else None
+            if owner is None or attrs.st_mtime is None:
                 continue
             age = server_now - attrs.st_mtime
             if age > self._older_than:
@@ -237,7 +246,7 @@ class LeftoverSweeper:
                     age,
                     self._older_than,
                 )
-                if remove_quietly(sftp, path):
+                if remote.remove(path):
                     removed.append(path)
         return removed
 
@@ -277,15 +286,19 @@ class Delivery:
         self.sessions = sessions
         self._sleep = sleep
         self._sweeper = sweeper or LeftoverSweeper(options.publishing.stale_temp_after, [path])
+        self._sweeper.include(self._extra_paths())  # sidecars and markers are written via temp files too
         self._token = new_token()
         self.write_path = temp_path_for(path, self._token) if options.publishing.atomic else path
-        self.check = choose_source_check(source.head, preferred=options.checks.checksum)
+        self.integrity = weigh_source_integrity(source.head, preferred=options.checks.checksum)
+        self.check = self.integrity.check
         self.checkpoints = Checkpoints()
         self.attempts = 0
         self.resumed_from = 0
         self.s3_retries = 0
-        self._prepared = False
+        self._prepared = False  # the skip check ran (it runs once, before the first byte)
+        self._looked = False  # the target was looked at (it rides with our file's first create)
         self._created = False  # write_path is a file this delivery created and has not published
+        self._parts: list[str] = []  # part files this delivery created and has not removed
         self._started = time.monotonic()
         self._endpoint = ""  # "user@host:port:" once a session was had, for messages
 
@@ -323,41 +336,30 @@ class Delivery:
                 if session is None:
                     raise
                 note = self._lost_note()
-                self._clean_up(session.sftp)
+                self._clean_up(session)
                 self.sessions.release(session)
-                if note and hasattr(err, "add_note"):
+                if note:
                     err.add_note(note.strip())
                 raise
             self.sessions.release(session)
             return record
 
     def _attempt(self, session: SFTPSession) -> DeliveryRecord:
-        sftp = session.sftp
-        self._endpoint = f"{session.endpoint}:"
-        session.set_timeout(self.options.streaming.io_timeout)
+        """Run one attempt over ``session``: the story of :class:`Delivery`, step by step."""
         try:
-            # A server that applies requests in arrival order takes independent ones back to back:
-            # several requests then cost one round trip (what many small files are made of). Asking
-            # the server what it is may itself meet a dropped connection: inside the try.
-            replies = None if self._strict(session) else Replies(sftp)
-            if self._prepared:
-                handle, start, digests = self._open(sftp, replies)
-            elif replies is not None and self.options.publishing.if_exists != "skip_identical":
-                handle, start, digests = self._open_checking_target(sftp, replies)
-                self._prepared = True
-            else:
-                skipped = self._prepare(sftp)
-                if skipped is not None:
-                    return skipped
-                self._prepared = True
-                handle, start, digests = self._open(sftp, replies)
-            sent, landed = self._stream(session, handle, start, digests, replies)
+            remote = self._port(session)  # asking the server what it is may meet a dropped link too
+            if not self._prepared and (skipped := self._prepare(remote)) is not None:
+                return skipped
+            file, digests = self._open(remote)
+            start = file.position
+            landed = self._stream(file, digests)
+            self._remove_parts(remote)
             if problem := digests.source_problem():
                 raise VerificationError(f"{self.source.uri} changed or was corrupted in transit: {problem}")
             checksum = digests.checksum()
-            verified = self._verify(sftp, sent, checksum, landed)
-            published_with = self._publish(sftp, replies)
-            sidecar, marker = self._write_extras(sftp, checksum)
+            verified = self._verify(remote, landed, checksum)
+            published_with = self._publish(remote)
+            sidecar, marker = self._write_extras(remote, checksum)
         except Exception as err:
             if session.lost(err):
                 raise ConnectionLostError(
@@ -365,43 +367,56 @@ class Delivery:
                 ) from err
             raise
         return self._record(
-            size=sent,
+            size=self.source.size,
             checksum=checksum,
             verified=verified,
             published_with=published_with,
             sidecar=sidecar,
             marker=marker,
-            moved=sent - start,
+            moved=self.source.size - start,
         )
 
     # -- the steps ------------------------------------------------------------------------------
 
-    def _prepare(self, sftp: SFTPClient) -> DeliveryRecord | None:
-        """Check the target and its directory; return a record when an identical file makes us skip."""
-        publishing = self.options.publishing
-        target = stat_or_none(sftp, self.path)
+    def _port(self, session: SFTPSession) -> Remote:
+        """Return the session's SFTP port in the wire mode its server needs."""
+        streaming = self.options.streaming
+        remote = session.remote(
+            strict_order=streaming.strict_order,
+            write_size=streaming.write_size,
+            max_in_flight=streaming.max_in_flight,
+            io_timeout=streaming.io_timeout,
+        )
+        self._endpoint = f"{remote.endpoint}:"
+        return remote
+
+    def _prepare(self, remote: Remote) -> DeliveryRecord | None:
+        """With ``if_exists="skip_identical"``, look at the target first; return a record to skip it.
+
+        Every other mode looks at the target in the round trip that opens our file.
+        """
+        self._prepared = True
+        if self.options.publishing.if_exists != "skip_identical":
+            return None
+        target = remote.stat(self.path)
         self._check_target(target)
-        ensure_directory(sftp, posixpath.dirname(self.path) or ".", publishing.create_dirs)
-        if (
-            publishing.if_exists == "skip_identical"
-            and target is not None
-            and target.st_size == self.source.size
-        ):
-            identical = self._identical(sftp)
-            if identical is not None:
-                log.info("%s already holds %s (%s): skipped", self.path, self.source.uri, identical)
-                sidecar, marker = self._write_extras(sftp, identical, only_missing=True)
-                return self._record(
-                    size=self.source.size,
-                    checksum=identical,
-                    verified="identical",
-                    published_with="skipped",
-                    sidecar=sidecar,
-                    marker=marker,
-                    moved=0,
-                    skipped=True,
-                )
-        return None
+        if target is None or target.st_size != self.source.size:
+            return None
+        identical = self._identical(remote)
+        if identical is None:
+            return None
+        log.info("%s already holds %s (%s): skipped", self.path, self.source.uri, identical)
+        sidecar, marker = self._write_extras(remote, identical, only_missing=True)
+        return self._record(
+            size=self.source.size,
+            checksum=identical,
+            verified="identical",
+            published_with="skipped",
+            sidecar=sidecar,
+            marker=marker,
+            moved=0,
+            skipped=True,
+        )
 
     def _check_target(self, target: SFTPAttributes | None) -> None:
         """Refuse a final name that is a directory, or that exists when ``if_exists="fail"``."""
@@ -412,56 +427,126 @@ class Delivery:
         if target is not None and self.options.publishing.if_exists == "fail":
             raise FileExistsError(f"SFTP file {self.path!r} already exists (if_exists='fail')")
 
-    def _open_checking_target(self, sftp: SFTPClient, replies: Replies) -> tuple[SFTPFile, int, Digests]:
-        """Open our file with the STAT of the final name in the same round trip; check the target first.
-
-        The directory is looked at only when the open says it is missing. Whatever the STAT says
-        is acted on before a byte is written; a file we created for a refused target is removed
-        by :meth:`run`'s cleanup like after any other failure.
-        """
-        probe = replies.send_stat(self.path)
-        try:
-            opened = self._open(sftp, replies)
-        except OSError:
-            self._check_target(replies.attrs(probe, self.path))  # the clearer error, when there is one
-            raise
-        self._check_target(replies.attrs(probe, self.path))
-        return opened
-
-    def _open(self, sftp: SFTPClient, replies: Replies | None) -> tuple[SFTPFile, int, Digests]:
-        """Return the file to write, the offset to write at, and the digests of the bytes before it."""
+    def _open(self, remote: Remote) -> tuple[RemoteFile, Digests]:
+        """Return the file to write (positioned where to write) and the digests of the bytes before it."""
         fresh = Digests.fresh(self.options.checks.checksum, self.check)
         if self._created:
-            resumed = self._resume(sftp, fresh)
+            resumed = self._resume(remote, fresh)
             if resumed is not None:
                 return resumed
         self.checkpoints = Checkpoints()
         self.resumed_from = 0
-        if self._created and self.options.publishing.atomic:
-            remove_quietly(sftp, self.write_path)  # our own earlier attempt, not provably reusable
-        exclusive = self.options.publishing.atomic or (
-            self.options.publishing.if_exists == "fail" and not self._created
+        publishing = self.options.publishing
+        if self._created and publishing.atomic:
+            remote.remove(self.write_path)  # our own earlier attempt, not provably reusable
+        self._remove_parts(remote)
+        file = self._create(
+            remote, exclusive=publishing.atomic or (publishing.if_exists == "fail" and not self._created)
         )
-        try:
-            handle = create_private(sftp, self.write_path, exclusive=exclusive, replies=replies)
-        except FileNotFoundError:
-            # Only now look at the directory: a clear error, or create_dirs makes it.
-            ensure_directory(sftp, posixpath.dirname(self.path) or ".", self.options.publishing.create_dirs)
-            handle = create_private(sftp, self.write_path, exclusive=exclusive, replies=replies)
-        self._created = True
         directory = posixpath.dirname(self.path)
-        if self.options.publishing.atomic and self._sweeper.pending(directory):
-            server_now = handle.stat().st_mtime  # the server's clock, whatever ours says
+        if publishing.atomic and self._sweeper.pending(directory):
+            server_now = file.server_time()  # the server's clock, whatever ours says
             if server_now is not None:
-                self._sweeper.sweep(sftp, directory, server_now)
-        return handle, 0, fresh
+                self._sweeper.sweep(remote, directory, server_now)
+        return file, fresh
 
-    def _resume(self, sftp: SFTPClient, fresh: Digests) -> tuple[SFTPFile, int, Digests] | None:
+    def _create(self, remote: Remote, *, exclusive: bool) -> RemoteFile:
+        """Create our file; the target's STAT rides along the first time; a missing directory is seen to.
+
+        Whatever the target's STAT says is acted on before a byte is written; a file we created
+        for a refused target is removed by :meth:`run`'s cleanup like after any other failure.
+        """
+        look_at = None if self._looked else self.path
+        size = self.source.size
+        try:
+            file, target = remote.create(self.write_path, exclusive=exclusive, look_at=look_at, size=size)
+        except FileNotFoundError as err:
+            self._check_target(getattr(err, "target", None))
+            # Only now look at the directory: a clear error, or create_dirs makes it.
+            remote.ensure_directory(
+                posixpath.dirname(self.path) or ".", create=self.options.publishing.create_dirs
+            )
+            file, target = remote.create(self.write_path, exclusive=exclusive, size=size)
+        except OSError as err:
+            self._check_target(getattr(err, "target", None))  # the clearer error, when there is one
+            raise
+        self._created = True
+        self._looked = True
+        self._check_target(target)
+        striping = self._striping(remote)
+        return file if striping is None else self._striped(remote, file, striping)
+
+    def _striping(self, remote: Remote) -> Striping | None:
+        """Return how to spread the object over several channels, or None for one channel.
+
+        Auto (``channels=None``) stripes objects of at least :data:`AUTO_MIN_SIZE` over a link whose
+        round trip is at least :data:`AUTO_MIN_ROUND_TRIP`: below, one channel is as fast (measured in
+        docs/performance.md) and spends less CPU.
+        """
+        streaming, size = self.options.streaming, self.source.size
+        wanted = streaming.channels
+        if wanted == 1 or not self.options.publishing.atomic or size < 2 * streaming.stripe_size:
+            return None
+        if wanted is None:
+            if size < AUTO_MIN_SIZE or remote.round_trip() < AUTO_MIN_ROUND_TRIP:
+                return None
+            wanted = AUTO_CHANNELS
+        if not remote.can_join():
+            _note_once(remote.endpoint, "offers no copy-data extension: one SFTP channel per object")
+            return None
+        free = remote.free_bytes(posixpath.dirname(self.path) or ".")
+        if free is not None and free < 2 * size + 64 * 1024 * 1024:
+            log.info(
+                "%s has %s bytes free, less than twice %s (%s bytes): one SFTP channel",
+                remote.endpoint,
+                free,
+                self.source.uri,
+                size,
+            )
+            return None
+        return Striping(min(wanted, -(-size // streaming.stripe_size)), streaming.stripe_size)
+
+    def _striped(self, remote: Remote, target: RemoteFile, striping: Striping) -> RemoteFile:
+        """Open one hidden part file per granted channel and return the file that spreads writes over them."""
+        lanes = remote.lanes(striping.channels)
+        if len(lanes) < 2:
+            _note_once(remote.endpoint, "granted fewer than 2 extra SFTP channels: one channel per object")
+            return target
+        parts = []
+        try:
+            for number, lane in enumerate(lanes):
+                path = temp_path_for(self.path, part_token(self._token, number))
+                self._parts.append(path)
+                part, _ = lane.create(path, exclusive=True, size=self.source.size)
+                parts.append(part)
+        except BaseException:
+            for part in parts:
+                part.abort()
+            target.abort()
+            raise
+        log.info(
+            "Spreading %s over %s SFTP channels in stripes of %s bytes (round trip %.0f ms)",
+            self.source.uri,
+            len(lanes),
+            striping.stripe_size,
+            remote.round_trip() * 1000,
+        )
+        return StripedFile(
+            remote, target, parts, Striping(len(lanes), striping.stripe_size), self.source.size
+        )
+
+    def _remove_parts(self, remote: Remote) -> None:
+        """Remove the part files of this delivery (joined into the temp file, or abandoned)."""
+        parts, self._parts = self._parts, []
+        for path in parts:
+            remote.remove(path)
+
+    def _resume(self, remote: Remote, fresh: Digests) -> tuple[RemoteFile, Digests] | None:
         """Reopen our file after the longest prefix whose read-back digest matches what was sent."""
         algorithm = self.options.checks.checksum
         if not fresh.resumable or algorithm is None:
             return None
-        attrs = stat_or_none(sftp, self.write_path)
+        attrs = remote.stat(self.write_path)
         if attrs is None or not attrs.st_size:
             return None
         best = self.checkpoints.best_at_or_below(attrs.st_size)
@@ -469,18 +554,18 @@ class Delivery:
             return None
         offset, states = best
         landed = new_hasher(algorithm)
-        hash_remote(sftp, self.write_path, landed, offset)
+        for data in remote.read(self.write_path, offset):
+            landed.update(data)
         if landed.digest() != fresh.prefix_digest(states):
             log.warning(
                 "%s does not hold the bytes sent in its first %s; restarting", self.write_path, offset
             )
             return None
-        handle = sftp.open(self.write_path, "r+b", bufsize=0)
-        handle.truncate(offset)
+        file = remote.reopen(self.write_path, offset, size=self.source.size)
         self.checkpoints.forget_after(offset)
         self.resumed_from = offset
         log.info("Resuming %s at byte %s: its prefix was read back and matches", self.write_path, offset)
-        return handle, offset, fresh.restored(states)
+        return file, fresh.restored(states)
 
     def _reader(self, start: int, digests: Digests) -> ReadAhead:
         streaming = self.options.streaming
@@ -505,37 +590,10 @@ class Delivery:
             )
         return ChunkReader(self.source.open, size=self.source.size, **shared)
 
-    def _strict(self, session: SFTPSession) -> bool:
-        """Return True when requests must go one at a time (servers that may apply them in parallel)."""
-        strict = self.options.streaming.strict_order
-        return strict if strict is not None else not session.writes_in_order
-
-    def _stream(
-        self,
-        session: SFTPSession,
-        handle: SFTPFile,
-        start: int,
-        digests: Digests,
-        replies: Replies | None,
-    ) -> tuple[int, Landed]:
-        """Write the object from ``start`` in strict offset order; return the bytes written in all.
-
-        With ``replies`` (a server applying requests in arrival order), fsync, a STAT of the file
-        and CLOSE follow the last WRITE without waiting: the STAT's answer (what landed) is
-        returned for the verification, and the whole tail costs one round trip.
-        """
+    def _stream(self, file: RemoteFile, digests: Digests) -> SFTPAttributes | None:
+        """Write the object from ``file.position`` in strict offset order; return what landed."""
         streaming = self.options.streaming
-        sftp = session.sftp
-        # OpenSSH applies requests in arrival order, so pipelined in-order writes land in order;
-        # strict waits for every write's status for servers that may apply them in parallel.
-        pipeline = PipelinedWriter(
-            sftp,
-            handle,
-            start=start,
-            write_size=streaming.write_size or session.write_size,
-            max_in_flight=1 if replies is None else streaming.max_in_flight,
-        )
-        writer = OrderedWriter(pipeline, start=start)
+        writer = OrderedWriter(file, start=file.position)
         progress = Progress(
             f"{self.source.uri} -> {self.path}", self.source.size, streaming.progress_interval
         )
@@ -546,129 +604,68 @@ class Delivery:
             self.path,
             self.write_path,
         )
-        reader = self._reader(start, digests)
+        reader = self._reader(file.position, digests)
         try:
             with reader:
                 for chunk in reader:  # S3's errors come from here, unchanged
-                    with self._writing(session):
-                        writer.write(chunk)
+                    writer.write(chunk)
                     progress.update(writer.position)
-                probe = None
-                with self._writing(session):
-                    if replies is None:
-                        pipeline.flush()
-                        if streaming.fsync:
-                            fsync(sftp, handle)
-                        handle.close()  # collects the status of every pipelined write
-                    else:
-                        synced = replies.send_fsync(handle) if streaming.fsync else None
-                        probe = replies.send_stat(self.write_path)
-                        handle.close()  # its reply comes after every earlier one: all are in now
-                        pipeline.flush()  # the first failed WRITE, if any
-                        if synced is not None:
-                            replies.synced(synced, self.write_path)
-                        replies.settle()
-                landed = (
-                    Landed(asked=False)
-                    if replies is None or probe is None
-                    else Landed(asked=True, attrs=replies.attrs(probe, self.write_path))
-                )
+                landed = file.finish(sync=streaming.fsync)
         finally:
             self.s3_retries += reader.retries
-            _close_quietly(handle)
+            file.abort()
         if writer.position != self.source.size:
             raise VerificationError(
                 f"{self.source.uri}: read {writer.position} bytes, expected {self.source.size}"
             )
-        return writer.position, landed
+        return landed
 
-    @contextlib.contextmanager
-    def _writing(self, session: SFTPSession) -> Iterator[None]:
-        """Name a failed SFTP write (a full disk, a permission) unless the connection itself is gone."""
-        try:
-            yield
-        except OSError as err:
-            if session.lost(err):
-                raise
-            raise write_error(session.sftp, err, self.write_path, self.source.size) from err
-
-    def _verify(self, sftp: SFTPClient, sent: int, checksum: str | None, known: Landed) -> str:
+    def _verify(self, remote: Remote, landed: SFTPAttributes | None, checksum: str | None) -> str:
         """Check what landed before it is published; return how it was verified."""
-        checks = self.options.checks
-        landed = known.attrs if known.asked else stat_or_none(sftp, self.write_path)
+        checks, size = self.options.checks, self.source.size
         if landed is None:
-            raise self._vanished(sftp)
+            raise self._vanished(remote)
         if checks.verify == "none":
             return "none"
-        if landed.st_size != sent:
+        if landed.st_size != size:
             raise VerificationError(
-                f"SFTP file {self.write_path!r} has {landed.st_size} bytes after sending {sent}"
+                f"SFTP file {self.write_path!r} has {landed.st_size} bytes after sending {size}"
             )
         if checks.verify == "checksum" and checks.checksum and checksum:
             reread = new_hasher(checks.checksum)
-            hash_remote(sftp, self.write_path, reread, sent)
+            for data in remote.read(self.write_path, size):
+                reread.update(data)
             actual = format_checksum(checks.checksum, reread.hexdigest())
             if actual != checksum:
                 raise ChecksumMismatchError(f"SFTP file {self.write_path!r} read back", checksum, actual)
             return "checksum"
         return "size"
 
-    def _publish(self, sftp: SFTPClient, replies: Replies | None) -> str:
-        """Give the verified file its final mode and name; return how the name was given.
-
-        With ``replies``, the chmod travels with the rename (one round trip); it is applied first
-        all the same, and its answer is read afterwards.
-        """
+    def _publish(self, remote: Remote) -> str:
+        """Give the verified file its final mode and name; return how the name was given."""
         publishing = self.options.publishing
-        chmod = None
-        if publishing.file_mode is not None:
-            if replies is not None:
-                chmod = replies.send_chmod(self.write_path, publishing.file_mode)
-            else:
-                try:
-                    sftp.chmod(self.write_path, publishing.file_mode)
-                except FileNotFoundError:
-                    raise self._vanished(sftp) from None
-                except OSError as err:
-                    log.warning(
-                        "Server refused chmod %o on %s: %s", publishing.file_mode, self.write_path, err
-                    )
-        if not publishing.atomic:
-            if replies is not None and chmod is not None:
-                self._chmod_done(sftp, replies, chmod)
-            self._created = False  # complete and verified: it is the delivered file now
-            return "direct"
         try:
-            how = publish(
-                sftp,
-                self.write_path,
-                self.path,
-                replace=publishing.if_exists != "fail",
-                backup=backup_path_for(self.path, self._token),
-            )
+            if not publishing.atomic:
+                if publishing.file_mode is not None:
+                    remote.chmod(self.write_path, publishing.file_mode)
+                how = "direct"
+            else:
+                how = remote.publish(
+                    self.write_path,
+                    self.path,
+                    replace=publishing.if_exists != "fail",
+                    backup=backup_path_for(self.path, self._token),
+                    mode=publishing.file_mode,
+                )
         except FileNotFoundError:
-            if stat_or_none(sftp, self.write_path) is None:
-                raise self._vanished(sftp) from None
+            if remote.stat(self.write_path) is None:
+                raise self._vanished(remote) from None
             raise
-        self._created = False
-        if replies is not None and chmod is not None:
-            self._chmod_done(sftp, replies, chmod)
+        self._created = False  # published (or, in place, complete and verified): the delivered file now
         return how
 
-    def _chmod_done(self, sftp: SFTPClient, replies: Replies, num: int) -> None:
-        """Act on the answer to the chmod of our file: gone means superseded, refused is a warning."""
-        try:
-            refused = replies.refusal(num, self.write_path)
-        except FileNotFoundError:
-            if self._created:
-                raise self._vanished(sftp) from None
-            raise
-        if refused is not None:
-            mode = self.options.publishing.file_mode
-            log.warning("Server refused chmod %o on %s: %s", mode, self.write_path, refused)
-
     def _write_extras(
-        self, sftp: SFTPClient, checksum: str | None, *, only_missing: bool = False
+        self, remote: Remote, checksum: str | None, *, only_missing: bool = False
     ) -> tuple[str | None, str | None]:
         """Write the checksum sidecar, then the done marker, after the file itself is published."""
         publishing, algorithm = self.options.publishing, self.options.checks.checksum
@@ -676,30 +673,40 @@ class Delivery:
         if publishing.sidecar and algorithm and checksum:
             sidecar = sidecar_path(self.path, algorithm)
             hexdigest = checksum.split(":", 1)[1]
-            if not (only_missing and read_sidecar(sftp, self.path, algorithm) == hexdigest):
+            if not (only_missing and read_recorded(remote, self.path, algorithm) == hexdigest):
                 text = sidecar_text(self.path, hexdigest).encode()
-                write_small_file(sftp, sidecar, text, publishing.file_mode)
+                write_small_file(remote, sidecar, text, publishing.file_mode)
         if publishing.done_marker:
             marker = self.path + publishing.done_marker
-            if not (only_missing and stat_or_none(sftp, marker) is not None):
-                write_small_file(sftp, marker, b"", publishing.file_mode)
+            if not (only_missing and remote.stat(marker) is not None):
+                write_small_file(remote, marker, b"", publishing.file_mode)
         return sidecar, marker
 
-    def _identical(self, sftp: SFTPClient) -> str | None:
+    def _extra_paths(self) -> list[str]:
+        """Return the sidecar and done marker paths this delivery writes (by temp file and rename)."""
+        publishing, algorithm = self.options.publishing, self.options.checks.checksum
+        extras = []
+        if publishing.sidecar and algorithm:
+            extras.append(sidecar_path(self.path, algorithm))
+        if publishing.done_marker:
+            extras.append(self.path + publishing.done_marker)
+        return extras
+
+    def _identical(self, remote: Remote) -> str | None:
         """Return ``"<algorithm>:<hex>"`` when the final file provably holds the object's bytes."""
         algorithm = self.options.checks.checksum or "sha256"
         check = self.check
         if self.options.checks.skip_identical_by == "sidecar" and check and check.algorithm == algorithm:
-            recorded = read_sidecar(sftp, self.path, algorithm)
+            recorded = read_recorded(remote, self.path, algorithm)
             if recorded == check.expected.hex():
                 return format_checksum(algorithm, recorded)
         # The proof by content: read the remote file and compare with what S3 vouches for.
-        remote = Digests.fresh(algorithm, check)
-        for data in read_range(sftp, self.path, self.source.size):
-            for hasher in remote.hashers:
+        remote_digests = Digests.fresh(algorithm, check)
+        for data in remote.read(self.path, self.source.size):
+            for hasher in remote_digests.hashers:
                 hasher.update(data)
         if check is not None:
-            return remote.checksum() if remote.source_problem() is None else None
+            return remote_digests.checksum() if remote_digests.source_problem() is None else None
         # S3 keeps no usable digest of this object: hash the object itself.
         source = new_hasher(algorithm)
         stream = self.source.open(0)
@@ -708,7 +715,7 @@ class Delivery:
                 source.update(chunk)
         finally:
             stream.close()
-        ours = remote.checksum()
+        ours = remote_digests.checksum()
         return ours if ours == format_checksum(algorithm, source.hexdigest()) else None
 
     # -- records and cleanup ------------------------------------------------------------------
@@ -753,14 +760,15 @@ class Delivery:
             verified=verified,
             published_with=published_with,
             source_check=self.check.name if self.check else None,
+            source_check_skipped=self.integrity.unchecked_reason,
             s3_retries=self.s3_retries,
             sidecar_path=sidecar,
             done_marker_path=marker,
         )
 
-    def _vanished(self, sftp: SFTPClient) -> Exception:
+    def _vanished(self, remote: Remote) -> Exception:
         directory = posixpath.dirname(self.path) or "."
-        if not is_dir(stat_or_none(sftp, directory)):
+        if not is_dir(remote.stat(directory)):
             self._created = False
             return FileNotFoundError(
                 f"SFTP directory {directory!r} vanished during the transfer to {self.path!r}; "
@@ -785,14 +793,23 @@ class Delivery:
             "its previous version, if any, is gone"
         )
 
-    def _clean_up(self, sftp: SFTPClient) -> None:
+    def _clean_up(self, session: SFTPSession) -> None:
         """Remove the file this delivery created and did not publish (never anything else)."""
-        if self._created and remove_quietly(sftp, self.write_path):
+        if not self._created and not self._parts:
+            return
+        try:
+            remote = self._port(session)
+            removed = self._created and remote.remove(self.write_path)
+            self._remove_parts(remote)
+        except Exception as err:  # cleanup after a failure must not mask that failure
+            log.warning("Could not remove %s after the failure: %s", self.write_path, err)
+            removed = False
+        if removed:
             log.info("Removed %s after the failure", self.write_path)
         self._created = False
 
     def _clean_up_on_new_session(self) -> None:
-        if not self._created:
+        if not self._created and not self._parts:
             return
         try:
             session = self.sessions.acquire()
@@ -800,15 +817,6 @@ class Delivery:
             log.warning("Could not reconnect to remove %s: %s", self.write_path, err)
             return
         try:
-            self._clean_up(session.sftp)
+            self._clean_up(session)
         finally:
             self.sessions.release(session)
-
-
-def _close_quietly(handle: SFTPFile) -> None:
-    if handle.closed:
-        return
-    try:
-        handle.close()
-    except Exception:  # the connection may be gone; the error that got us here matters more
-        log.debug("Closing %s after a failure failed", handle, exc_info=True)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 from typing import Protocol
 
-from airflow_s3sftp.exceptions import OutOfOrderWriteError
-
 
 class Sink(Protocol):
     """What :class:`OrderedWriter` writes into: anything with ``write`` (a paramiko ``SFTPFile``)."""
@@ -24,8 +22,8 @@ class OrderedWriter(io.RawIOBase):
 
     It reports itself as non-seekable, so libraries such as s3transfer take their in-memory
     reordering path instead of ``seek()`` + ``write()`` from many threads, and it refuses any
-    attempt to seek or to write at another offset. Holes in the remote file therefore cannot
-    happen, whoever drives the writer.
+    attempt to seek or truncate: every write lands at :attr:`position`. Holes in the remote file
+    therefore cannot happen, whoever drives the writer.
 
     :param sink: the file to append to, positioned at ``start``
     :param start: offset of the first byte this writer will write (non-zero when resuming)
@@ -70,12 +68,3 @@ class OrderedWriter(io.RawIOBase):
             self._sink.write(bytes(data) if not isinstance(data, bytes) else data)
             self._position += length
         return length
-
-    def write_at(self, offset: int, data: bytes) -> int:
-        """Write ``data`` at ``offset``, which must equal :attr:`position`; anything else is refused."""
-        if offset != self._position:
-            raise OutOfOrderWriteError(
-                f"refused a write of {len(data)} bytes at offset {offset}: the next write must start "
-                f"at offset {self._position}"
-            )
-        return self.write(data)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from airflow_s3sftp.core.options import RetryPolicy
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ tests/integration/servers/test_server_matrix.py and tabled in docs/servers.md.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -23,43 +23,28 @@ if TYPE_CHECKING:
 
     import paramiko
 
-_FXP_INIT, _FXP_VERSION, _FXP_STATUS, _FXP_EXTENDED, _FXP_EXTENDED_REPLY = 1, 2, 101, 200, 201
-_FX_OP_UNSUPPORTED = 8
+_FXP_INIT, _FXP_VERSION = 1, 2
 _MAX_PACKET = 256 * 1024
-#: Hash extensions of draft-ietf-secsh-filexfer-extensions (ProFTPD implements them without announcing
-#: them in a version-3 session, so :func:`probe_extensions` asks for them).
-HASH_EXTENSIONS = ("check-file-name", "check-file-handle")
 
 
 @dataclass(frozen=True)
 class ServerProfile:
-    """An SFTP server's identity and the abilities the delivery relies on.
+    """An SFTP server's identity and whether pipelined writes land in the order sent.
+
+    The abilities a delivery uses (``posix-rename@openssh.com``, ``fsync@openssh.com``,
+    ``limits@openssh.com``) are asked of the session where they are used, not kept here.
 
     :param name: ``openssh``, ``greenend``, ``proftpd``, ``asyncssh`` or ``unknown``
-    :param banner: the server's SSH identification string
     :param pipelined_writes_in_order: WRITE requests sent back to back are applied in the order sent
         (a single-threaded server); ``False`` for a server that applies them on several threads, and for any
         server not known to be in order (then ``strict_order=None`` keeps one write in flight)
-    :param posix_rename: ``posix-rename@openssh.com`` (atomic replace of an existing file)
-    :param fsync: ``fsync@openssh.com``
-    :param limits: ``limits@openssh.com`` (the server's largest read and write)
-    :param hash_extensions: the server-side hash extensions it answers (``check-file-name``...)
-    :param extensions: every extension announced in its VERSION packet, name to data
+    :param copy_data: the server copies byte ranges between its files (``copy-data``): parts written on
+        several channels can be joined on the server (:mod:`airflow_s3sftp.core.parts`)
     """
 
     name: str
-    banner: str
     pipelined_writes_in_order: bool
-    posix_rename: bool
-    fsync: bool
-    limits: bool
-    hash_extensions: tuple[str, ...] = ()
-    extensions: Mapping[str, bytes] = field(default_factory=dict)
-
-    @property
-    def strict_order(self) -> bool:
-        """Return what ``strict_order=None`` (auto) means on this server: one write in flight or not."""
-        return not self.pipelined_writes_in_order
+    copy_data: bool = False
 
 
 def detect_server(sftp: paramiko.SFTPClient) -> ServerProfile:
@@ -84,24 +69,14 @@ def profile_for(banner: str, extensions: Mapping[str, bytes]) -> ServerProfile:
         name, in_order = "asyncssh", True
     else:
         name, in_order = "unknown", False
-    return ServerProfile(
-        name=name,
-        banner=banner,
-        pipelined_writes_in_order=in_order,
-        posix_rename="posix-rename@openssh.com" in extensions,
-        fsync="fsync@openssh.com" in extensions,
-        limits="limits@openssh.com" in extensions,
-        hash_extensions=tuple(ext for ext in HASH_EXTENSIONS if ext in extensions),
-        extensions=dict(extensions),
-    )
+    return ServerProfile(name=name, pipelined_writes_in_order=in_order, copy_data="copy-data" in extensions)
 
 
 def probe_extensions(transport: paramiko.Transport, *, timeout: float = 15.0) -> dict[str, bytes]:
-    """Return the SFTP extensions the server announces, plus the hash extensions it answers unannounced.
+    """Return the SFTP extensions the server announces in its VERSION packet, name to data.
 
     Opens an ``sftp`` subsystem channel of its own on ``transport``, sends INIT (version 3), reads the
-    VERSION packet, asks ``check-file-name`` of a path that does not exist (an unsupported extension
-    answers OP_UNSUPPORTED, a supported one a file error), and closes the channel.
+    VERSION packet and closes the channel.
     """
     channel = transport.open_session(timeout=timeout)
     try:
@@ -111,25 +86,9 @@ def probe_extensions(transport: paramiko.Transport, *, timeout: float = 15.0) ->
         kind, body = _receive(channel)
         if kind != _FXP_VERSION:
             raise OSError(f"SFTP server answered INIT with packet type {kind}, not VERSION")
-        extensions = dict(_pairs(body[4:]))
-        for name in HASH_EXTENSIONS[:1]:
-            if name not in extensions and _answers(channel, name):
-                extensions[name] = b""
-                extensions.setdefault("check-file-handle", b"")
-        return extensions
+        return dict(_pairs(body[4:]))
     finally:
         channel.close()
-
-
-def _answers(channel: paramiko.Channel, extension: str) -> bool:
-    """Return whether the server implements ``check-file-name`` (asked of a path that cannot exist)."""
-    args = _string(b"/.s3sftp-probe-does-not-exist") + _string(b"sha256") + struct.pack(">QQI", 0, 0, 0)
-    _send(channel, struct.pack(">BI", _FXP_EXTENDED, 1) + _string(extension.encode()) + args)
-    kind, body = _receive(channel)
-    if kind == _FXP_STATUS:
-        code: int = struct.unpack(">I", body[4:8])[0]
-        return code != _FX_OP_UNSUPPORTED
-    return kind == _FXP_EXTENDED_REPLY
 
 
 def _vendor_name(data: bytes) -> str | None:
@@ -137,10 +96,6 @@ def _vendor_name(data: bytes) -> str | None:
         return next(iter(value.decode("utf-8", "replace") for value in _strings(data)), None)
     except (struct.error, IndexError):
         return None
-
-
-def _string(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
 
 
 def _strings(data: bytes) -> list[bytes]:

@@ -10,16 +10,22 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from airflow_s3sftp.core.sftp import server_write_size
-from airflow_s3sftp.exceptions import ConnectionLostError
+import paramiko
+
+from airflow_s3sftp.core.sftp import DEFAULT_WRITE_SIZE, advertised_write_limit, server_write_size
+from airflow_s3sftp.exceptions import ConnectionLostError, is_final
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from paramiko import SFTPClient
+
+    from airflow_s3sftp.core.remote import Remote
+    from airflow_s3sftp.core.servers import ServerProfile
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,9 @@ class SFTPSession:
         self.endpoint = endpoint
         self._close = close
         self._writes_in_order = writes_in_order
+        self._lanes: list[SFTPClient] = []
+        self._lanes_refused = False
+        self._timeout: float | None = None
         self.closed = False
 
     @cached_property
@@ -56,20 +65,119 @@ class SFTPSession:
         """Return the largest WRITE the server accepts (asked once per session)."""
         return server_write_size(self.sftp)
 
+    @cached_property
+    def profile(self) -> ServerProfile:
+        """Return what the server is and can do (asked once per session, on a channel of its own)."""
+        from airflow_s3sftp.core.servers import detect_server
+
+        return detect_server(self.sftp)
+
     @property
     def writes_in_order(self) -> bool:
         """Return whether pipelined writes land in offset order on this server."""
         if self._writes_in_order is None:
-            from airflow_s3sftp.core.servers import detect_server
-
-            self._writes_in_order = detect_server(self.sftp).pipelined_writes_in_order
+            self._writes_in_order = self.profile.pipelined_writes_in_order
         return self._writes_in_order
+
+    @cached_property
+    def round_trip(self) -> float:
+        """Return the round-trip time of one SFTP request in seconds (the best of two, once per session)."""
+        samples = []
+        for _ in range(2):
+            begin = time.monotonic()
+            self.sftp.normalize(".")
+            samples.append(time.monotonic() - begin)
+        return min(samples)
+
+    def lanes(self, count: int) -> list[SFTPClient]:
+        """Return up to ``count`` SFTP channels of their own on this connection, opened once and kept.
+
+        The server may grant fewer (OpenSSH's ``MaxSessions`` defaults to 10 channels per
+        connection); what it refuses is not asked again in this session.
+        """
+        while len(self._lanes) < count and not self._lanes_refused:
+            transport = self.sftp.get_channel().get_transport()  # type: ignore[union-attr]
+            try:
+                lane = paramiko.SFTPClient.from_transport(transport)
+            except (paramiko.SSHException, OSError) as err:
+                log.info(
+                    "%s granted %s extra SFTP channels of the %s asked for (%s)",
+                    self.endpoint,
+                    len(self._lanes),
+                    count,
+                    err,
+                )
+                self._lanes_refused = True
+                break
+            if lane is None:
+                self._lanes_refused = True
+                break
+            channel = lane.get_channel()
+            if channel is not None and self._timeout is not None:
+                channel.settimeout(self._timeout)
+            self._lanes.append(lane)
+        return self._lanes[:count]
+
+    def remote(
+        self,
+        *,
+        strict_order: bool | None = None,
+        write_size: int | None = None,
+        max_in_flight: int = 32,
+        io_timeout: float | None = None,
+    ) -> Remote:
+        """Return the SFTP port of this session for one delivery, in the wire mode the server needs.
+
+        :param strict_order: one request at a time; None decides by what the server is known to do
+        :param write_size: bytes per WRITE; None asks the server (``limits@openssh.com``)
+        :param max_in_flight: WRITE requests outstanding at most when pipelined
+        :param io_timeout: seconds a request may stall before the connection counts as lost
+        """
+        from airflow_s3sftp.core.remote import PipelinedRemote, StrictRemote
+
+        if io_timeout is not None:
+            self.set_timeout(io_timeout)
+        strict = strict_order if strict_order is not None else not self.writes_in_order
+        kind = StrictRemote if strict else PipelinedRemote
+        return kind(
+            self.sftp,
+            endpoint=self.endpoint,
+            lost=self.lost,
+            write_size=self._write_size(write_size),
+            max_in_flight=max_in_flight,
+            session=self,
+        )
+
+    def _write_size(self, wanted: int | None) -> int:
+        """Return the bytes per WRITE: ``wanted`` capped to what the server takes, else its own size."""
+        if wanted is None:
+            return self.write_size
+        if wanted <= DEFAULT_WRITE_SIZE:
+            return wanted  # every SFTP server must take 32 KiB writes
+        limit = self.write_limit
+        if limit is not None and wanted > limit:
+            log.warning(
+                "write_size=%s is above the %s bytes %s accepts in one WRITE (limits@openssh.com): using %s",
+                wanted,
+                limit,
+                self.endpoint,
+                limit,
+            )
+            return limit
+        return wanted
+
+    @cached_property
+    def write_limit(self) -> int | None:
+        """Return the largest WRITE the server advertises (``limits@openssh.com``), or None."""
+        return advertised_write_limit(self.sftp)
 
     def set_timeout(self, seconds: float) -> None:
         """Make a request that stalls longer than ``seconds`` fail instead of hanging."""
-        channel = self.sftp.get_channel()
-        if channel is not None:
-            channel.settimeout(seconds)
+        self._timeout = seconds
+        for sftp in (self.sftp, *self._lanes):
+            channel = sftp.get_channel()
+            if channel is not None:
+                channel.settimeout(seconds)
 
     def alive(self) -> bool:
         """Return True while the SSH connection is up."""
@@ -105,6 +213,13 @@ class SessionPool:
     busy); :meth:`release` returns a healthy session for the next delivery; :meth:`discard`
     closes a broken one so that the next :meth:`acquire` reconnects.
 
+    A good guest on the partner's server: the first session opens alone, and more open only once
+    one has succeeded. A final failure (:func:`~airflow_s3sftp.exceptions.is_final`: a refused
+    login, a host key, a missing key file) is never attempted again: every later :meth:`acquire`
+    raises it without connecting. When the server refuses an additional session (throttling,
+    ``MaxStartups``, ``MaxSessions``) while others are open, the pool keeps the sessions it has
+    instead of failing the object that asked.
+
     :param connect: opens a new session
     :param size: sessions open at most at once
     """
@@ -115,28 +230,56 @@ class SessionPool:
         self._connect = connect
         self._size = size
         self._idle: list[SFTPSession] = []
-        self._busy = 0
+        self._live = 0  # sessions open now, idle or busy
+        self._connecting = 0
+        self._final: BaseException | None = None
         self._cond = threading.Condition()
         self.opened = 0  # sessions opened over the pool's life, for the record and benchmarks
+
+    @property
+    def size(self) -> int:
+        """Return how many sessions may be open at once (less than asked when the server refused more)."""
+        return self._size
 
     def acquire(self) -> SFTPSession:
         """Return a session for the caller's exclusive use until :meth:`release` or :meth:`discard`."""
         with self._cond:
-            while not self._idle and self._busy >= self._size:
+            while True:
+                if self._final is not None:
+                    raise self._final
+                if self._idle:
+                    session = self._idle.pop()
+                    if session.alive():
+                        return session
+                    self._live -= 1
+                    session.close()
+                    continue
+                # Until one session is open, at most one connection attempt is under way.
+                alone = self._live == 0 and self._connecting > 0
+                if not alone and self._live + self._connecting < self._size:
+                    break
                 self._cond.wait()
-            self._busy += 1
-            while self._idle:
-                session = self._idle.pop()
-                if session.alive():
-                    return session
-                session.close()
+            self._connecting += 1
         try:
             session = self._connect()
-        except BaseException:
-            self._done()
-            raise
+        except BaseException as err:
+            with self._cond:
+                self._connecting -= 1
+                self._cond.notify_all()
+                if is_final(err):
+                    self._final = err
+                    raise
+                if self._live == 0 or not isinstance(err, ConnectionError):
+                    raise
+                # The server refused one more session while others work: keep those.
+                self._size = self._live
+                log.info("The SFTP server refused another session (%s); continuing with %s", err, self._live)
+            return self.acquire()
         with self._cond:
+            self._connecting -= 1
+            self._live += 1
             self.opened += 1
+            self._cond.notify_all()
         return session
 
     def release(self, session: SFTPSession) -> None:
@@ -144,24 +287,22 @@ class SessionPool:
         if session.alive():
             with self._cond:
                 self._idle.append(session)
+                self._cond.notify_all()
         else:
-            session.close()
-        self._done()
+            self.discard(session)
 
     def discard(self, session: SFTPSession) -> None:
         """Close a broken session; the next :meth:`acquire` opens a fresh one."""
         session.close()
-        self._done()
-
-    def _done(self) -> None:
         with self._cond:
-            self._busy -= 1
-            self._cond.notify()
+            self._live -= 1
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Close every idle session."""
         with self._cond:
             idle, self._idle = self._idle, []
+            self._live -= len(idle)
         for session in idle:
             session.close()
 

@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING
 from paramiko import SFTPAttributes
 from paramiko.sftp import (
     CMD_ATTRS,
+    CMD_CLOSE,
     CMD_EXTENDED,
     CMD_EXTENDED_REPLY,
     CMD_FSETSTAT,
+    CMD_HANDLE,
+    CMD_OPEN,
     CMD_READ,
     CMD_SETSTAT,
     CMD_STAT,
@@ -46,15 +49,63 @@ DEFAULT_WRITE_SIZE = 32 * 1024  # what every SFTP server must accept
 MAX_WRITE_SIZE = 256 * 1024
 
 
+# The one table from SFTP status codes to errors: every request path builds its errors through
+# status_error / sftp_error (paramiko's own calls raise IOError with these errno values too).
+STATUS_ERRORS: dict[int, tuple[int, type[OSError]]] = {
+    SFTP_NO_SUCH_FILE: (errno.ENOENT, FileNotFoundError),
+    SFTP_PERMISSION_DENIED: (errno.EACCES, PermissionError),
+    SFTP_OP_UNSUPPORTED: (errno.EOPNOTSUPP, OSError),
+}
+_CLASS_OF_ERRNO = {number: cls for number, cls in STATUS_ERRORS.values()} | {errno.EEXIST: FileExistsError}
+
+
+def status_error(code: int, text: str) -> OSError | None:
+    """Return the error for an SFTP status ``code`` (None for success), by the one table."""
+    if code == SFTP_OK:
+        return None
+    number, cls = STATUS_ERRORS.get(code, (None, OSError))
+    return cls(number, text or f"SFTP status {code}")
+
+
+def reply_status(kind: int, msg: Message) -> tuple[int, str]:
+    """Return ``(code, text)`` of a reply that should be a STATUS (anything else is a failure)."""
+    if kind != CMD_STATUS:
+        return SFTP_FAILURE, f"unexpected SFTP reply type {kind}"
+    return msg.get_int(), msg.get_text()
+
+
+#: The name limit of most filesystems, for the message of a name the server found too long.
+_NAME_MAX = 255
+
+
+def _name_too_long(err: OSError, path: str) -> OSError | None:
+    """Return an ``ENAMETOOLONG`` error when ``err`` is the server's answer to an over-long name.
+
+    OpenSSH's sftp-server answers ENAMETOOLONG with a bare "Bad message" status (code 5); others say
+    "File name too long". Either is read as a name too long when a segment passes 255 bytes.
+    """
+    reason = str(err.strerror or (err.args[0] if err.args else "")).lower()
+    if err.errno != errno.ENAMETOOLONG and "bad message" not in reason and "too long" not in reason:
+        return None
+    longest = max(path.split("/"), key=lambda segment: len(segment.encode("utf-8", "surrogateescape")))
+    length = len(longest.encode("utf-8", "surrogateescape"))
+    if err.errno != errno.ENAMETOOLONG and length <= _NAME_MAX:
+        return None
+    return OSError(
+        errno.ENAMETOOLONG,
+        f"SFTP name {longest!r} in {path!r} is too long for the server: {length} bytes"
+        + (f", {length - _NAME_MAX} over the usual limit of {_NAME_MAX}" if length > _NAME_MAX else ""),
+    )
+
+
 def sftp_error(err: OSError, action: str, path: str) -> OSError:
     """Return a builtin error for a failed SFTP call whose message names the action and the path."""
     reason = err.strerror or (err.args[0] if err.args else "") or type(err).__name__
-    message = f"SFTP {action} {path!r} failed: {reason}"
-    if err.errno == errno.ENOENT:
-        return FileNotFoundError(errno.ENOENT, message)
-    if err.errno == errno.EACCES:
-        return PermissionError(errno.EACCES, message)
-    return OSError(err.errno, message)
+    too_long = _name_too_long(err, path)
+    if too_long is not None:
+        return OSError(errno.ENAMETOOLONG, f"SFTP {action} {path!r} failed: {too_long.strerror}")
+    cls = _CLASS_OF_ERRNO.get(err.errno, OSError) if err.errno is not None else OSError
+    return cls(err.errno, f"SFTP {action} {path!r} failed: {reason}")
 
 
 def stat_or_none(sftp: SFTPClient, path: str) -> SFTPAttributes | None:
@@ -102,17 +153,22 @@ def _extended(sftp: SFTPClient, request: str, *args: object) -> tuple[int, Messa
     return reply
 
 
-def server_write_size(sftp: SFTPClient) -> int:
-    """Return the largest write the server accepts (``limits@openssh.com``), within 32-256 KiB."""
+def advertised_write_limit(sftp: SFTPClient) -> int | None:
+    """Return the largest write the server says it accepts (``limits@openssh.com``), or None."""
     try:
         kind, msg = _extended(sftp, "limits@openssh.com")
     except OSError:
-        return DEFAULT_WRITE_SIZE
+        return None
     if kind != CMD_EXTENDED_REPLY:
-        return DEFAULT_WRITE_SIZE
+        return None
     msg.get_int64()  # max packet length
     msg.get_int64()  # max read length
-    max_write = msg.get_int64()
+    return int(msg.get_int64()) or None
+
+
+def server_write_size(sftp: SFTPClient) -> int:
+    """Return the largest write the server accepts (``limits@openssh.com``), within 32-256 KiB."""
+    max_write = advertised_write_limit(sftp)
     return max(DEFAULT_WRITE_SIZE, min(max_write or DEFAULT_WRITE_SIZE, MAX_WRITE_SIZE))
 
 
@@ -127,7 +183,7 @@ def create_private(
     try:
         handle = sftp.open(path, "wbx" if exclusive else "wb", bufsize=0)
     except OSError as err:
-        if exclusive and stat_or_none(sftp, path) is not None:
+        if _name_too_long(err, path) is None and exclusive and stat_or_none(sftp, path) is not None:
             raise FileExistsError(errno.EEXIST, f"SFTP file {path!r} already exists") from err
         raise sftp_error(err, "create", path) from err
     if replies is not None:
@@ -184,6 +240,11 @@ class PipelinedWriter:
             self._offset += len(piece)
         return len(data)
 
+    @property
+    def offset(self) -> int:
+        """Return the offset of the next write."""
+        return self._offset
+
     def flush(self) -> None:
         """Wait for every outstanding reply and raise the first error."""
         while self._outstanding:
@@ -200,15 +261,9 @@ class PipelinedWriter:
     def _async_response(self, kind: int, msg: Message, num: int) -> None:
         """Called by paramiko with the reply to one of our requests."""
         self._outstanding.discard(num)
-        if kind != CMD_STATUS:
-            self._error = self._error or OSError(f"unexpected SFTP reply type {kind} to a write")
-            return
-        code, text = msg.get_int(), msg.get_text()
-        if code != SFTP_OK and self._error is None:
-            self._error = OSError(_ERRNO_OF.get(code), text or f"SFTP status {code}")
-
-
-_ERRNO_OF = {SFTP_NO_SUCH_FILE: errno.ENOENT, SFTP_PERMISSION_DENIED: errno.EACCES}
+        error = status_error(*reply_status(kind, msg))
+        if error is not None and self._error is None:
+            self._error = error
 
 
 class Replies:
@@ -252,10 +307,7 @@ class Replies:
 
     def status(self, num: int) -> tuple[int, str]:
         """Return the status ``(code, text)`` of request ``num`` without paramiko's translation."""
-        kind, msg = self.wait(num)
-        if kind != CMD_STATUS:
-            return SFTP_FAILURE, f"unexpected SFTP reply type {kind}"
-        return msg.get_int(), msg.get_text()
+        return reply_status(*self.wait(num))
 
     def refusal(self, num: int, path: str) -> str | None:
         """Return None when request ``num`` on ``path`` succeeded, else the server's reason.
@@ -275,9 +327,10 @@ class Replies:
         if kind == CMD_ATTRS:
             return SFTPAttributes._from_msg(msg)  # type: ignore[attr-defined,no-any-return]
         code, text = (msg.get_int(), msg.get_text()) if kind == CMD_STATUS else (SFTP_FAILURE, "")
-        if code == SFTP_NO_SUCH_FILE:
+        error = status_error(code, text)
+        if error is None or code == SFTP_NO_SUCH_FILE:
             return None
-        raise sftp_error(OSError(_ERRNO_OF.get(code), text or f"SFTP status {code}"), "stat", path)
+        raise sftp_error(error, "stat", path)
 
     def send_stat(self, path: str) -> int:
         """Send a STAT of ``path``; read the answer with :meth:`attrs`."""
@@ -298,11 +351,32 @@ class Replies:
             return True
         if code == SFTP_OP_UNSUPPORTED:
             return False
-        raise sftp_error(OSError(_ERRNO_OF.get(code), text or f"SFTP status {code}"), "fsync", path)
+        raise sftp_error(status_error(code, text) or OSError(text), "fsync", path)
 
     def _async_response(self, kind: int, msg: Message, num: int) -> None:
         """Called by paramiko with the reply to one of our requests."""
         self._replies[num] = (kind, msg)
+
+
+def open_handle(sftp: SFTPClient, path: str, flags: int) -> bytes:
+    """Open ``path`` with SFTP ``flags`` and return the server's raw handle (for extension requests)."""
+    replies = Replies(sftp)
+    kind, msg = replies.wait(replies.send(CMD_OPEN, path, flags, SFTPAttributes()))
+    if kind == CMD_HANDLE:
+        return bytes(msg.get_binary())
+    raise sftp_error(status_error(*reply_status(kind, msg)) or OSError(f"SFTP open {path!r}"), "open", path)
+
+
+def close_handle(sftp: SFTPClient, handle: bytes) -> None:
+    """Close a raw handle from :func:`open_handle`; a failure is logged (nothing is lost by it)."""
+    replies = Replies(sftp)
+    try:
+        code, text = replies.status(replies.send(CMD_CLOSE, handle))
+    except Exception as err:  # a lost connection: the error that matters is raised elsewhere
+        log.debug("Closing an SFTP handle failed: %s", err)
+        return
+    if code != SFTP_OK:
+        log.debug("Closing an SFTP handle failed: %s", text)
 
 
 def mode_attrs(mode: int) -> SFTPAttributes:
@@ -396,7 +470,7 @@ def read_range(
                 code, text = msg.get_int(), msg.get_text()
                 if code == SFTP_EOF:
                     raise EOFError(f"SFTP file {path!r} ended at byte {offset}, expected {size}")
-                raise OSError(_ERRNO_OF.get(code), f"SFTP read {path!r}: {text}")
+                raise sftp_error(status_error(code, text) or OSError(text), "read", path)
             data = msg.get_string()
             if len(data) < length:  # a short read: ask again for the rest, in order
                 rest, more = offset + len(data), length - len(data)
@@ -443,7 +517,7 @@ def publish(sftp: SFTPClient, temp: str, final: str, *, replace: bool, backup: s
     if code == SFTP_OK:
         return "posix-rename"
     if code != SFTP_OP_UNSUPPORTED:
-        raise sftp_error(OSError(_ERRNO_OF.get(code), text), "rename to", final)
+        raise sftp_error(status_error(code, text) or OSError(text), "rename to", final)
     log.warning("Server lacks posix-rename@openssh.com; replacing %s in three steps", final)
     existed = stat_or_none(sftp, final) is not None
     if existed:

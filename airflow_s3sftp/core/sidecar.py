@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 
 from airflow_s3sftp.core.checksums import new_hasher
 from airflow_s3sftp.core.paths import backup_path_for, new_token, temp_path_for
-from airflow_s3sftp.core.sftp import publish, remove_quietly, stat_or_none
+from airflow_s3sftp.core.sftp import stat_or_none
 
 if TYPE_CHECKING:
     from paramiko import SFTPClient
+
+    from airflow_s3sftp.core.remote import Remote
 
 
 log = logging.getLogger(__name__)
@@ -56,19 +58,19 @@ def read_sidecar(sftp: SFTPClient, path: str, algorithm: str) -> str | None:
         return parse_sidecar(handle.read(MAX_SIDECAR_BYTES).decode("utf-8", "replace"), algorithm)
 
 
-def write_small_file(sftp: SFTPClient, path: str, content: bytes, mode: int | None) -> None:
+def read_recorded(remote: Remote, path: str, algorithm: str) -> str | None:
+    """Return the digest recorded in the sidecar of ``path`` read through the delivery's port, or None."""
+    side = sidecar_path(path, algorithm)
+    attrs = remote.stat(side)
+    if attrs is None or (attrs.st_size or 0) > MAX_SIDECAR_BYTES:
+        return None
+    text = b"".join(remote.read(side, None)).decode("utf-8", "replace")
+    return parse_sidecar(text, algorithm)
+
+
+def write_small_file(remote: Remote, path: str, content: bytes, mode: int | None) -> None:
     """Write a small file under a unique temp name and rename it in, so readers never see it half-written."""
     token = new_token()
-    temp = temp_path_for(path, token)
-    try:
-        with sftp.open(temp, "wbx") as handle:
-            handle.write(content)
-        if mode is not None:
-            try:
-                sftp.chmod(temp, mode)
-            except OSError as err:
-                log.warning("Server refused chmod %o on %s: %s", mode, temp, err)
-        publish(sftp, temp, path, replace=True, backup=backup_path_for(path, token))
-    except BaseException:
-        remove_quietly(sftp, temp)
-        raise
+    remote.write_small(
+        path, content, mode, temp=temp_path_for(path, token), backup=backup_path_for(path, token)
+    )

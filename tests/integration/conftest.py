@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import MotoServer, SSHDServer, conn_env
+from testservers.processes import MotoServer, SSHDServer, conn_env
 
 
 @pytest.fixture(scope="session", autouse=True)

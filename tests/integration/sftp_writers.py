@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import paramiko
 
 from tests.conftest import open_sftp
-from tests.servers import SSHDServer
+from testservers.processes import SSHDServer
 
-OLD_MTIME = int(datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc).timestamp())
+OLD_MTIME = int(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC).timestamp())
 
 
 def sha256(data: bytes) -> str:
@@ -80,7 +80,7 @@ class SlowWriter(threading.Thread):
             if self.preserve_mtime:
                 sftp.utime(self.path, (OLD_MTIME, OLD_MTIME))
             self.finished_at = time.monotonic()
-            self.finished_utc = datetime.datetime.now(datetime.timezone.utc)
+            self.finished_utc = datetime.datetime.now(datetime.UTC)
         finally:
             sftp.close()
             client.close()

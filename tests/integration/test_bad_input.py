@@ -9,7 +9,7 @@ import boto3
 import pytest
 
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
-from tests.servers import MotoServer, free_port, start_moto
+from testservers.processes import MotoServer, free_port, start_moto
 
 
 @pytest.fixture(scope="module")

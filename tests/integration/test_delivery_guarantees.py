@@ -44,6 +44,7 @@ RECORD_KEYS = {
     "verified",
     "published_with",
     "source_check",
+    "source_check_skipped",
     "s3_retries",
     "sidecar_path",
     "done_marker_path",

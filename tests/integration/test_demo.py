@@ -20,7 +20,7 @@ import asyncssh
 import paramiko
 import pytest
 
-from demo.sftp_server import EmbeddedSFTPServer
+from testservers.embedded_sftp import EmbeddedSFTPServer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ import asyncssh
 import pytest
 
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
-from demo.sftp_server import EmbeddedSFTPServer
+from testservers.embedded_sftp import EmbeddedSFTPServer
 
 MiB = 1024 * 1024
 
@@ -34,7 +34,7 @@ def server(request) -> Iterator[tuple[str, Path]]:  # type: ignore[no-untyped-de
         embedded.start(root)
         conn_id = request.param.replace("-", "_")
         mp = pytest.MonkeyPatch()
-        from tests.servers import conn_env
+        from testservers.processes import conn_env
 
         name, value = conn_env(conn_id, embedded.connection())
         mp.setenv(name, value)

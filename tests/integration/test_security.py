@@ -12,7 +12,7 @@ import time
 import pytest
 
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
-from tests.servers import TEST_PASSWORD
+from testservers.processes import TEST_PASSWORD
 
 MiB = 1024 * 1024
 AWS_SECRET = "AwsSecretKey-Do-Not-Log-7f3a9c"

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from tests.servers import free_port
+from testservers.processes import free_port
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[3]

@@ -26,7 +26,7 @@ import pytest
 
 from tests.integration.deployment.airflow_deployment import Deployment, running_deployment
 from tests.integration.sftp_writers import SlowWriter, random_bytes, sha256
-from tests.servers import MotoServer, SSHDServer
+from testservers.processes import MotoServer, SSHDServer
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[3] / "example_dags"
 DELIVERY = "example_s3_to_sftp_delivery"
@@ -115,7 +115,7 @@ def test_a_delivery_dag_defers_its_sensor_to_the_triggerer(
     deployment: Deployment, s3: Any, bucket: str, inbound_dirs: dict[str, Path]
 ) -> None:
     started = time.monotonic()
-    today = datetime.datetime.now(datetime.timezone.utc)
+    today = datetime.datetime.now(datetime.UTC)
     data = random_bytes(2 * 1024 * 1024 + 5)
     s3.put_object(Bucket=bucket, Key=f"feeds/{today:%Y-%m-%d}/orders.bin", Body=data)
     conf = {

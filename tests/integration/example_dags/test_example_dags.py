@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import SSHDServer
+from testservers.processes import SSHDServer
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[3] / "example_dags"
 EXPECTED_DAG_IDS = {
@@ -27,7 +27,7 @@ EXPECTED_DAG_IDS = {
     "example_s3_to_sftp_mapped",
     "example_sftp_inbound_asset",
 }
-LOGICAL_DATE = datetime.datetime(2024, 5, 1, tzinfo=datetime.timezone.utc)
+LOGICAL_DATE = datetime.datetime(2024, 5, 1, tzinfo=datetime.UTC)
 DS = LOGICAL_DATE.strftime("%Y-%m-%d")
 
 

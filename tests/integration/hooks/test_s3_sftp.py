@@ -242,7 +242,7 @@ def test_aes_gcm_is_negotiated_unless_the_connection_chooses(sshd, set_connectio
 
 
 def test_server_without_aes_gcm_falls_back_to_its_ciphers(s3, bucket, set_connection):
-    from tests.servers import start_sshd
+    from testservers.processes import start_sshd
 
     server = start_sshd(extra_config=("Ciphers aes128-ctr,aes256-ctr",))
     try:
@@ -314,7 +314,7 @@ def test_many_objects_name_a_missing_bucket_or_key(s3, bucket, remote_dir):
         DeliveryOptions(),
     )
     assert [r["error"] for r in records] == [
-        "FileNotFoundError: S3 bucket 'no-such-bucket-s3sftp' does not exist (reading s3://no-such-bucket-s3sftp/a)",
+        "MissingTargetError: S3 bucket 'no-such-bucket-s3sftp' does not exist (reading s3://no-such-bucket-s3sftp/a)",
         f"FileNotFoundError: S3 object s3://{bucket}/missing does not exist",
     ]
     assert list(remote_dir.iterdir()) == []

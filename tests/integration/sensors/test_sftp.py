@@ -34,7 +34,7 @@ from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
 from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
 from tests.integration.sftp_writers import OLD_MTIME, SlowWriter, random_bytes, sha256
-from tests.servers import TEST_PASSWORD, SSHDServer
+from testservers.processes import TEST_PASSWORD, SSHDServer
 
 STABLE_FOR = 0.5
 POKE = 0.25

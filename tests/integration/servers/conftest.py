@@ -17,8 +17,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from demo.sftp_server import EmbeddedSFTPServer
-from tests.servers import conn_env, start_proftpd, start_sftp_server
+from testservers.embedded_sftp import EmbeddedSFTPServer
+from testservers.processes import conn_env, start_proftpd, start_sftp_server
 
 SERVERS = ["openssh", "greenend", "proftpd", "asyncssh"]
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from airflow.providers.common.compat.sdk import TaskDeferred
 
-from airflow_s3sftp.core.servers import detect_server
+from airflow_s3sftp.core.servers import detect_server, probe_extensions
 from airflow_s3sftp.core.sftp import PipelinedWriter
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
@@ -65,7 +65,7 @@ def test_no_posix_rename_fallback_on_a_real_server(proftpd_without_posix_rename,
     server = proftpd_without_posix_rename
     client, sftp = server.connect()
     try:
-        assert not detect_server(sftp).posix_rename
+        assert "posix-rename@openssh.com" not in probe_extensions(sftp.get_channel().get_transport())
     finally:
         sftp.close()
         client.close()
@@ -185,11 +185,12 @@ def test_detected_profile_matches_how_the_server_applies_pipelined_writes(sftp_s
     client, sftp = sftp_server.connect()
     try:
         profile = detect_server(sftp)
+        extensions = probe_extensions(sftp.get_channel().get_transport())
     finally:
         sftp.close()
         client.close()
     assert profile.name == sftp_server.name
-    assert profile.posix_rename and profile.fsync
+    assert {"posix-rename@openssh.com", "fsync@openssh.com"} <= set(extensions)
     directory = sftp_server.new_dir()
     if profile.pipelined_writes_in_order:
         # A single-threaded server answers strictly in order, every time.

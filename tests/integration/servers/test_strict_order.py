@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from airflow_s3sftp.core import delivery as delivery_module
+from airflow_s3sftp.core import remote as remote_module
 from airflow_s3sftp.core.sftp import PipelinedWriter
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from tests.integration.servers.conftest import MatrixServer, _start
-from tests.servers import conn_env
+from testservers.processes import conn_env
 
 MiB = 1024 * 1024
 
@@ -108,7 +108,7 @@ class PrefixObserver(threading.Thread):
 @pytest.fixture
 def recorder(monkeypatch: pytest.MonkeyPatch) -> type[WireRecorder]:
     WireRecorder.instances = []
-    monkeypatch.setattr(delivery_module, "PipelinedWriter", WireRecorder)
+    monkeypatch.setattr(remote_module, "PipelinedWriter", WireRecorder)
     return WireRecorder
 
 

@@ -29,7 +29,7 @@ from airflow_s3sftp.exceptions import (
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
 from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
 from tests.integration.sftp_writers import random_bytes, sha256
-from tests.servers import TEST_PASSWORD, SSHDServer
+from testservers.processes import TEST_PASSWORD, SSHDServer
 
 NO_CONTEXT: Any = {}
 

@@ -23,7 +23,7 @@ import pytest
 from airflow_s3sftp.hooks.sftp_sensing import SFTPSensingHook, SFTPSensingHookAsync, asyncssh_options
 from airflow_s3sftp.triggers.sftp import SFTPFileStableEventTrigger
 from tests.integration.sftp_writers import SlowWriter, random_bytes, sha256
-from tests.servers import SSHDServer
+from testservers.processes import SSHDServer
 
 STABLE_FOR = 0.5
 POKE = 0.25
@@ -343,7 +343,8 @@ class TestConnectionExtrasParity:
         if keep is not None:
             assert sync_observe().size == async_observe_size(async_observe) == 1
             return
-        with pytest.raises(ConnectionError):
+        # Final on both sides, a ValueError naming the extra (the sync side: ConnectionConfigError).
+        with pytest.raises(ValueError, match="share no algorithm: check its ciphers and disabled_algorithms"):
             sync_observe()
         with pytest.raises(ValueError, match="disabled_algorithms leaves no ciphers"):
             asyncio.run(async_observe())

@@ -1,8 +1,9 @@
-"""An in-memory stand-in for paramiko's SFTPClient, with connections that can be cut on purpose.
+"""An in-memory implementation of the delivery's SFTP port, with connections that can be cut on purpose.
 
-It speaks the subset of paramiko's API (public and the request internals) the delivery core uses,
-applies requests in arrival order like OpenSSH's sftp-server, and can drop the "connection" after N
-bytes written or at a named step, so every attempt path of a delivery runs without a server.
+:class:`FakeRemote` implements :class:`airflow_s3sftp.core.remote.Remote` over a :class:`FakeFS`
+(the server's disk) and can drop the "connection" after N bytes written or at a named step, so every
+attempt path of a delivery runs without a server. The real implementations of the port are driven
+against real servers in ``tests/integration/test_remote.py``.
 """
 
 from __future__ import annotations
@@ -10,37 +11,11 @@ from __future__ import annotations
 import errno
 import posixpath
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from paramiko import SFTPAttributes
-from paramiko.sftp import (
-    CMD_ATTRS,
-    CMD_DATA,
-    CMD_EXTENDED,
-    CMD_FSETSTAT,
-    CMD_READ,
-    CMD_SETSTAT,
-    CMD_STAT,
-    CMD_STATUS,
-    CMD_WRITE,
-    SFTP_EOF,
-    SFTP_NO_SUCH_FILE,
-    SFTP_OK,
-    SFTP_OP_UNSUPPORTED,
-)
-
-from airflow_s3sftp.core.session import SFTPSession
-
-
-class Msg:
-    def __init__(self, *values: Any) -> None:
-        self._values = list(values)
-
-    def _next(self) -> Any:
-        return self._values.pop(0)
-
-    get_int = get_text = get_string = get_int64 = _next
+from airflow_s3sftp.exceptions import ConnectionLostError
 
 
 @dataclass
@@ -60,11 +35,16 @@ class FakeFS:
     dirs: set[str] = field(default_factory=lambda: {"/", "/in"})
     now: int = 1_000_000
     cut_after_bytes: list[int] = field(default_factory=list)  # cut the connection once per entry
-    cut_at: list[str] = field(default_factory=list)  # steps: "open", "verify-stat", "posix-rename", "chmod"
+    cut_at: list[str] = field(default_factory=list)  # steps: "open", "chmod", "posix-rename", "join"
     posix_rename: bool = True
     written: int = 0
     connections: int = 0
     on_step: Any = None  # called with (step, path) before chmod and rename: a second writer's moment
+    copy_data: bool = False  # the server joins parts (copy-data)
+    lanes_granted: int = 0  # extra channels the server grants per connection
+    round_trip: float = 0.0
+    free: int | None = None  # bytes free (statvfs); None: the server does not say
+    joins: int = 0
 
     def step(self, name: str, path: str) -> None:
         if self.on_step is not None:
@@ -74,125 +54,155 @@ class FakeFS:
         self.mtimes[path] = self.now
 
 
-class Handle:
-    def __init__(self, sftp: FakeSFTP, path: str) -> None:
-        self.sftp, self.path, self.handle, self.closed = sftp, path, path.encode(), False
+class FakeFile:
+    """One of our files open for appending at :attr:`position`."""
 
-    def chmod(self, mode: int) -> None:
-        self.sftp._check()
-
-    def stat(self) -> Attrs:
-        return self.sftp.stat(self.path)
-
-    def truncate(self, size: int) -> None:
-        self.sftp._check()
-        del self.sftp.fs.files[self.path][size:]
-
-    def read(self, n: int = -1) -> bytes:
-        return bytes(self.sftp.fs.files[self.path][: None if n < 0 else n])
-
-    def write(self, data: bytes) -> None:
-        self.sftp.fs.files[self.path] += data
-
-    def close(self) -> None:
-        self.sftp._check()
-        self.closed = True
-
-    def __enter__(self) -> Handle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.closed = True
-
-
-class Channel:
-    def __init__(self, sftp: FakeSFTP) -> None:
-        self._sftp = sftp
+    def __init__(self, remote: FakeRemote, path: str, start: int) -> None:
+        self.remote, self.path, self._position, self.closed = remote, path, start, False
 
     @property
-    def closed(self) -> bool:
-        return self._sftp.dead
+    def position(self) -> int:
+        return self._position
 
-    def settimeout(self, seconds: float) -> None:
-        pass
+    def write(self, data: bytes) -> int:
+        fs = self.remote.fs
+        self.remote.check()
+        if self.path not in fs.files:
+            raise FileNotFoundError(errno.ENOENT, f"SFTP write {self.path!r} failed: No such file")
+        target = fs.files[self.path]
+        del target[self._position :]
+        target += data
+        self._position += len(data)
+        fs.touch(self.path)
+        fs.written += len(data)
+        if fs.cut_after_bytes and fs.written >= fs.cut_after_bytes[0]:
+            fs.cut_after_bytes.pop(0)
+            self.remote.dead = True
+        return len(data)
 
-    def get_transport(self) -> Channel:
-        return self
+    def finish(self, *, sync: bool) -> Attrs | None:
+        self.remote.check()
+        self.closed = True
+        return self.remote.stat(self.path)
 
-    def is_active(self) -> bool:
-        return not self._sftp.dead
+    def server_time(self) -> float | None:
+        return float(self.remote.fs.now)
+
+    def abort(self) -> None:
+        self.closed = True
 
 
-class FakeSFTP:
-    """One "connection" to a :class:`FakeFS`."""
+class FakeRemote:
+    """One "connection" to a :class:`FakeFS`, speaking the delivery's port."""
 
-    def __init__(self, fs: FakeFS) -> None:
+    endpoint = "fake@server:22"
+
+    def __init__(self, fs: FakeFS, *, lane: bool = False) -> None:
         self.fs = fs
         self.dead = False
-        self._replies: list[tuple[Any, int, Msg, int]] = []
-        self._num = 0
-        fs.connections += 1
+        if not lane:  # a lane is one more channel on the same connection
+            fs.connections += 1
 
     # -- faults ------------------------------------------------------------------------------
-    def _check(self, step: str | None = None) -> None:
+    def check(self, step: str | None = None) -> None:
         if self.dead:
-            raise EOFError("connection is gone")
+            raise ConnectionLostError("connection is gone")
         if step is not None and step in self.fs.cut_at:
             self.fs.cut_at.remove(step)
             self.dead = True
-            raise EOFError(f"connection cut at {step}")
+            raise ConnectionLostError(f"connection cut at {step}")
 
-    def get_channel(self) -> Channel:
-        return Channel(self)
+    def lost(self, err: BaseException) -> bool:
+        return isinstance(err, ConnectionLostError) or self.dead
 
-    # -- public API ----------------------------------------------------------------------------
-    def stat(self, path: str) -> Attrs:
-        self._check()
+    # -- the port --------------------------------------------------------------------------------
+    def stat(self, path: str) -> Attrs | None:
+        self.check()
         if path in self.fs.dirs:
             return Attrs(0, self.fs.now, stat.S_IFDIR | 0o755)
         if path not in self.fs.files:
-            raise FileNotFoundError(errno.ENOENT, "No such file")
+            return None
         return Attrs(len(self.fs.files[path]), self.fs.mtimes.get(path, self.fs.now), stat.S_IFREG | 0o644)
 
-    def mkdir(self, path: str) -> None:
-        self._check()
-        self.fs.dirs.add(path)
+    def ensure_directory(self, directory: str, *, create: bool) -> None:
+        self.check()
+        if directory in self.fs.dirs:
+            return
+        if not create:
+            raise FileNotFoundError(errno.ENOENT, f"SFTP directory {directory!r} does not exist")
+        self.fs.dirs.add(directory)
 
-    def open(self, path: str, mode: str = "r", bufsize: int = -1) -> Handle:
-        self._check("open" if "w" in mode else None)
+    def create(
+        self, path: str, *, exclusive: bool, look_at: str | None = None, size: int | None = None
+    ) -> tuple[FakeFile, Attrs | None]:
+        self.check("open")
+        target = self.stat(look_at) if look_at is not None else None
         if posixpath.dirname(path) not in self.fs.dirs:
-            raise FileNotFoundError(errno.ENOENT, "No such file")
-        if "x" in mode and path in self.fs.files:
-            raise OSError("Failure")
-        if "w" in mode:
-            self.fs.files[path] = bytearray()
-            self.fs.touch(path)
-        elif path not in self.fs.files:
-            raise FileNotFoundError(errno.ENOENT, "No such file")
-        return Handle(self, path)
+            err = FileNotFoundError(errno.ENOENT, f"SFTP create {path!r} failed: No such file")
+            err.target = target  # type: ignore[attr-defined]
+            raise err
+        if exclusive and path in self.fs.files:
+            err2 = FileExistsError(errno.EEXIST, f"SFTP file {path!r} already exists")
+            err2.target = target  # type: ignore[attr-defined]
+            raise err2
+        self.fs.files[path] = bytearray()
+        self.fs.touch(path)
+        return FakeFile(self, path, 0), target
 
-    def chmod(self, path: str, mode: int) -> None:
-        self._check("chmod")
-        self.fs.step("chmod", path)
-        if path not in self.fs.files:
-            raise FileNotFoundError(errno.ENOENT, "No such file")
+    def reopen(self, path: str, offset: int, *, size: int | None = None) -> FakeFile:
+        self.check()
+        del self.fs.files[path][offset:]
+        return FakeFile(self, path, offset)
 
-    def remove(self, path: str) -> None:
-        self._check()
-        if self.fs.files.pop(path, None) is None:
-            raise FileNotFoundError(errno.ENOENT, "No such file")
+    def read(self, path: str, size: int | None, *, start: int = 0) -> Iterator[bytes]:
+        self.check()
+        data = bytes(self.fs.files[path])
+        end = len(data) if size is None else size
+        if len(data) < end:
+            raise EOFError(f"SFTP file {path!r} ended at byte {len(data)}, expected {end}")
+        yield data[start:end]
 
-    def rename(self, old: str, new: str) -> None:
-        self._check()
-        if new in self.fs.files:
-            raise OSError("Failure")
-        if old not in self.fs.files:
-            raise FileNotFoundError(errno.ENOENT, "No such file")
+    def publish(self, temp: str, final: str, *, replace: bool, backup: str, mode: int | None) -> str:
+        if mode is not None:
+            self.chmod(temp, mode)
+        self.check("posix-rename")
+        if temp not in self.fs.files:
+            raise FileNotFoundError(errno.ENOENT, f"SFTP rename to {final!r} failed: No such file")
+        if not replace:
+            if final in self.fs.files:
+                raise FileExistsError(errno.EEXIST, f"SFTP file {final!r} appeared during the transfer")
+            self._move(temp, final)
+            return "rename"
+        if self.fs.posix_rename:
+            self._move(temp, final)
+            return "posix-rename"
+        existed = final in self.fs.files
+        if existed:
+            assert backup not in self.fs.files, "the backup name must be unique"
+            self._move(final, backup)
+        self._move(temp, final)
+        if existed:
+            del self.fs.files[backup]
+        return "rename-with-backup" if existed else "rename"
+
+    def _move(self, old: str, new: str) -> None:
         self.fs.files[new] = self.fs.files.pop(old)
         self.fs.mtimes[new] = self.fs.mtimes.pop(old, self.fs.now)
 
-    def listdir_attr(self, directory: str) -> list[Attrs]:
-        self._check()
+    def chmod(self, path: str, mode: int) -> None:
+        self.check("chmod")
+        self.fs.step("chmod", path)
+        if path not in self.fs.files:
+            raise FileNotFoundError(errno.ENOENT, f"SFTP chmod {path!r} failed: No such file")
+
+    def write_small(self, path: str, content: bytes, mode: int | None, *, temp: str, backup: str) -> None:
+        file, _ = self.create(temp, exclusive=True)
+        file.write(content)
+        file.finish(sync=True)
+        self.publish(temp, path, replace=True, backup=backup, mode=mode)
+
+    def listdir(self, directory: str) -> list[Attrs]:
+        self.check()
         out = []
         for path, data in self.fs.files.items():
             if posixpath.dirname(path) == directory:
@@ -200,78 +210,62 @@ class FakeSFTP:
                 out.append(Attrs(len(data), mtime, stat.S_IFREG | 0o600, posixpath.basename(path)))
         return out
 
-    # -- paramiko's request internals ------------------------------------------------------------
-    def _request(self, kind: int, *args: Any) -> tuple[int, Msg]:
-        self._check()
-        if kind == CMD_FSETSTAT or (kind == CMD_EXTENDED and args[0] == "fsync@openssh.com"):
-            return CMD_STATUS, Msg(SFTP_OK, "")
-        raise OSError("Operation unsupported")
+    def remove(self, path: str) -> bool:
+        if self.dead:
+            return False
+        return self.fs.files.pop(path, None) is not None
 
-    def _async_request(self, callback: Any, kind: int, *args: Any) -> int:
-        self._check()
-        self._num += 1
-        reply_kind, msg = self._apply(kind, *args)
-        self._replies.append((callback, reply_kind, msg, self._num))
-        return self._num
+    def free_bytes(self, path: str) -> int | None:
+        return self.fs.free
 
-    def _read_response(self) -> None:
-        self._check()
-        callback, kind, msg, num = self._replies.pop(0)
-        callback._async_response(kind, msg, num)
+    def round_trip(self) -> float:
+        return self.fs.round_trip
 
-    def _apply(self, kind: int, *args: Any) -> tuple[int, Msg]:
-        if kind == CMD_WRITE:
-            handle, offset, data = args
-            path = handle.decode()
-            target = self.fs.files[path]
-            if len(target) < int(offset):
-                target.extend(b"\0" * (int(offset) - len(target)))
-            target[int(offset) : int(offset) + len(data)] = data
-            self.fs.touch(path)
-            self.fs.written += len(data)
-            if self.fs.cut_after_bytes and self.fs.written >= self.fs.cut_after_bytes[0]:
-                self.fs.cut_after_bytes.pop(0)
-                self.dead = True
-            return CMD_STATUS, Msg(SFTP_OK, "")
-        if kind == CMD_READ:
-            handle, offset, length = args
-            data = bytes(self.fs.files[handle.decode()][int(offset) : int(offset) + length])
-            return (CMD_DATA, Msg(data)) if data else (CMD_STATUS, Msg(SFTP_EOF, "EOF"))
-        if kind == CMD_STAT:
-            (path,) = args
-            try:
-                attrs = self.stat(path)
-            except FileNotFoundError:
-                return CMD_STATUS, Msg(SFTP_NO_SUCH_FILE, "No such file")
-            flags = SFTPAttributes.FLAG_SIZE | SFTPAttributes.FLAG_PERMISSIONS | SFTPAttributes.FLAG_AMTIME
-            return CMD_ATTRS, Msg(flags, attrs.st_size, attrs.st_mode, attrs.st_mtime, attrs.st_mtime)
-        if kind == CMD_SETSTAT:
-            path = args[0]
-            try:
-                self.chmod(path, args[1].st_mode)
-            except FileNotFoundError:
-                return CMD_STATUS, Msg(SFTP_NO_SUCH_FILE, "No such file")
-            return CMD_STATUS, Msg(SFTP_OK, "")
-        if kind == CMD_FSETSTAT or (kind == CMD_EXTENDED and args[0] == "fsync@openssh.com"):
-            return CMD_STATUS, Msg(SFTP_OK, "")
-        if kind == CMD_EXTENDED and args[0] == "posix-rename@openssh.com":
-            self._check("posix-rename")
-            if not self.fs.posix_rename:
-                return CMD_STATUS, Msg(SFTP_OP_UNSUPPORTED, "unsupported")
-            old, new = args[1], args[2]
-            if old not in self.fs.files:
-                return CMD_STATUS, Msg(SFTP_NO_SUCH_FILE, "No such file")
-            self.fs.files[new] = self.fs.files.pop(old)
-            self.fs.mtimes[new] = self.fs.mtimes.pop(old, self.fs.now)
-            return CMD_STATUS, Msg(SFTP_OK, "")
-        raise AssertionError(f"unexpected request {kind}")
+    def can_join(self) -> bool:
+        return self.fs.copy_data
+
+    def lanes(self, count: int) -> list[FakeRemote]:
+        self.check()
+        if not hasattr(self, "_lanes"):
+            self._lanes = [FakeRemote(self.fs, lane=True) for _ in range(self.fs.lanes_granted)]
+        return self._lanes[:count]
+
+    def join(self, target: Any, parts: list[str], pieces: list[tuple[int, int, int, int]]) -> None:
+        self.check("join")
+        self.fs.joins += 1
+        out = self.fs.files[target.path]
+        for lane, offset, length, at in pieces:
+            assert at == len(out), "the join must write the temp file in offset order"
+            out += self.fs.files[parts[lane]][offset : offset + length]
+
+
+class FakeSession:
+    """What the session pool hands out: one connection and its port."""
+
+    endpoint = FakeRemote.endpoint
+
+    def __init__(self, fs: FakeFS) -> None:
+        self.port = FakeRemote(fs)
+        self.closed = False
+
+    def remote(self, **settings: Any) -> FakeRemote:
+        self.port.check()
+        return self.port
+
+    def lost(self, err: BaseException) -> bool:
+        return self.port.lost(err)
+
+    def alive(self) -> bool:
+        return not self.closed and not self.port.dead
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def session_factory(fs: FakeFS, *, writes_in_order: bool = True):  # type: ignore[no-untyped-def]
-    def connect() -> SFTPSession:
-        sftp = FakeSFTP(fs)
-        return SFTPSession(
-            sftp, close=lambda: None, endpoint="fake@server:22", writes_in_order=writes_in_order
-        )  # type: ignore[arg-type]
+    """Return a ``connect`` for :class:`~airflow_s3sftp.core.session.SessionPool` over ``fs``."""
+
+    def connect() -> FakeSession:
+        return FakeSession(fs)
 
     return connect

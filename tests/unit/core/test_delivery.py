@@ -11,15 +11,16 @@ import pytest
 
 from airflow_s3sftp.core.delivery import Delivery, LeftoverSweeper, Source
 from airflow_s3sftp.core.options import DeliveryOptions
+from airflow_s3sftp.core.parts import Striping, part_token
 from airflow_s3sftp.core.session import SessionPool
 from airflow_s3sftp.exceptions import ConnectionLostError, SupersededError
-from tests.unit.core.fake_sftp import FakeFS, FakeSFTP, session_factory
+from tests.unit.core.fake_sftp import FakeFS, FakeRemote, session_factory
 
 KiB = 1024
 DATA = bytes(range(256)) * 4 * 300  # 300 KiB
 RECORD_KEYS = {
     "s3_uri", "sftp_path", "size", "checksum", "etag", "version_id", "skipped", "attempts", "resumed_from",
-    "seconds", "mb_per_s", "verified", "published_with", "source_check", "s3_retries", "sidecar_path",
+    "seconds", "mb_per_s", "verified", "published_with", "source_check", "source_check_skipped", "s3_retries", "sidecar_path",
     "done_marker_path",
 }  # fmt: skip
 
@@ -186,5 +187,61 @@ def test_sweeper_removes_only_abandoned_temp_files_of_the_tasks_names():
     fs.mtimes.update({"/in/.k.0123456789ab.s3sftp-part": fs.now - 100, "/in/.j.0123456789ab.s3sftp-part": 0})
     fs.mtimes["/in/.k.s3sftp-part"] = 0
     sweeper = LeftoverSweeper(50, ["/in/k"])
-    assert sweeper.sweep(FakeSFTP(fs), "/in", fs.now) == ["/in/.k.0123456789ab.s3sftp-part"]  # type: ignore[arg-type]
-    assert sweeper.sweep(FakeSFTP(fs), "/in", fs.now + 1000) == []  # once per directory  # type: ignore[arg-type]
+    assert sweeper.sweep(FakeRemote(fs), "/in", fs.now) == ["/in/.k.0123456789ab.s3sftp-part"]  # type: ignore[arg-type]
+    assert sweeper.sweep(FakeRemote(fs), "/in", fs.now + 1000) == []  # once per directory  # type: ignore[arg-type]
+
+
+# --- several channels per object (core/parts.py) ---------------------------------------------------------
+
+BIG = bytes(range(256)) * 4 * 1024 * 9 + b"tail"  # 9 MiB + 4 bytes: 10 stripes of 1 MiB, the last short
+
+
+def striped_fs(**settings) -> FakeFS:  # type: ignore[no-untyped-def]
+    return FakeFS(**{"copy_data": True, "lanes_granted": 4, "round_trip": 0.1} | settings)
+
+
+def test_striping_cuts_the_object_into_stripes_dealt_round_robin():
+    striping = Striping(channels=4, stripe_size=KiB)
+    pieces = striping.pieces(10 * KiB + 5)
+    assert [lane for lane, *_ in pieces] == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2]
+    assert [at for *_, at in pieces] == list(range(0, 11 * KiB, KiB))
+    assert pieces[4] == (0, KiB, KiB, 4 * KiB) and pieces[-1] == (2, 2 * KiB, 5, 10 * KiB)
+    assert striping.part_sizes(10 * KiB + 5) == [3 * KiB, 3 * KiB, 2 * KiB + 5, 2 * KiB]
+    assert part_token("0123456789ab", 1) != part_token("0123456789ab", 2)
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+def test_a_striped_delivery_joins_exact_bytes_and_leaves_only_the_file(channels, monkeypatch):
+    monkeypatch.setattr("airflow_s3sftp.core.delivery.AUTO_MIN_SIZE", 4 * 1024 * KiB)  # auto: a "big" object
+    fs = striped_fs()
+    record = deliver(fs, data=BIG, head={}, channels=channels, stripe_size=1024 * KiB, chunk_size=300 * KiB)
+    assert bytes(fs.files["/in/k"]) == BIG
+    assert names(fs) == ["/in/k"]
+    assert fs.joins == 1
+    assert record.checksum == "sha256:" + hashlib.sha256(BIG).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("settings", "why"),
+    [({"copy_data": False}, "no copy-data"), ({"lanes_granted": 1}, "one extra channel"),
+     ({"free": 10 * 1024 * KiB}, "no room for twice the object"), ({"round_trip": 0.0001}, "a short link (auto)")],
+)  # fmt: skip
+def test_one_channel_when_parts_cannot_or_need_not_be_used(settings, why):
+    fs = striped_fs(**settings)
+    channels = None if "round_trip" in settings else 4
+    deliver(fs, data=BIG, head={}, channels=channels, stripe_size=1024 * KiB)
+    assert bytes(fs.files["/in/k"]) == BIG, why
+    assert fs.joins == 0, why
+
+
+@pytest.mark.parametrize("cut", [1, 2 * 1024 * KiB, len(BIG) - 1, "join"])
+def test_a_cut_in_a_part_or_the_join_recovers_and_removes_every_part(cut):
+    fs = striped_fs()
+    if isinstance(cut, int):
+        fs.cut_after_bytes.append(cut)
+    else:
+        fs.cut_at.append(cut)
+    record = deliver(fs, data=BIG, head={}, channels=4, stripe_size=1024 * KiB)
+    assert record.attempts == 2
+    assert bytes(fs.files["/in/k"]) == BIG
+    assert names(fs) == ["/in/k"]

@@ -7,14 +7,13 @@ import io
 import pytest
 
 from airflow_s3sftp.core.ordered import OrderedWriter
-from airflow_s3sftp.exceptions import OutOfOrderWriteError
 
 
 def test_appends_in_order():
     sink = io.BytesIO()
     writer = OrderedWriter(sink)
     writer.write(b"abc")
-    writer.write_at(3, b"def")
+    writer.write(bytearray(b"def"))
     writer.write(memoryview(b"gh"))
     assert sink.getvalue() == b"abcdefgh"
     assert writer.position == writer.tell() == 8
@@ -35,26 +34,23 @@ def test_seek_based_writer_is_rejected_before_any_byte_lands():
     sink = io.BytesIO()
     writer = OrderedWriter(sink)
     part_size = 8 * 1024 * 1024
-    with pytest.raises(
-        OutOfOrderWriteError, match=f"at offset {part_size}: the next write must start at offset 0"
-    ):
-        writer.write_at(part_size, b"\x02" * 16)
-    assert sink.getvalue() == b""
-    writer.write_at(0, b"\x01" * 16)
-    with pytest.raises(OutOfOrderWriteError):
-        writer.write_at(0, b"again")  # overlapping rewrite
-    with pytest.raises(OutOfOrderWriteError):
-        writer.write_at(17, b"gap")  # a hole
-    assert sink.getvalue() == b"\x01" * 16
+    with pytest.raises(io.UnsupportedOperation, match=f"to {part_size}, whence=0"):
+        writer.seek(part_size)
+    assert sink.getvalue() == b"" and writer.position == 0
+    writer.write(b"\x01" * 16)
+    with pytest.raises(io.UnsupportedOperation):
+        writer.seek(0)  # an overlapping rewrite
+    with pytest.raises(io.UnsupportedOperation):
+        writer.seek(1, io.SEEK_CUR)  # a hole
+    assert sink.getvalue() == b"\x01" * 16 and writer.position == 16
 
 
 def test_resumes_from_a_start_offset():
     sink = io.BytesIO()
     writer = OrderedWriter(sink, start=100)
-    with pytest.raises(OutOfOrderWriteError):
-        writer.write_at(0, b"x")
-    writer.write_at(100, b"x")
-    assert writer.position == 101
+    assert writer.position == writer.tell() == 100
+    writer.write(b"x")
+    assert writer.position == 101 and sink.getvalue() == b"x"
 
 
 def test_closed_writer_refuses_writes():

@@ -13,7 +13,18 @@ import pytest
 from paramiko.sftp import CMD_STATUS, SFTP_FAILURE, SFTP_OK, SFTP_PERMISSION_DENIED
 
 from airflow_s3sftp.core.sftp import PipelinedWriter
-from tests.unit.core.fake_sftp import Msg
+
+
+class Msg:
+    """A reply message: hands out its values in order, as paramiko's ``Message`` getters do."""
+
+    def __init__(self, *values: Any) -> None:
+        self._values = list(values)
+
+    def _next(self) -> Any:
+        return self._values.pop(0)
+
+    get_int = get_text = _next
 
 
 class Server:

@@ -43,17 +43,4 @@ OPENSSH = {"posix-rename@openssh.com": b"1", "fsync@openssh.com": b"1", "limits@
 def test_profile_for(banner, extensions, name, strict):
     profile = profile_for(banner, extensions)
     assert profile.name == name
-    assert profile.strict_order is strict
-
-
-def test_extensions_become_abilities():
-    profile = profile_for("SSH-2.0-OpenSSH_9.2p1", OPENSSH)
-    assert (profile.posix_rename, profile.fsync, profile.limits, profile.hash_extensions) == (
-        True,
-        True,
-        True,
-        (),
-    )
-    bare = profile_for("SSH-2.0-mod_sftp", {"check-file-name": b"", "check-file-handle": b""})
-    assert (bare.posix_rename, bare.fsync, bare.limits) == (False, False, False)
-    assert bare.hash_extensions == ("check-file-name", "check-file-handle")
+    assert profile.pipelined_writes_in_order is not strict

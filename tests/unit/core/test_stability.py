@@ -18,7 +18,7 @@ from airflow_s3sftp.core import stability
 from airflow_s3sftp.core.stability import Action, Observation, Policy, State, assess, assess_digest
 from airflow_s3sftp.exceptions import ChecksumMismatchError, VerificationError
 
-T0 = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
+T0 = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
 
@@ -106,7 +106,7 @@ class TestObservations:
 
     def test_take_stamps_utc_and_this_process(self) -> None:
         first, second = Observation.take(1, 2), Observation.take(1, 2)
-        assert first.at.tzinfo == datetime.timezone.utc
+        assert first.at.tzinfo == datetime.UTC
         assert first.clock == second.clock is not None
         assert stability.elapsed(first, second) >= 0
 

@@ -1,0 +1,421 @@
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software distributed under the License
+# is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
+"""The SFTP port of a delivery: everything a delivery asks of the remote side, in one protocol.
+
+:class:`Remote` is what :class:`~airflow_s3sftp.core.delivery.Delivery` (and the sidecar, the
+sweep) speaks to; :class:`RemoteFile` is one file being written strictly in offset order. Two
+implementations over one paramiko session differ only in how requests travel, chosen when the
+port is made (:meth:`airflow_s3sftp.core.session.SFTPSession.remote`):
+
+- :class:`PipelinedRemote`, for servers that apply requests in arrival order (OpenSSH,
+  ProFTPD): a window of WRITEs in flight, and independent requests sent back to back (the
+  STAT of the target with the OPEN, the chmod with the first WRITEs, fsync + STAT + CLOSE
+  behind the last WRITE, the final chmod with the rename): one round trip each.
+- :class:`StrictRemote`, for servers that may apply requests in parallel (Green End) or when
+  ``strict_order`` asks for it: one request at a time, every answer waited for.
+
+The delivery never asks which one it has. A unit fake implements the same protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from paramiko.sftp import CMD_EXTENDED, SFTP_FLAG_READ, int64
+
+from airflow_s3sftp.core.sftp import (
+    PipelinedWriter,
+    Replies,
+    close_handle,
+    create_private,
+    ensure_directory,
+    free_bytes,
+    fsync,
+    open_handle,
+    publish,
+    read_range,
+    remove_quietly,
+    sftp_error,
+    stat_or_none,
+    status_error,
+    write_error,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from paramiko import SFTPAttributes, SFTPClient, SFTPFile
+
+    from airflow_s3sftp.core.session import SFTPSession
+
+log = logging.getLogger(__name__)
+
+
+class RemoteFile(Protocol):
+    """A remote file open for writing at :attr:`position`, and only there (append-only)."""
+
+    path: str
+
+    @property
+    def position(self) -> int:
+        """Return the offset at which the next write lands."""
+
+    def write(self, data: bytes) -> int:
+        """Append ``data`` in offset order; a refused write raises an error naming the cause."""
+
+    def finish(self, *, sync: bool) -> SFTPAttributes | None:
+        """Flush every write (and fsync with ``sync``), close, and return what landed (None: gone)."""
+
+    def server_time(self) -> float | None:
+        """Return the server's clock as the mtime of this freshly written file (None: unknown)."""
+
+    def abort(self) -> None:
+        """Close the file after a failure without raising."""
+
+
+class Remote(Protocol):
+    """What a delivery asks of the SFTP side: one port, one implementation per wire mode.
+
+    Paths are the server's; attributes are paramiko ``SFTPAttributes`` (or look-alikes with
+    ``st_size``, ``st_mtime``, ``st_mode`` and ``filename``). Errors are builtins that name the
+    action and the path (:data:`airflow_s3sftp.core.sftp.STATUS_ERRORS` is the one table); a
+    lost connection is whatever :meth:`lost` recognises.
+    """
+
+    endpoint: str
+
+    def lost(self, err: BaseException) -> bool:
+        """Return True when ``err`` means the connection is gone or stalled."""
+
+    def stat(self, path: str) -> SFTPAttributes | None:
+        """Return the attributes of ``path``, or None when it does not exist."""
+
+    def ensure_directory(self, directory: str, *, create: bool) -> None:
+        """Make sure ``directory`` exists; create it and its parents only with ``create``."""
+
+    def create(
+        self, path: str, *, exclusive: bool, look_at: str | None = None, size: int | None = None
+    ) -> tuple[RemoteFile, SFTPAttributes | None]:
+        """Create ``path`` readable by us alone (refusing an existing one when ``exclusive``).
+
+        Also return the attributes of ``look_at`` (None when missing or not asked), read in the
+        same round trip where the wire mode allows it. ``size`` (the bytes the file will hold)
+        lets a failed write name a full disk. A refused create carries the attributes of
+        ``look_at`` as its ``target`` attribute, since they may explain the refusal.
+        """
+
+    def reopen(self, path: str, offset: int, *, size: int | None = None) -> RemoteFile:
+        """Open our existing ``path`` to append at ``offset`` (whatever lies beyond it is cut)."""
+
+    def read(self, path: str, size: int | None, *, start: int = 0) -> Iterator[bytes]:
+        """Yield bytes ``[start, size)`` of ``path`` in order (``size=None``: to its end)."""
+
+    def publish(self, temp: str, final: str, *, replace: bool, backup: str, mode: int | None) -> str:
+        """Give ``temp`` the permissions ``mode`` and the name ``final``; return how it was done.
+
+        ``replace`` replaces atomically (``posix-rename``; a three-step fallback where the server
+        lacks it); without it an existing ``final`` is refused. A missing ``temp`` raises
+        :class:`FileNotFoundError`; a refused chmod is a warning.
+        """
+
+    def chmod(self, path: str, mode: int) -> None:
+        """Set the permissions of ``path``; a refusal is a warning, a missing file an error."""
+
+    def write_small(self, path: str, content: bytes, mode: int | None, *, temp: str, backup: str) -> None:
+        """Write a small file under ``temp`` and publish it onto ``path`` (never half-written)."""
+
+    def listdir(self, directory: str) -> list[SFTPAttributes]:
+        """Return the entries of ``directory`` with their attributes."""
+
+    def remove(self, path: str) -> bool:
+        """Remove ``path``; return False (logged) instead of raising when that fails."""
+
+    def free_bytes(self, path: str) -> int | None:
+        """Return the bytes free to us on the filesystem of ``path`` (None: the server will not say)."""
+
+    def round_trip(self) -> float:
+        """Return the round-trip time of one SFTP request in seconds (measured once per session)."""
+
+    def can_join(self) -> bool:
+        """Return whether the server copies byte ranges between files itself (``copy-data``)."""
+
+    def lanes(self, count: int) -> list[Remote]:
+        """Return up to ``count`` ports on SFTP channels of their own (same connection, as granted)."""
+
+    def join(self, target: RemoteFile, parts: list[str], pieces: list[tuple[int, int, int, int]]) -> None:
+        """Have the server copy ``pieces`` (part, offset in it, length, offset in ``target``) in order."""
+
+
+class _File:
+    """A file of ours being written in order over a paramiko session (both wire modes)."""
+
+    def __init__(
+        self,
+        remote: _ParamikoRemote,
+        handle: SFTPFile,
+        path: str,
+        *,
+        start: int,
+        size: int | None,
+        replies: Replies | None,
+    ) -> None:
+        self.path = path
+        self._size = size
+        self._remote = remote
+        self._handle = handle
+        self._replies = replies
+        self._writes = PipelinedWriter(
+            remote.sftp,
+            handle,
+            start=start,
+            write_size=remote.write_size,
+            max_in_flight=1 if replies is None else remote.max_in_flight,
+        )
+
+    @property
+    def position(self) -> int:
+        return self._writes.offset
+
+    @property
+    def handle(self) -> bytes:
+        """Return the server's handle of the open file."""
+        handle: bytes = self._handle.handle  # type: ignore[assignment]  # paramiko types it loosely
+        return handle
+
+    def write(self, data: bytes) -> int:
+        with self._remote.naming_write_errors(self.path, self._size):
+            self._writes.write(data)
+        return len(data)
+
+    def finish(self, *, sync: bool) -> SFTPAttributes | None:
+        sftp, replies = self._remote.sftp, self._replies
+        with self._remote.naming_write_errors(self.path, self._size):
+            if replies is None:
+                self._writes.flush()
+                if sync:
+                    fsync(sftp, self._handle)
+                self._handle.close()  # collects the status of every write
+                return stat_or_none(sftp, self.path)
+            # fsync, a STAT and CLOSE behind the last WRITE: the whole tail costs one round trip.
+            synced = replies.send_fsync(self._handle) if sync else None
+            probe = replies.send_stat(self.path)
+            self._handle.close()  # its reply comes after every earlier one: all are in now
+            self._writes.flush()  # the first failed WRITE, if any
+            if synced is not None:
+                replies.synced(synced, self.path)
+            replies.settle()
+            return replies.attrs(probe, self.path)
+
+    def server_time(self) -> float | None:
+        mtime = self._handle.stat().st_mtime
+        return None if mtime is None else float(mtime)
+
+    def abort(self) -> None:
+        if self._handle.closed:
+            return
+        try:
+            self._handle.close()
+        except Exception:  # the connection may be gone; the error that got us here matters more
+            log.debug("Closing %s after a failure failed", self.path, exc_info=True)
+
+
+class _ParamikoRemote:
+    """The :class:`Remote` port over one paramiko ``SFTPClient``; subclasses choose the wire mode.
+
+    :param sftp: the open SFTP client
+    :param endpoint: ``user@host:port``, for messages
+    :param lost: tells a lost connection from a refused request
+    :param write_size: bytes per WRITE request
+    :param max_in_flight: WRITE requests outstanding at most (pipelined mode)
+    """
+
+    pipelined = False
+
+    def __init__(
+        self,
+        sftp: SFTPClient,
+        *,
+        endpoint: str,
+        lost: Callable[[BaseException], bool],
+        write_size: int,
+        max_in_flight: int = 32,
+        session: SFTPSession | None = None,
+    ) -> None:
+        self.sftp = sftp
+        self.endpoint = endpoint
+        self._lost = lost
+        self.write_size = write_size
+        self.max_in_flight = max_in_flight
+        self._session = session
+
+    def _replies(self) -> Replies | None:
+        return Replies(self.sftp) if self.pipelined else None
+
+    def lost(self, err: BaseException) -> bool:
+        return self._lost(err)
+
+    @contextlib.contextmanager
+    def naming_write_errors(self, path: str, size: int | None) -> Iterator[None]:
+        """Name a failed write (a full disk, a permission) unless the connection itself is gone."""
+        try:
+            yield
+        except OSError as err:
+            if self.lost(err):
+                raise
+            raise write_error(self.sftp, err, path, size) from err
+
+    def stat(self, path: str) -> SFTPAttributes | None:
+        return stat_or_none(self.sftp, path)
+
+    def ensure_directory(self, directory: str, *, create: bool) -> None:
+        ensure_directory(self.sftp, directory, create)
+
+    def create(
+        self, path: str, *, exclusive: bool, look_at: str | None = None, size: int | None = None
+    ) -> tuple[RemoteFile, SFTPAttributes | None]:
+        replies = self._replies()
+        # Pipelined, the STAT of ``look_at`` travels with the OPEN; strict, it goes first, alone.
+        probe = replies.send_stat(look_at) if replies is not None and look_at is not None else None
+        target = stat_or_none(self.sftp, look_at) if replies is None and look_at is not None else None
+        try:
+            handle = create_private(self.sftp, path, exclusive=exclusive, replies=replies)
+        except OSError as err:
+            if replies is not None and probe is not None:
+                target = replies.attrs(probe, look_at or "")
+            err.target = target  # type: ignore[attr-defined]  # may explain the refusal
+            raise
+        if replies is not None and probe is not None:
+            target = replies.attrs(probe, look_at or "")
+        return _File(self, handle, path, start=0, size=size, replies=replies), target
+
+    def reopen(self, path: str, offset: int, *, size: int | None = None) -> RemoteFile:
+        try:
+            handle = self.sftp.open(path, "r+b", bufsize=0)
+            handle.truncate(offset)
+        except OSError as err:
+            raise sftp_error(err, "reopen", path) from err
+        return _File(self, handle, path, start=offset, size=size, replies=self._replies())
+
+    def read(self, path: str, size: int | None, *, start: int = 0) -> Iterator[bytes]:
+        return read_range(self.sftp, path, size, start=start)
+
+    def publish(self, temp: str, final: str, *, replace: bool, backup: str, mode: int | None) -> str:
+        replies = self._replies()
+        chmod = None
+        if mode is not None:
+            if replies is not None:  # travels with the rename: one round trip for both
+                chmod = replies.send_chmod(temp, mode)
+            else:
+                self.chmod(temp, mode)
+        how = publish(self.sftp, temp, final, replace=replace, backup=backup)
+        if replies is not None and chmod is not None:
+            refused = replies.refusal(chmod, temp)
+            if refused is not None:
+                log.warning("Server refused chmod %o on %s: %s", mode, temp, refused)
+        return how
+
+    def chmod(self, path: str, mode: int) -> None:
+        try:
+            self.sftp.chmod(path, mode)
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            if err.errno == errno.ENOENT:
+                raise sftp_error(err, "chmod", path) from err
+            log.warning("Server refused chmod %o on %s: %s", mode, path, err)
+
+    def write_small(self, path: str, content: bytes, mode: int | None, *, temp: str, backup: str) -> None:
+        try:
+            with self.sftp.open(temp, "wbx") as handle:
+                handle.write(content)
+            self.publish(temp, path, replace=True, backup=backup, mode=mode)
+        except BaseException:
+            self.remove(temp)
+            raise
+
+    def listdir(self, directory: str) -> list[SFTPAttributes]:
+        try:
+            return self.sftp.listdir_attr(directory or ".")
+        except OSError as err:
+            raise sftp_error(err, "list", directory or ".") from err
+
+    def remove(self, path: str) -> bool:
+        return remove_quietly(self.sftp, path)
+
+    def free_bytes(self, path: str) -> int | None:
+        return free_bytes(self.sftp, path)
+
+    def round_trip(self) -> float:
+        return self._session.round_trip if self._session is not None else 0.0
+
+    def can_join(self) -> bool:
+        return self._session is not None and self._session.profile.copy_data
+
+    def lanes(self, count: int) -> list[Remote]:
+        if self._session is None:
+            return []
+        kind = type(self)
+        return [
+            kind(
+                sftp,
+                endpoint=self.endpoint,
+                lost=self._lost,
+                write_size=self.write_size,
+                max_in_flight=self.max_in_flight,
+            )
+            for sftp in self._session.lanes(count)
+        ]
+
+    def join(self, target: RemoteFile, parts: list[str], pieces: list[tuple[int, int, int, int]]) -> None:
+        if not isinstance(target, _File):
+            raise TypeError(f"cannot join into {target!r}: not a file of this session")
+        handles = [open_handle(self.sftp, path, SFTP_FLAG_READ) for path in parts]
+        try:
+            # Pipelined where the server applies requests in arrival order: the stripes still land in
+            # offset order, and the whole join costs about one round trip. Else one at a time.
+            replies = Replies(self.sftp)
+            window = 64 if self.pipelined else 1
+            pending: list[int] = []
+            for lane, offset, length, at in pieces:
+                if len(pending) >= window:
+                    self._copied(replies, pending.pop(0), target.path)
+                pending.append(
+                    replies.send(
+                        CMD_EXTENDED,
+                        "copy-data",
+                        handles[lane],
+                        int64(offset),
+                        int64(length),
+                        target.handle,
+                        int64(at),
+                    )
+                )
+            for num in pending:
+                self._copied(replies, num, target.path)
+        finally:
+            for handle in handles:
+                close_handle(self.sftp, handle)
+
+    @staticmethod
+    def _copied(replies: Replies, num: int, path: str) -> None:
+        error = status_error(*replies.status(num))
+        if error is not None:
+            raise sftp_error(error, "copy-data into", path)
+
+
+class PipelinedRemote(_ParamikoRemote):
+    """The port for servers that apply requests in arrival order: independent requests share round trips."""
+
+    pipelined = True
+
+
+class StrictRemote(_ParamikoRemote):
+    """The port for servers that may apply requests in parallel: one request at a time."""
+
+    pipelined = False
