@@ -42,9 +42,9 @@ from airflow_s3sftp.exceptions import (
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
 from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
-from tests import servers
 from tests.faults import FaultyProxy
 from tests.servers import SFTP_SERVER, SSHDServer
+from testservers import processes as servers
 
 MiB = 1024 * 1024
 
