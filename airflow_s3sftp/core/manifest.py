@@ -32,10 +32,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from hashlib import _Hash
+from typing import IO, Protocol
 
 MAGIC = "# airflow-s3sftp manifest 1"
 SUFFIX = ".manifest"
@@ -317,8 +314,12 @@ def _reader_of(source: IO[bytes] | Reader) -> Reader:
     raise TypeError(f"check_file needs a binary file object or a read(n) callable, got {source!r}")
 
 
-def _read_into(read: Reader, hashers: tuple[_Hash, ...], length: int) -> int:
-    """Hash up to ``length`` bytes from ``read``; return how many there were (fewer at end of file)."""
+class _Sink(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+
+def _read_into(read: Reader, sinks: tuple[_Sink, ...], length: int) -> int:
+    """Feed up to ``length`` bytes from ``read`` to ``sinks``; return how many there were (fewer at EOF)."""
     got = 0
     while got < length:
         block = read(min(READ_BLOCK, length - got))
@@ -326,10 +327,67 @@ def _read_into(read: Reader, hashers: tuple[_Hash, ...], length: int) -> int:
             raise TypeError(f"read() returned {type(block).__name__}, expected bytes")
         if not block:
             break
-        for hasher in hashers:
-            hasher.update(block)
+        for sink in sinks:
+            sink.update(block)
         got += len(block)
     return got
+
+
+def compare_ranges(
+    manifest: Manifest,
+    size: int,
+    ranges: Sequence[str],
+    whole: str | None = None,
+    extra_digest: str | None = None,
+) -> list[BadRange]:
+    """Return the ranges of a file that differ from ``manifest``, from the file's size and range digests.
+
+    This is the one comparison rule, for :func:`check_file` and for the sensor. ``ranges`` are the
+    sha256 digests of the file's first ``min(size, manifest.size)`` bytes cut at the manifest's range
+    bounds (the range holding the end of a short file is short). A short file has its short range and
+    every range after it reported (``actual`` None for ranges with no bytes); bytes past
+    ``manifest.size`` are one more entry (``expected`` None, ``actual`` is ``extra_digest``).
+
+    :param manifest: what the file should hold.
+    :param size: the file's size.
+    :param ranges: the file's range digests, as above.
+    :param whole: the sha256 of the file when ``size`` equals the manifest's, to catch a manifest
+        whose ranges all match but whose whole-file line does not: ``ValueError`` (not one we wrote).
+    :param extra_digest: the sha256 of the bytes past ``manifest.size``, when known.
+    """
+    covered = min(size, manifest.size)
+    if len(ranges) != range_count(covered, manifest.range_size):
+        raise ValueError(
+            f"{len(ranges)} range digests given for {covered} bytes in ranges of {manifest.range_size}"
+        )
+    bad: list[BadRange] = []
+    for index, expected in enumerate(manifest.ranges):
+        start, stop = manifest.bounds(index)
+        if start >= size:
+            bad.append(BadRange(index, start, stop, expected, None, f"missing: the file ends at byte {size}"))
+        elif stop > size:
+            bad.append(
+                BadRange(index, start, stop, expected, ranges[index], f"short: the file ends at byte {size}")
+            )
+        elif ranges[index] != expected:
+            bad.append(BadRange(index, start, stop, expected, ranges[index], "digest differs"))
+    if size > manifest.size:
+        bad.append(
+            BadRange(
+                len(manifest.ranges),
+                manifest.size,
+                size,
+                None,
+                extra_digest,
+                f"extra: the file is {size} bytes, the manifest says {manifest.size}",
+            )
+        )
+    if not bad and whole is not None and whole != manifest.whole:
+        raise ValueError(
+            f"Manifest of {manifest.name!r} is inconsistent: every range matches but its {ALGORITHM} "
+            f"of the whole file ({manifest.whole}) does not ({whole})"
+        )
+    return bad
 
 
 def check_file(source: IO[bytes] | Reader, manifest: Manifest) -> list[BadRange]:
@@ -344,54 +402,17 @@ def check_file(source: IO[bytes] | Reader, manifest: Manifest) -> list[BadRange]
     :param manifest: what the file should hold.
     """
     read = _reader_of(source)
-    whole = hashlib.sha256()
-    bad: list[BadRange] = []
-    position = 0
-    ended = False
-    for index, expected in enumerate(manifest.ranges):
-        start, stop = manifest.bounds(index)
-        if ended:
-            bad.append(
-                BadRange(index, start, stop, expected, None, f"missing: the file ends at byte {position}")
-            )
-            continue
-        hasher = hashlib.sha256()
-        got = _read_into(read, (hasher, whole), stop - start)
-        position += got
-        actual = hasher.hexdigest() if got else None
-        if got < stop - start:
-            ended = True
-            reason = (
-                f"short: the file ends at byte {position}"
-                if got
-                else f"missing: the file ends at byte {position}"
-            )
-            bad.append(BadRange(index, start, stop, expected, actual, reason))
-        elif actual != expected:
-            bad.append(BadRange(index, start, stop, expected, actual, "digest differs"))
-    if not ended:
-        hasher = hashlib.sha256()
-        extra = 0
-        while got := _read_into(read, (hasher,), READ_BLOCK):
+    hasher = RangeHasher(manifest.range_size)
+    size = _read_into(read, (hasher,), manifest.size)
+    tail = hashlib.sha256()
+    extra = 0
+    if size == manifest.size:
+        while got := _read_into(read, (tail,), READ_BLOCK):
             extra += got
-        if extra:
-            end = manifest.size + extra
-            bad.append(
-                BadRange(
-                    len(manifest.ranges),
-                    manifest.size,
-                    end,
-                    None,
-                    hasher.hexdigest(),
-                    f"extra: the file is {end} bytes, the manifest says {manifest.size}",
-                )
-            )
-    if not bad and whole.hexdigest() != manifest.whole:
-        raise ValueError(
-            f"Manifest of {manifest.name!r} is inconsistent: every range matches but its {ALGORITHM} "
-            f"of the whole file ({manifest.whole}) does not ({whole.hexdigest()})"
-        )
-    return bad
+    ranges, whole = hasher.finish()
+    return compare_ranges(
+        manifest, size + extra, ranges, whole, extra_digest=tail.hexdigest() if extra else None
+    )
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -19,6 +19,7 @@ from airflow_s3sftp.core.manifest import (
     Manifest,
     RangeHasher,
     check_file,
+    compare_ranges,
     manifest_path,
     parse_manifest,
     render_manifest,
@@ -282,3 +283,23 @@ def test_inconsistent_manifest_is_refused() -> None:
     forged = Manifest(manifest.name, manifest.size, manifest.range_size, sha(b"other"), manifest.ranges)
     with pytest.raises(ValueError, match="inconsistent: every range matches"):
         check_file(io.BytesIO(b"abcdef"), forged)
+
+
+def test_compare_ranges_is_the_rule_for_a_file_known_by_its_range_digests(data: bytes) -> None:
+    manifest = build(data)
+    short = data[: 4 * RANGE + 10]
+    digests = [sha(short[i : i + RANGE]) for i in range(0, len(short), RANGE)]
+    bad = compare_ranges(manifest, len(short), digests)
+    assert bad == check_file(io.BytesIO(short), manifest)
+    assert [entry.index for entry in bad] == [4, 5, 6, 7, 8, 9, 10]
+    longer = compare_ranges(manifest, len(data) + 5, manifest.ranges, whole=manifest.whole)
+    assert [(entry.index, entry.start, entry.stop, entry.actual) for entry in longer] == [
+        (11, len(data), len(data) + 5, None)
+    ]
+    assert compare_ranges(manifest, len(data), manifest.ranges, whole=manifest.whole) == []
+
+
+def test_compare_ranges_refuses_digests_that_do_not_fit_the_size(data: bytes) -> None:
+    manifest = build(data)
+    with pytest.raises(ValueError, match="10 range digests given for 10123 bytes"):
+        compare_ranges(manifest, len(data), manifest.ranges[:10])
