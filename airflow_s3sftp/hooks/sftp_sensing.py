@@ -115,6 +115,14 @@ def sftp_errors(
                 if isinstance(err, AuthenticationError):
                     raise
                 raise PermissionError(f"Permission denied when {action} {target}") from err
+            except OSError as err:
+                if isinstance(err, ConnectionError) or self.connected():
+                    raise
+                # paramiko's "Socket is closed" and kin: the connection dropped under the request.
+                self.close()
+                raise ConnectionError(
+                    f"SSH connection to {self.where} dropped while {action} {target}: {err}"
+                ) from err
 
         return wrapper
 
@@ -146,11 +154,17 @@ class SFTPSensingHook:
         """Return how messages name ``path`` on this server."""
         return sftp_target(self.where, path)
 
+    def connected(self) -> bool:
+        """Return True while the SFTP session is open and its SSH connection is up."""
+        if self._sftp is None:
+            return False
+        channel = self._sftp.get_channel()
+        return channel is not None and not channel.closed and channel.get_transport().is_active()
+
     def client(self) -> paramiko.SFTPClient:
         """Return the open SFTP client, connecting (again) when needed."""
         if self._sftp is not None:
-            channel = self._sftp.get_channel()
-            if channel is not None and not channel.closed and channel.get_transport().is_active():
+            if self.connected():
                 return self._sftp
             self.close()  # the server or the network dropped the session: reconnect
         with clear_connection_errors(self.hook, self.conn_id):
@@ -259,7 +273,7 @@ def async_sftp_errors(
                     f"Host key of SFTP server {self.where} is unknown or does not match the one configured "
                     f"in connection {self.conn_id!r} (host_key extra or known_hosts): {err.reason}"
                 ) from err
-            except (asyncssh.DisconnectError, asyncssh.ConnectionLost) as err:
+            except (asyncssh.DisconnectError, asyncssh.ConnectionLost, asyncssh.SFTPConnectionLost) as err:
                 await self.close()
                 raise ConnectionError(f"SSH connection to {self.where} failed: {err.reason}") from err
             except (ConnectionRefusedError, TimeoutError, socket.gaierror) as err:
@@ -311,8 +325,23 @@ def asyncssh_options(extra: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
+#: sha256 of ``inspect.getsource(SFTPHookAsync._get_conn)`` that :class:`_ParityHookAsync` mirrors
+#: (apache-airflow-providers-sftp 7.0.0). A test fails when the installed provider's method changes:
+#: then bring the copy below up to date and record the new hash.
+UPSTREAM_GET_CONN_SHA256 = "7ac88f196fc7ca7ac62349133ea7ab040532c8f0ce2f622dab354d869cedc644"
+
+
+def _first_set(*values: Any) -> Any:
+    """Return the first value that is not None (the provider's ``_get_value``: 0 and "" count as set)."""
+    return next((value for value in values if value is not None), None)
+
+
 class _ParityHookAsync(SFTPHookAsync):
-    """``SFTPHookAsync`` that also honours the ``ciphers``, ``disabled_algorithms``, ``compress`` extras."""
+    """``SFTPHookAsync`` that also honours the ``ciphers``, ``disabled_algorithms``, ``compress`` extras.
+
+    asyncssh takes them only as arguments of ``connect``, which the provider's ``_get_conn`` builds
+    inside itself: this is a copy of it (pinned by :data:`UPSTREAM_GET_CONN_SHA256`) plus those options.
+    """
 
     extra_options: dict[str, Any]
 
@@ -321,10 +350,10 @@ class _ParityHookAsync(SFTPHookAsync):
         conn = await get_async_connection(self.sftp_conn_id)
         self._parse_extras(conn)  # host_key, known_hosts, no_host_key_check, key_file, private_key
         config: dict[str, Any] = {
-            "host": self.host or conn.host,
-            "port": self.port or conn.port or 22,
-            "username": self.username or conn.login,
-            "password": self.password or conn.password,
+            "host": _first_set(self.host, conn.host),
+            "port": _first_set(self.port, conn.port, 22),
+            "username": _first_set(self.username, conn.login),
+            "password": _first_set(self.password, conn.password),
         }
         if self.key_file:
             config["client_keys"] = self.key_file
@@ -512,7 +541,8 @@ class SFTPSensingHookAsync:
             if not await sftp.exists(source):
                 return Claimed.GONE  # another watcher claimed it, or someone removed it
             raise _no_claim_directory(self.target(posixpath.dirname(target))) from None
-        except asyncssh.SFTPFailure as err:
+        except (asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists) as err:
+            # OpenSSH answers a taken name with a bare failure, ProFTPD with "file already exists".
             if not await sftp.exists(target):
                 raise OSError(f"SFTP rename {self.target(source)} -> {target} failed: {err.reason}") from err
             return Claimed.EXISTS

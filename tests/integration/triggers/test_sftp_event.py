@@ -324,7 +324,8 @@ class TestConnectionExtrasParity:
         if keep is not None:
             assert sync_observe().size == async_observe_size(async_observe) == 1
             return
-        with pytest.raises(ConnectionError):
+        # Final on both sides, a ValueError naming the extra (the sync side: ConnectionConfigError).
+        with pytest.raises(ValueError, match="share no algorithm: check its ciphers and disabled_algorithms"):
             sync_observe()
         with pytest.raises(ValueError, match="disabled_algorithms leaves no ciphers"):
             asyncio.run(async_observe())
