@@ -68,13 +68,18 @@ class Checks:
     :param skip_identical_by: with ``if_exists="skip_identical"``, prove identity by re-reading the
         remote file (``"content"``), or trust a sidecar that equals S3's own full-object checksum
         (``"sidecar"``: faster, but blind to a remote file changed behind its sidecar)
+    :param range_size: bytes per range of the durable checkpoints and of the range manifest (each
+        range gets its own sha256)
     """
 
     checksum: str | None = "sha256"
     verify: Verify = "size"
     skip_identical_by: SkipIdenticalBy = "content"
+    range_size: int = 8 * MiB
 
     def __post_init__(self) -> None:
+        if self.range_size < 64 * 1024:
+            raise ValueError(f"range_size must be at least 64 KiB (got {self.range_size!r})")
         if self.verify not in ("none", "size", "checksum"):
             raise ValueError(f"verify must be 'none', 'size' or 'checksum', not {self.verify!r}")
         if self.skip_identical_by not in ("content", "sidecar"):
@@ -143,15 +148,27 @@ class RetryPolicy:
     :param retries: reconnects after a lost SSH connection, per object
     :param s3_retries: reopens of a broken S3 stream at the offset where it broke, per object
     :param delay: first wait in seconds, doubled on every further attempt (at most a minute)
+    :param checkpoint_every: bytes between durable checkpoints of an object on the server (a journal
+        beside the temp file, see :mod:`airflow_s3sftp.core.journal`) from which the next try of
+        the task, a new process, resumes; None picks 1/32 of the object, at least ``range_size``;
+        0 keeps no journal
+    :param resume_after: seconds a leftover of an earlier try must have been idle (by the server's
+        clock) before a new try adopts it: a younger one may still be written by a live worker
     """
 
     retries: int = 3
     s3_retries: int = 5
     delay: float = 1.0
+    checkpoint_every: int | None = None
+    resume_after: float = 60.0
 
     def __post_init__(self) -> None:
         if self.retries < 0 or self.s3_retries < 0 or self.delay < 0:
             raise ValueError("connection_retries, s3_retries and connection_retry_delay must be >= 0")
+        if self.checkpoint_every is not None and self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be None, 0 or positive (got {self.checkpoint_every!r})")
+        if not self.resume_after >= 0:  # also refuses NaN
+            raise ValueError(f"resume_after must be >= 0 seconds (got {self.resume_after!r})")
 
     def backoff(self, attempt: int) -> float:
         """Return the wait before retry number ``attempt`` (1-based): doubling, at most a minute."""
