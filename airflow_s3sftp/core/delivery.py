@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 from airflow_s3sftp.core.checksums import format_checksum, new_hasher
 from airflow_s3sftp.core.digests import Checkpoints, Digests
 from airflow_s3sftp.core.integrity import weigh_source_integrity
-from airflow_s3sftp.core.journal import MAX_JOURNAL_BYTES, Identity, Journal, JournalKeeper, journal_path_for
+from airflow_s3sftp.core.journal import (
+    MAX_JOURNAL_BYTES,
+    Identity,
+    Journal,
+    JournalKeeper,
+    journal_path_for,
+    journal_temp_path_for,
+)
 from airflow_s3sftp.core.ordered import OrderedWriter
 from airflow_s3sftp.core.parts import StripedFile, Striping, part_token
 from airflow_s3sftp.core.paths import backup_path_for, leftover_of, new_token, short_stem, temp_path_for
@@ -516,9 +523,8 @@ class Delivery:
         path = journal_path_for(self.path)
 
         def write(content: bytes) -> None:
-            token = new_token()
-            temp, backup = temp_path_for(self.path, token), backup_path_for(self.path, token)
-            side.write_small(path, content, None, temp=temp, backup=backup)
+            temp, backup = journal_temp_path_for(self.path), backup_path_for(self.path, new_token())
+            side.write_small(path, content, None, temp=temp, backup=backup, exclusive=False)
 
         journal.temp, journal.parts = self.write_path, list(self._parts)
         self._keeper = JournalKeeper(write, f"{self.source.uri} -> {self.path}")
@@ -550,6 +556,7 @@ class Delivery:
         self._stop_journal()
         if self._journal is not None:
             remote.remove(journal_path_for(self.path))
+            remote.remove(journal_temp_path_for(self.path))  # left there by a write cut short
             self._proven = 0
 
     def _adopt(
@@ -557,12 +564,13 @@ class Delivery:
     ) -> tuple[RemoteFile, Digests] | None:
         """Take over what an earlier try (another process) proved, or remove what it left; None: start fresh.
 
-        Trusted: a journal of ours at this path, for the same object and options, whose temp file is
-        at least as long as the journal says and idle for ``resume_after`` (a live writer keeps it
-        fresh); the S3 bytes it claims, read again (in-region) and hashed per range, must give the
-        journal's digests, and the last proven range, read back from the server, too (every range
-        with ``verify="checksum"``). Anything else is never trusted: what the journal names is removed
-        (when idle) and the delivery starts clean.
+        Trusted, and only together: a journal of ours at this path for the same object, version and
+        checksum; its temp file idle for ``resume_after`` by the server's clock (a live writer keeps
+        it fresh) and at least as long as the journal says; the S3 bytes it claims, read again
+        (in-region) and hashed per range, giving the journal's digests; and the ranges read back
+        from the server giving them too (every proven range; only the last with ``verify="none"``).
+        The longest prefix of whole ranges passing all of it is adopted; anything else is never
+        trusted: what the journal names is removed and the delivery starts clean.
         """
         path = journal_path_for(self.path)
         try:
@@ -572,72 +580,77 @@ class Delivery:
             return None
         if data is None or server_now is None:
             return None
-        idle = self.options.retry.resume_after
         try:
             earlier = Journal.from_bytes(data)
         except ValueError as err:
             log.warning("%s is not a journal of ours (%s): ignored", path, err)
             return None
         temp = remote.stat(earlier.temp)
-        if temp is not None and temp.st_mtime is not None and server_now - temp.st_mtime < idle:
-            log.info("%s was written %.0fs ago: another try may be alive; not touching it", earlier.temp,
-                     server_now - temp.st_mtime)  # fmt: skip
-            return None
-        why = self._not_adoptable(remote, earlier, temp)
-        if why is not None:
+        if temp is not None and temp.st_mtime is not None:
+            age = server_now - temp.st_mtime
+            if age < self.options.retry.resume_after:
+                log.info(
+                    "%s was written %.0fs ago: another try may be alive; not touching it", earlier.temp, age
+                )
+                return None
+        proven, why = self._provable(remote, earlier, temp)
+        digests = self._prefix_digests(proven) if proven else None
+        if (
+            digests is not None
+            and digests.ranges is not None
+            and digests.ranges.done != earlier.ranges[: proven // earlier.range_size]
+        ):
+            proven, digests, why = 0, None, f"{self.source.uri} no longer gives its digests"
+        if digests is None:
             log.info("Not resuming from %s (%s): removing what it names", path, why)
             for leftover in (earlier.temp, *earlier.parts):
                 if leftover != self.write_path:
                     remote.remove(leftover)
             return None
-        digests = self._prefix_digests(earlier.proven)
-        if digests is None or (
-            digests.ranges is not None and digests.ranges.done != earlier.ranges[: len(digests.ranges.done)]
-        ):
-            log.warning("%s no longer gives the digests of %s: starting over", self.source.uri, path)
-            remote.remove(earlier.temp)
-            return None
         fresh.abort()
         remote.remove(self.write_path)  # ours, just created, empty
-        file = remote.reopen(earlier.temp, earlier.proven, size=self.source.size)
+        file = remote.reopen(earlier.temp, proven, size=self.source.size)
         self.write_path = earlier.temp
-        self._proven = self.resumed_from = earlier.proven
+        self._proven = self.resumed_from = proven
         assert self._journal is not None
-        self._journal.proven, self._journal.ranges = earlier.proven, list(earlier.ranges)
+        self._journal.proven, self._journal.ranges = proven, earlier.ranges[: proven // earlier.range_size]
         self.checkpoints = Checkpoints()
-        self.checkpoints.record(earlier.proven, digests)
+        self.checkpoints.record(proven, digests)
         log.info(
-            "Resuming %s at byte %s from an earlier try's %s (journal %s)",
+            "Resuming %s at byte %s of %s: an earlier try left them in %s, proven by its journal%s",
             self.path,
-            earlier.proven,
+            proven,
+            self.source.size,
             earlier.temp,
-            path,
+            f" ({why})" if why else "",
         )
         return file, digests
 
-    def _not_adoptable(self, remote: Remote, earlier: Journal, temp: SFTPAttributes | None) -> str | None:
-        """Return why the earlier try's temp file cannot be adopted, or None when it can."""
+    def _provable(self, remote: Remote, earlier: Journal, temp: SFTPAttributes | None) -> tuple[int, str]:
+        """Return how many bytes of the earlier try's temp file may be adopted, and why not more."""
         if not earlier.adoptable(self.identity):
-            return "it describes another object, version or checksum"
+            return 0, "it describes another object, version or checksum"
         if earlier.parts:
-            return "its bytes were in part files, which are joined only when complete"
-        if earlier.proven == 0 or earlier.proven % earlier.range_size:
-            return "it proves no whole range"
+            return 0, "its bytes were in part files, which are joined only when complete"
         if earlier.range_size != self.options.checks.range_size:
-            return "its ranges differ from this try's"
+            return 0, "its ranges differ from this try's"
         if temp is None or (temp.st_size or 0) < earlier.proven:
-            held = None if temp is None else temp.st_size
-            return f"its temp file holds {held} bytes, fewer than {earlier.proven}"
-        last = len(earlier.ranges) - 1
-        indices = range(len(earlier.ranges)) if self.options.checks.verify == "checksum" else [last]
-        for index in indices:
-            start = index * earlier.range_size
+            return (
+                0,
+                f"its temp file holds {None if temp is None else temp.st_size} bytes, not {earlier.proven}",
+            )
+        size, count = earlier.range_size, earlier.proven // earlier.range_size
+        if count == 0:
+            return 0, "it proves no whole range"
+        first = count - 1 if self.options.checks.verify == "none" else 0
+        for index in range(first, count):
             hasher = hashlib.sha256()
-            for data in remote.read(earlier.temp, start + earlier.range_size, start=start):
+            for data in remote.read(earlier.temp, (index + 1) * size, start=index * size):
                 hasher.update(data)
             if hasher.hexdigest() != earlier.ranges[index]:
-                return f"range {index} (bytes {start}-{start + earlier.range_size - 1}) reads back otherwise"
-        return None
+                why = f"range {index} (bytes {index * size}-{(index + 1) * size - 1}) reads back otherwise"
+                return (index * size if first == 0 else 0), why
+        return count * size, ""
 
     def _prefix_digests(self, end: int) -> Digests | None:
         """Return the digests of the object's first ``end`` bytes, read again from S3."""

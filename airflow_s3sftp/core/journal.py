@@ -61,8 +61,16 @@ def journal_path_for(path: str) -> str:
     try even when the S3 object changed in between, and removes what it no longer matches.
     Temp-shaped, so the plan's name-length checks and the sweep of abandoned temp files cover it.
     """
-    token = hashlib.sha256(f"journal:{path}".encode()).hexdigest()[:12]
-    return temp_path_for(path, token)
+    return temp_path_for(path, _token("journal", path))
+
+
+def journal_temp_path_for(path: str) -> str:
+    """Return the temp name the journal of ``path`` is written under before its rename (reused)."""
+    return temp_path_for(path, _token("journal-temp", path))
+
+
+def _token(kind: str, path: str) -> str:
+    return hashlib.sha256(f"{kind}:{path}".encode()).hexdigest()[:12]
 
 
 @dataclass

@@ -135,8 +135,13 @@ class Remote(Protocol):
     def chmod(self, path: str, mode: int) -> None:
         """Set the permissions of ``path``; a refusal is a warning, a missing file an error."""
 
-    def write_small(self, path: str, content: bytes, mode: int | None, *, temp: str, backup: str) -> None:
-        """Write a small file under ``temp`` and publish it onto ``path`` (never half-written)."""
+    def write_small(
+        self, path: str, content: bytes, mode: int | None, *, temp: str, backup: str, exclusive: bool = True
+    ) -> None:
+        """Write a small file under ``temp`` and publish it onto ``path`` (never half-written).
+
+        ``exclusive=False`` reuses a ``temp`` left by an earlier write (a name only we use).
+        """
 
     def read_small(self, path: str, limit: int) -> bytes | None:
         """Return the content of a small file (None when missing or larger than ``limit``)."""
@@ -371,9 +376,11 @@ class _ParamikoRemote:
                 raise sftp_error(err, "chmod", path) from err
             log.warning("Server refused chmod %o on %s: %s", mode, path, err)
 
-    def write_small(self, path: str, content: bytes, mode: int | None, *, temp: str, backup: str) -> None:
+    def write_small(
+        self, path: str, content: bytes, mode: int | None, *, temp: str, backup: str, exclusive: bool = True
+    ) -> None:
         try:
-            with self.sftp.open(temp, "wbx") as handle:
+            with self.sftp.open(temp, "wbx" if exclusive else "wb") as handle:
                 handle.write(content)
             self.publish(temp, path, replace=True, backup=backup, mode=mode)
         except BaseException:
