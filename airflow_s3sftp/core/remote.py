@@ -187,6 +187,7 @@ class _File:
         self.path = path
         self._size = size
         self._remote = remote
+        self._pending_syncs: list[_WhenSynced] = []
         self._handle = handle
         self._replies = replies
         self._writes = PipelinedWriter(
@@ -239,8 +240,12 @@ class _File:
                 if fsync(self._remote.sftp, self._handle):
                     on_synced(offset)
             return
+        owner = _WhenSynced(offset, on_synced, self.path)
+        # paramiko keeps the owners of pending requests in a WeakValueDictionary: hold on to it.
+        self._pending_syncs = [pending for pending in self._pending_syncs if not pending.answered]
+        self._pending_syncs.append(owner)
         self._remote.sftp._async_request(  # type: ignore[attr-defined]
-            _WhenSynced(offset, on_synced, self.path), CMD_EXTENDED, "fsync@openssh.com", self._handle.handle
+            owner, CMD_EXTENDED, "fsync@openssh.com", self._handle.handle
         )
 
     def server_time(self) -> float | None:
@@ -261,9 +266,11 @@ class _WhenSynced:
 
     def __init__(self, offset: int, on_synced: Callable[[int], None], path: str) -> None:
         self._offset, self._on_synced, self._path = offset, on_synced, path
+        self.answered = False
 
     def _async_response(self, kind: int, msg: Message, num: int) -> None:
         """Called by paramiko with the reply (while a write collects replies: never blocks)."""
+        self.answered = True
         code, text = reply_status(kind, msg)
         if code == SFTP_OK:
             self._on_synced(self._offset)
