@@ -27,6 +27,7 @@ from airflow_s3sftp.core.journal import (
     journal_path_for,
     journal_temp_path_for,
 )
+from airflow_s3sftp.core.manifest import Manifest, RangeHasher, manifest_path, render_manifest
 from airflow_s3sftp.core.ordered import OrderedWriter
 from airflow_s3sftp.core.parts import StripedFile, Striping, part_token
 from airflow_s3sftp.core.paths import backup_path_for, leftover_of, new_token, short_stem, temp_path_for
@@ -198,6 +199,8 @@ def extra_paths(path: str, options: DeliveryOptions) -> list[str]:
     extras = []
     if publishing.sidecar and algorithm:
         extras.append(sidecar_path(path, algorithm))
+    if publishing.manifest:
+        extras.append(manifest_path(path))
     if publishing.done_marker:
         extras.append(path + publishing.done_marker)
     return extras
@@ -400,7 +403,7 @@ class Delivery:
             self._stop_journal()
             published_with = self._publish(remote)
             self._drop_journal(remote)
-            sidecar, marker = self._write_extras(remote, checksum)
+            sidecar, marker = self._write_extras(remote, checksum, digests)
         except Exception as err:
             if session.lost(err):
                 raise ConnectionLostError(
@@ -447,7 +450,7 @@ class Delivery:
         if identical is None:
             return None
         log.info("%s already holds %s (%s): skipped", self.path, self.source.uri, identical)
-        sidecar, marker = self._write_extras(remote, identical, only_missing=True)
+        sidecar, marker = self._write_extras(remote, identical, None, only_missing=True)
         return self._record(
             size=self.source.size,
             checksum=identical,
@@ -520,7 +523,8 @@ class Delivery:
         return max(range_size, self.source.size // 32 // range_size * range_size)
 
     def _fresh_digests(self) -> Digests:
-        range_size = self.options.checks.range_size if self._journal is not None else None
+        keep_ranges = self._journal is not None or self.options.publishing.manifest
+        range_size = self.options.checks.range_size if keep_ranges else None
         return Digests.fresh(self.options.checks.checksum, self.check, range_size)
 
     def _keep_journal(self, remote: Remote) -> None:
@@ -548,11 +552,11 @@ class Delivery:
             return
 
         def synced(offset: int) -> None:  # on the writer's thread, while it collects replies
-            done = list(ranges.done)  # the reader thread appends: take a copy
+            done = ranges.completed  # a copy: the reader thread appends
             proven = min(offset // journal.range_size, len(done)) * journal.range_size
             if proven > self._proven:
                 self._proven = journal.proven = proven
-                journal.ranges = done[: proven // journal.range_size]
+                journal.ranges = list(done[: proven // journal.range_size])
                 keeper.submit(journal.to_bytes())
 
         file.checkpoint(synced)
@@ -609,7 +613,7 @@ class Delivery:
         if (
             digests is not None
             and digests.ranges is not None
-            and digests.ranges.done != earlier.ranges[: proven // earlier.range_size]
+            and list(digests.ranges.completed) != earlier.ranges[: proven // earlier.range_size]
         ):
             proven, digests, why = 0, None, f"{self.source.uri} no longer gives its digests"
         if digests is None:
@@ -897,9 +901,9 @@ class Delivery:
         return how
 
     def _write_extras(
-        self, remote: Remote, checksum: str | None, *, only_missing: bool = False
+        self, remote: Remote, checksum: str | None, digests: Digests | None, *, only_missing: bool = False
     ) -> tuple[str | None, str | None]:
-        """Write the checksum sidecar, then the done marker, after the file itself is published."""
+        """Write the checksum sidecar, the range manifest, then the done marker, after the publish."""
         publishing, algorithm = self.options.publishing, self.options.checks.checksum
         sidecar = marker = None
         if publishing.sidecar and algorithm and checksum:
@@ -908,11 +912,35 @@ class Delivery:
             if not (only_missing and read_recorded(remote, self.path, algorithm) == hexdigest):
                 text = sidecar_text(self.path, hexdigest).encode()
                 write_small_file(remote, sidecar, text, publishing.file_mode)
+        if publishing.manifest and not (only_missing and remote.stat(manifest_path(self.path)) is not None):
+            write_small_file(
+                remote, manifest_path(self.path), self._manifest(remote, digests), publishing.file_mode
+            )
         if publishing.done_marker:
             marker = self.path + publishing.done_marker
             if not (only_missing and remote.stat(marker) is not None):
                 write_small_file(remote, marker, b"", publishing.file_mode)
         return sidecar, marker
+
+    def _manifest(self, remote: Remote, digests: Digests | None) -> bytes:
+        """Return the range manifest of the delivered bytes (read again from the server when skipped)."""
+        range_size = self.options.checks.range_size
+        ranges = digests.ranges if digests is not None else None
+        if ranges is None or ranges.size != self.source.size:  # skipped: the file is there, ours to read
+            ranges = RangeHasher(range_size, whole=False)
+            for data in remote.read(self.path, self.source.size):
+                ranges.update(data)
+        whole = digests.checksum() if digests is not None else None
+        if whole is None or not whole.startswith("sha256:"):
+            hasher = hashlib.sha256()
+            for data in remote.read(self.path, self.source.size):
+                hasher.update(data)
+            whole = "sha256:" + hasher.hexdigest()
+        completed, _ = ranges.finish()
+        name = posixpath.basename(self.path)
+        return render_manifest(
+            Manifest(name, self.source.size, range_size, whole.split(":", 1)[1], completed)
+        ).encode()
 
     def _identical(self, remote: Remote) -> str | None:
         """Return ``"<algorithm>:<hex>"`` when the final file provably holds the object's bytes."""

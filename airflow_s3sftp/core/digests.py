@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from airflow_s3sftp.core.checksums import format_checksum, new_hasher
-from airflow_s3sftp.core.journal import RangeDigests
+from airflow_s3sftp.core.manifest import RangeHasher
 
 if TYPE_CHECKING:
     from airflow_s3sftp.core.integrity import SourceCheck
@@ -30,7 +30,7 @@ class Digests:
         algorithm: str | None,
         source_check: SourceCheck | None,
         states: tuple[Any, Any],
-        ranges: RangeDigests | None = None,
+        ranges: RangeHasher | None = None,
     ) -> None:
         self.algorithm = algorithm
         self.source_check = source_check
@@ -45,7 +45,7 @@ class Digests:
         ours = new_hasher(algorithm) if algorithm else None
         shared = source_check is not None and ours is not None and source_check.algorithm == algorithm
         source = None if source_check is None or shared else source_check.new_hasher()
-        ranges = RangeDigests(range_size) if range_size else None
+        ranges = RangeHasher(range_size, whole=False) if range_size else None
         return cls(algorithm, source_check, (ours, source), ranges)
 
     @property
@@ -73,7 +73,7 @@ class Digests:
             self.algorithm,
             self.source_check,
             (ours.copy() if ours is not None else None, source.copy() if source is not None else None),
-            RangeDigests.restored(self.ranges.range_size, ranges) if self.ranges and ranges else None,
+            RangeHasher.restored(self.ranges.range_size, ranges) if self.ranges and ranges else None,
         )
 
     def prefix_digest(self, states: tuple[Any, ...]) -> bytes | None:

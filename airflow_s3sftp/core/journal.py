@@ -115,46 +115,6 @@ class Journal:
         return self.identity == identity
 
 
-class RangeDigests:
-    """sha256 of every complete ``range_size`` range of a stream fed in order from byte 0."""
-
-    def __init__(self, range_size: int) -> None:
-        self.range_size = range_size
-        self.done: list[str] = []
-        self._current = hashlib.sha256()
-        self._filled = 0
-
-    @property
-    def position(self) -> int:
-        return len(self.done) * self.range_size + self._filled
-
-    def update(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            room = self.range_size - self._filled
-            piece, view = view[:room], view[room:]
-            self._current.update(piece)
-            self._filled += len(piece)
-            if self._filled == self.range_size:
-                self.done.append(self._current.hexdigest())
-                self._current, self._filled = hashlib.sha256(), 0
-
-    def finish(self) -> list[str]:
-        """Return every range digest, the short last range included."""
-        return self.done + ([self._current.copy().hexdigest()] if self._filled else [])
-
-    def snapshot(self) -> tuple[tuple[str, ...], Any, int]:
-        """Return a copy of the state (a digest per range so far: small)."""
-        return tuple(self.done), self._current.copy(), self._filled
-
-    @classmethod
-    def restored(cls, range_size: int, state: tuple[tuple[str, ...], Any, int]) -> RangeDigests:
-        done, current, filled = state
-        ranges = cls(range_size)
-        ranges.done, ranges._current, ranges._filled = list(done), current.copy(), filled
-        return ranges
-
-
 class JournalKeeper:
     """Publishes a delivery's journal on a channel of its own, off the writer's path.
 

@@ -35,6 +35,9 @@ class Publishing:
     :param done_marker: suffix of an empty marker file written last, e.g. ``".done"``
     :param stale_temp_after: seconds after which a leftover temp file of the same final name
         (left by a crashed worker) counts as abandoned and is removed, measured on the server's clock
+    :param manifest: write ``<name>.manifest`` after publishing (before the done marker): the sha256
+        of every ``range_size`` range, so a partner can name the bytes that differ
+        (:mod:`airflow_s3sftp.core.manifest`, ``python -m airflow_s3sftp.verify``)
     """
 
     atomic: bool = True
@@ -44,9 +47,11 @@ class Publishing:
     sidecar: bool = False
     done_marker: str | None = None
     stale_temp_after: float = 86400.0
+    manifest: bool = False
 
     def __post_init__(self) -> None:
         validate.flag("atomic", self.atomic)
+        validate.flag("manifest", self.manifest)
         validate.choice("if_exists", self.if_exists, ("replace", "fail", "skip_identical"))
         validate.flag("create_dirs", self.create_dirs)
         validate.file_mode("file_mode", self.file_mode)

@@ -172,3 +172,40 @@ def test_a_leftover_with_one_flipped_byte_is_never_published(
     assert json.loads(out.strip().splitlines()[-1])["resumed_from"] == 0  # range 0 reads back otherwise
     assert (remote_dir / "big.bin").read_bytes() == big
     assert sorted(p.name for p in remote_dir.iterdir()) == ["big.bin"]
+
+
+def test_the_manifest_names_the_one_bad_range_of_a_file_altered_after_delivery(
+    sshd: Any, s3: Any, bucket: str, remote_dir: Path
+) -> None:
+    from airflow_s3sftp.core.options import DeliveryOptions
+    from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
+
+    data = os.urandom(5 * MiB + 123)
+    s3.put_object(Bucket=bucket, Key="m", Body=data)
+    options = DeliveryOptions.from_flat(manifest=True, range_size=MiB, done_marker=".done")
+    hook = S3ToSFTPHook(aws_conn_id="aws_default", sftp_conn_id="sftp_default")
+    hook.stream_object(bucket, "m", str(remote_dir / "m.bin"), options)
+    assert sorted(p.name for p in remote_dir.iterdir()) == ["m.bin", "m.bin.done", "m.bin.manifest"]
+    manifest = (remote_dir / "m.bin.manifest").read_text()
+    assert f"# sha256: {hashlib.sha256(data).hexdigest()}" in manifest
+    assert (remote_dir / "m.bin.done").stat().st_mtime_ns >= (
+        remote_dir / "m.bin.manifest"
+    ).stat().st_mtime_ns
+    verify = [
+        sys.executable,
+        "-m",
+        "airflow_s3sftp.verify",
+        str(remote_dir / "m.bin"),
+        str(remote_dir / "m.bin.manifest"),
+    ]
+    good = subprocess.run(verify, capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0 and "OK" in good.stdout, good
+    with (remote_dir / "m.bin").open("r+b") as handle:  # the file altered after delivery, in range 3
+        handle.seek(3 * MiB + 77)
+        byte = handle.read(1)
+        handle.seek(3 * MiB + 77)
+        handle.write(bytes([byte[0] ^ 1]))
+    bad = subprocess.run(verify, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1, bad
+    assert re.search(rf"range 3\b.*{3 * MiB}.*{4 * MiB - 1}", bad.stdout), bad.stdout
+    assert not re.search(r"range [0-24-9]\b", bad.stdout), bad.stdout
