@@ -288,6 +288,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
             [(f"s3://{bucket}/{key}", path) for bucket, key, path in planned],
             sidecar_suffix=f".{options.checks.checksum}" if options.publishing.sidecar else None,
             done_marker=options.publishing.done_marker,
+            manifest=options.publishing.manifest,
         )
         return planned
 

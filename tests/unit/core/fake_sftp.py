@@ -45,6 +45,7 @@ class FakeFS:
     round_trip: float = 0.0
     free: int | None = None  # bytes free (statvfs); None: the server does not say
     joins: int = 0
+    syncs: int = 0
 
     def step(self, name: str, path: str) -> None:
         if self.on_step is not None:
@@ -84,6 +85,11 @@ class FakeFile:
         self.remote.check()
         self.closed = True
         return self.remote.stat(self.path)
+
+    def checkpoint(self, on_synced: Any) -> None:
+        self.remote.check()
+        self.remote.fs.syncs += 1
+        on_synced(self._position)
 
     def server_time(self) -> float | None:
         return float(self.remote.fs.now)
@@ -195,11 +201,25 @@ class FakeRemote:
         if path not in self.fs.files:
             raise FileNotFoundError(errno.ENOENT, f"SFTP chmod {path!r} failed: No such file")
 
-    def write_small(self, path: str, content: bytes, mode: int | None, *, temp: str, backup: str) -> None:
-        file, _ = self.create(temp, exclusive=True)
-        file.write(content)
-        file.finish(sync=True)
-        self.publish(temp, path, replace=True, backup=backup, mode=mode)
+    def write_small(
+        self, path: str, content: bytes, mode: int | None, *, temp: str, backup: str, exclusive: bool = True
+    ) -> None:
+        try:
+            file, _ = self.create(temp, exclusive=exclusive)
+            file.write(content)
+            file.finish(sync=True)
+            self.publish(temp, path, replace=True, backup=backup, mode=mode)
+        except BaseException:
+            self.remove(temp)
+            raise
+
+    def read_small(self, path: str, limit: int) -> bytes | None:
+        self.check()
+        data = self.fs.files.get(path)
+        return None if data is None or len(data) > limit else bytes(data)
+
+    def side(self) -> FakeRemote:
+        return self  # one more channel of the same connection: the same faults
 
     def listdir(self, directory: str) -> list[Attrs]:
         self.check()
