@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_s3sftp.core import poll, stability, validate
-from airflow_s3sftp.exceptions import ChecksumMismatchError, ManifestMismatchError
+from airflow_s3sftp.core.events import encode_error
 from airflow_s3sftp.hooks.sftp_sensing import DEFAULT_CHUNK_SIZE, SFTPSensingHookAsync
 
 try:  # Airflow 3.0+: the base of triggers that may back an AssetWatcher
@@ -40,21 +40,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two warnings about one file whose claim the server refuses for permission.
 BLOCKED_WARNING_INTERVAL = 300.0
-
-
-def error_event(error: BaseException, target: str) -> dict[str, Any]:
-    """Return the payload of an error event; :meth:`SFTPFileStableSensor.execute_complete` raises it."""
-    payload: dict[str, Any] = {
-        "status": "error",
-        "error_type": type(error).__name__,
-        "message": str(error) or repr(error),
-        "what": target,
-    }
-    if isinstance(error, ChecksumMismatchError):
-        payload.update(expected=error.expected, actual=error.actual)
-    if isinstance(error, ManifestMismatchError):
-        payload.update(first=error.first, bad_ranges=error.bad_ranges)
-    return payload
 
 
 class SFTPFileStableTrigger(BaseTrigger):
@@ -120,7 +105,7 @@ class SFTPFileStableTrigger(BaseTrigger):
                 payload = await self._watch(io)
         except Exception as err:
             self.log.error("Sensing %s failed: %s", io.target(self.path), err)
-            yield TriggerEvent(error_event(err, io.target(self.path)))  # type: ignore[no-untyped-call]
+            yield TriggerEvent(encode_error(err, io.target(self.path)))  # type: ignore[no-untyped-call]
             return
         yield TriggerEvent(payload)  # type: ignore[no-untyped-call]
 

@@ -403,6 +403,12 @@ class TestExecuteComplete:
 
     def test_unexpected_error_names_the_trigger_and_path(self) -> None:
         sensor = SFTPFileStableSensor(task_id="wait", path="/a")
+        event = {"status": "error", "error_type": "ZeroDivisionError", "message": "division by zero"}
+        with pytest.raises(RuntimeError, match="SFTPFileStableTrigger failed for /a: ZeroDivisionError"):
+            sensor.execute_complete(NO_CONTEXT, event)
+
+    def test_a_lost_connection_is_raised_as_itself(self) -> None:
+        sensor = SFTPFileStableSensor(task_id="wait", path="/a")
         event = {"status": "error", "error_type": "ConnectionResetError", "message": "reset by peer"}
-        with pytest.raises(RuntimeError, match="SFTPFileStableTrigger failed for /a: ConnectionResetError"):
+        with pytest.raises(ConnectionResetError, match=r"^reset by peer$"):
             sensor.execute_complete(NO_CONTEXT, event)
