@@ -168,7 +168,7 @@ class SFTPFileStableSensor(BaseSensorOperator):
                     path=self.path,
                     sftp_conn_id=self.sftp_conn_id,
                     policy=policy.to_dict(),
-                    poll_interval=self.poke_interval,
+                    poke_interval=self.poke_interval,
                     chunk_size=self.chunk_size,
                     state=verdict.state.to_dict(),
                 ),

@@ -12,12 +12,14 @@ import dataclasses
 import logging
 import posixpath
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_s3sftp.core import poll, stability, validate
 from airflow_s3sftp.core.events import encode_error
+from airflow_s3sftp.exceptions import S3SFTPDeprecationWarning
 from airflow_s3sftp.hooks.sftp_sensing import DEFAULT_CHUNK_SIZE, SFTPSensingHookAsync
 
 try:  # Airflow 3.0+: the base of triggers that may back an AssetWatcher
@@ -55,9 +57,12 @@ class SFTPFileStableTrigger(BaseTrigger):
     :param path: remote path of the file
     :param sftp_conn_id: SFTP connection to use
     :param policy: what "complete" means, :meth:`airflow_s3sftp.core.stability.Policy.to_dict`
-    :param poll_interval: seconds between polls
+    :param poke_interval: seconds between polls (the sensor's ``poke_interval``)
     :param chunk_size: bytes per read while hashing
     :param state: observations made so far (:meth:`airflow_s3sftp.core.stability.State.to_dict`), or ``None``
+    :param poll_interval: deprecated name of ``poke_interval`` (warns with
+        :class:`~airflow_s3sftp.exceptions.S3SFTPDeprecationWarning`; kept for one release, so that a
+        trigger serialized by an earlier version still runs)
     """
 
     def __init__(
@@ -66,20 +71,33 @@ class SFTPFileStableTrigger(BaseTrigger):
         path: str,
         sftp_conn_id: str = "sftp_default",
         policy: dict[str, Any],
-        poll_interval: float = 60.0,
+        poke_interval: float = 60.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         state: dict[str, Any] | None = None,
+        poll_interval: float | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        if poll_interval is not None:
+            warnings.warn(
+                "SFTPFileStableTrigger(poll_interval=...) is deprecated: use poke_interval=...",
+                S3SFTPDeprecationWarning,
+                stacklevel=2,
+            )
+            if poke_interval != 60.0:
+                raise ValueError(
+                    "SFTPFileStableTrigger got both poke_interval and its deprecated name poll_interval; "
+                    "pass poke_interval only"
+                )
+            poke_interval = poll_interval
         validate.text("path", path)
         validate.text("sftp_conn_id", sftp_conn_id)
-        validate.number("poll_interval", poll_interval, positive=True)
+        validate.number("poke_interval", poke_interval, positive=True)
         validate.integer("chunk_size", chunk_size, minimum=1)
         # The policy and state come from the sensor, which validated them: a bad one is one error event.
         self.path = path
         self.sftp_conn_id = sftp_conn_id
         self.policy = policy
-        self.poll_interval = poll_interval
+        self.poke_interval = poke_interval
         self.chunk_size = chunk_size
         self.state = state
 
@@ -91,7 +109,7 @@ class SFTPFileStableTrigger(BaseTrigger):
                 "path": self.path,
                 "sftp_conn_id": self.sftp_conn_id,
                 "policy": self.policy,
-                "poll_interval": self.poll_interval,
+                "poke_interval": self.poke_interval,
                 "chunk_size": self.chunk_size,
                 "state": self.state,
             },
@@ -140,7 +158,7 @@ class SFTPFileStableTrigger(BaseTrigger):
                 self.log.info("%s is complete: %s (%s)", target, verdict.reason, verdict.checksum)
                 return {"status": "success", "result": stability.result(self.path, verdict)}
             self.log.info("%s is not complete yet: %s", target, verdict.reason)
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(self.poke_interval)
 
 
 class SFTPFileStableEventTrigger(_EventTriggerBase):

@@ -270,7 +270,7 @@ def test_the_deferred_trigger_reconnects_after_a_dropped_connection(sshd, remote
             path=str(remote_dir / "big.bin"),
             sftp_conn_id=proxied(set_connection, sshd, proxy),
             policy=policy.to_dict(),
-            poll_interval=0.2,
+            poke_interval=0.2,
             chunk_size=64 * 1024,
         )
 
@@ -378,7 +378,7 @@ def test_event_trigger_arguments_are_checked_at_parse_time(kwargs, message):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"poll_interval": float("nan")}, r"poll_interval must be a finite number"),
+        ({"poke_interval": float("nan")}, r"poke_interval must be a finite number"),
         ({"chunk_size": "64k"}, r"chunk_size must be an integer"),
         ({"path": "/in/a\x00"}, r"path must not contain a NUL byte"),
     ],

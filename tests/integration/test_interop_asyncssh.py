@@ -127,7 +127,7 @@ def test_sensor_and_trigger_prove_the_file_on_asyncssh(s3, bucket, target):
         policy=stability.Policy.build(
             target=f"{remote}/k", stable_for=1, checksum="sha256", expected_checksum_from="sidecar"
         ).to_dict(),
-        poll_interval=0.3,
+        poke_interval=0.3,
     )
 
     async def first_event() -> dict[str, object]:

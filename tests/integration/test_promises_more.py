@@ -197,7 +197,7 @@ def make_sensor(path: Path, conn_id: str) -> SFTPFileStableSensor:
 
 def make_trigger(path: Path, conn_id: str) -> SFTPFileStableTrigger:
     policy = stability.Policy.build(target=str(path), stable_for=0.5, checksum="sha256").to_dict()
-    return SFTPFileStableTrigger(path=str(path), sftp_conn_id=conn_id, policy=policy, poll_interval=0.25)
+    return SFTPFileStableTrigger(path=str(path), sftp_conn_id=conn_id, policy=policy, poke_interval=0.25)
 
 
 def trigger_events(trigger: SFTPFileStableTrigger, timeout: float = 30) -> list[dict[str, Any]]:
