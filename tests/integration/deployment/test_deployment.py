@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -103,6 +104,16 @@ def events_per_file(deployment: Deployment) -> Counter[str]:
         json.loads(extra)["payload"] for (extra,) in deployment.query("SELECT extra FROM asset_event")
     ]
     return Counter(Path(payload["source_path"]).name for payload in payloads)
+
+
+def watcher_owner(deployment: Deployment) -> int | None:
+    """Return the id of the triggerer job running the inbound watcher, None while nobody runs it."""
+    rows = deployment.query(
+        "SELECT triggerer_id FROM trigger WHERE classpath LIKE '%SFTPFileStableEventTrigger'"
+    )
+    owners = {owner for (owner,) in rows if owner is not None}
+    assert len(owners) <= 1, rows
+    return owners.pop() if owners else None
 
 
 def settled(deployment: Deployment, names: set[str]) -> bool:
@@ -205,11 +216,20 @@ def test_c_a_triggerer_restart_neither_loses_nor_duplicates_a_file(
     inbound = inbound_dirs["inbound"]
     before = Counter(item["name"] for item in processed(deployment))
     during = random_bytes(600_000)
-    writer = SlowWriter(sshd, str(inbound / "during.csv"), during, pieces=8, pause=0.5)
+    # 12 s of upload: a graceful stop of the triggerer takes seconds, and it must end before the upload does.
+    writer = SlowWriter(sshd, str(inbound / "during.csv"), during, pieces=24, pause=0.5)
     writer.start()
-    time.sleep(1.0)  # mid-upload, mid-watch
+    deployment.wait_for(
+        "the upload under way while a triggerer runs the watcher",
+        lambda: len(writer.sizes_seen) >= 2 and watcher_owner(deployment) is not None,
+        timeout=30,
+    )
+    owner = watcher_owner(deployment)
     deployment.stop("triggerer")
     stopped = time.monotonic()
+    # Mid-watch and mid-upload: the triggerer was gone while the file was still being written.
+    assert writer.finished_at is None, "the upload ended before the triggerer did"
+    assert (inbound / "during.csv").exists() and events_per_file(deployment)["during.csv"] == 0
     down = random_bytes(1000)
     (inbound / "down.csv").write_bytes(down)  # arrives while no triggerer runs
     writer.join_checked()
@@ -221,6 +241,7 @@ def test_c_a_triggerer_restart_neither_loses_nor_duplicates_a_file(
         timeout=150,
     )
     recovered = time.monotonic() - stopped
+    assert watcher_owner(deployment) not in (None, owner)  # the new triggerer took the watcher over
 
     counts = Counter(item["name"] for item in processed(deployment))
     assert counts["during.csv"] == counts["down.csv"] == 1
@@ -235,3 +256,39 @@ def test_c_a_triggerer_restart_neither_loses_nor_duplicates_a_file(
     print(
         f"(c) triggerer restart: files processed {recovered:.1f}s after the stop, test {time.monotonic() - started:.1f}s"
     )
+
+
+def test_d_a_triggerer_killed_between_a_claim_and_its_event_loses_no_file(
+    deployment: Deployment, sshd: SSHDServer, inbound_dirs: dict[str, Path]
+) -> None:
+    """SIGKILL the triggerer the moment a file lands in ``claim_to``, before its event is stored (the
+    window the docs name): the next run takes the file from ``claim_to``, exactly once."""
+    started = time.monotonic()
+    inbound, claimed = inbound_dirs["inbound"], inbound_dirs["claimed"]
+    before = Counter(item["name"] for item in processed(deployment))
+    deployment.wait_for("a triggerer running the watcher", lambda: watcher_owner(deployment) is not None)
+    orphan = random_bytes(5000)
+    (inbound / "orphan.csv").write_bytes(orphan)
+    deadline = time.monotonic() + 60
+    while not (claimed / "orphan.csv").exists():  # polled fast: the window is about one second
+        assert time.monotonic() < deadline, "the watcher never claimed orphan.csv"
+        time.sleep(0.005)
+    deployment.stop("triggerer", signal.SIGKILL)
+    assert events_per_file(deployment)["orphan.csv"] == 0, "the event was stored before the kill"
+    deployment.start("triggerer")
+    later = random_bytes(700)
+    (inbound / "later.csv").write_bytes(later)  # its run also takes what waits in claim_to
+
+    deployment.wait_for(
+        "both files processed after the kill",
+        lambda: settled(deployment, {"orphan.csv", "later.csv"}),
+        timeout=150,
+    )
+    counts = Counter(item["name"] for item in processed(deployment))
+    assert counts - Counter({"orphan.csv": 1, "later.csv": 1}) == before
+    taken = {item["name"]: item for item in processed(deployment)}
+    assert taken["orphan.csv"]["checksum"] == sha256(orphan) and not taken["orphan.csv"]["from_event"]
+    assert events_per_file(deployment)["orphan.csv"] == 0
+    assert (inbound_dirs["processed"] / "orphan.csv").read_bytes() == orphan
+    assert sorted(inbound.iterdir()) == [] and sorted(claimed.iterdir()) == []
+    print(f"(d) triggerer killed between a claim and its event: {time.monotonic() - started:.1f}s")

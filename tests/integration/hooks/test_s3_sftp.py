@@ -19,59 +19,78 @@ from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 MiB = 1024 * 1024
 
 
-class Recording(io.RawIOBase):
-    """A file that records the offset of every write; seekable unless told otherwise."""
+class HoldFirstPart:
+    """Hold the GET of an object's first part until a later part's bytes reached the sink (or ``limit`` s).
 
-    def __init__(self, seekable: bool) -> None:
+    Registered on the client's public ``before-call`` event, it gives the download every chance to
+    write out of order: on s3transfer's seekable path a later part lands first; through
+    :class:`OrderedWriter` nothing may reach the sink before byte 0, so the hold runs out.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.later_part_written = threading.Event()
+        self.held = threading.Event()
+
+    def __call__(self, params, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if str(params.get("headers", {}).get("Range", "")).startswith("bytes=0-"):
+            self.held.set()
+            self.later_part_written.wait(self.limit)
+
+
+class Recording(io.RawIOBase):
+    """A seekable file that records every write as (offset, length) and tells ``gate`` of a write past 0."""
+
+    def __init__(self, gate: HoldFirstPart) -> None:
         super().__init__()
         self.buffer = io.BytesIO()
-        self._seekable = seekable
-        self.offsets: list[int] = []
-        self.seeks: list[int] = []
+        self.gate = gate
+        self.writes: list[tuple[int, int]] = []
 
     def writable(self) -> bool:
         return True
 
     def seekable(self) -> bool:
-        return self._seekable
+        return True
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        if not self._seekable:
-            raise io.UnsupportedOperation("seek")
-        self.seeks.append(offset)
         return self.buffer.seek(offset, whence)
 
     def tell(self) -> int:
         return self.buffer.tell()
 
     def write(self, data) -> int:  # type: ignore[no-untyped-def]
-        self.offsets.append(self.buffer.tell())
+        self.writes.append((self.buffer.tell(), len(data)))
+        if self.writes[0][0] > 0:
+            self.gate.later_part_written.set()
         return self.buffer.write(data)
 
 
-def test_the_race_boto3_seeks_into_a_seekable_file_and_writes_in_order_into_ours(s3, bucket):
-    """The bug this package exists for: s3transfer seeks and writes parts in completion order.
+@pytest.mark.parametrize("ordered", [False, True], ids=["plain-seekable-file", "ordered-writer"])
+def test_the_race_boto3_writes_parts_out_of_order_into_a_seekable_file_but_in_order_into_ours(
+    s3, bucket, ordered
+):
+    """The bug this package exists for, made to happen: the first part's GET is held back.
 
-    Whether the parts complete out of order on a given run is the thread scheduler's choice, so
-    what is asserted is the path taken: a seek before every part's write into a seekable file
-    (the path on which completion order becomes file order), strictly sequential writes into ours.
+    Into a plain seekable file, s3transfer writes a later part first (completion order becomes
+    file order). The same seekable file behind :class:`OrderedWriter` receives byte 0 first and
+    every write where the one before ended, although the first part is still the slowest.
     """
-    data = os.urandom(40 * MiB)
+    data = os.urandom(20 * MiB)
     s3.put_object(Bucket=bucket, Key="big", Body=data)
-    config = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=10)
-    seekable = Recording(seekable=True)
-    s3.download_fileobj(bucket, "big", seekable, Config=config)
-    assert seekable.buffer.getvalue() == data
-    part_starts = set(range(0, len(data), 5 * MiB))
-    assert part_starts <= set(seekable.seeks), "s3transfer did not seek to every part"
-
-    # The same download into OrderedWriter takes s3transfer's non-seekable path: strictly in order.
-    sink = Recording(seekable=False)
-    s3.download_fileobj(bucket, "big", OrderedWriter(sink), Config=config)
+    config = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=4)
+    gate = HoldFirstPart(limit=2.0)
+    s3.meta.events.register("before-call.s3.GetObject", gate)  # the fixture's client is this test's own
+    sink = Recording(gate)
+    s3.download_fileobj(bucket, "big", OrderedWriter(sink) if ordered else sink, Config=config)
     assert sink.buffer.getvalue() == data
-    assert sink.seeks == []
-    assert sink.offsets == sorted(sink.offsets)
-    assert sink.offsets[0] == 0
+    assert gate.held.is_set(), "no ranged GET of the first part: nothing was held back"
+    if ordered:
+        assert not gate.later_part_written.is_set()
+        ends = [offset + length for offset, length in sink.writes]
+        assert [offset for offset, _ in sink.writes] == [0, *ends[:-1]], "a write not at the end of the last"
+    else:
+        assert sink.writes[0][0] > 0, "s3transfer wrote the first part first: the race did not show"
 
 
 def test_compression_is_off_unless_the_connection_asks(sshd, set_connection):
