@@ -166,7 +166,7 @@ class JournalKeeper:
             try:
                 self._write(content or b"")
                 self.written += 1
-            except Exception as err:  # a lost journal costs a later try's resume, not this delivery
+            except BaseException as err:  # a lost journal costs a later try's resume, not this delivery
                 log.warning("Could not write the journal of %s: %s", self._describe, err)
             finally:
                 with self._cond:

@@ -357,6 +357,7 @@ class S3ToSFTPHook(BaseHook):
         sweeper = LeftoverSweeper(
             options.publishing.stale_temp_after,
             finals + [extra for path in finals for extra in extra_paths(path, options)],
+            earlier_tries_after=options.retry.resume_after,
         )
         progress = BatchProgress(len(planned), options.streaming.progress_interval)
         stop = _TaskStop(planned, atomic=options.publishing.atomic)

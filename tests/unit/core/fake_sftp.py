@@ -18,6 +18,10 @@ from typing import Any
 from airflow_s3sftp.exceptions import ConnectionLostError
 
 
+class Killed(BaseException):
+    """The worker process died (what kill -9 does): nothing it does afterwards reaches the server."""
+
+
 @dataclass
 class Attrs:
     st_size: int
@@ -46,6 +50,8 @@ class FakeFS:
     free: int | None = None  # bytes free (statvfs); None: the server does not say
     joins: int = 0
     syncs: int = 0
+    kill_after_bytes: int | None = None  # the worker dies here (kill -9): no cleanup reaches the server
+    killed: bool = False
 
     def step(self, name: str, path: str) -> None:
         if self.on_step is not None:
@@ -79,6 +85,10 @@ class FakeFile:
         if fs.cut_after_bytes and fs.written >= fs.cut_after_bytes[0]:
             fs.cut_after_bytes.pop(0)
             self.remote.dead = True
+        if fs.kill_after_bytes is not None and fs.written >= fs.kill_after_bytes:
+            fs.kill_after_bytes = None
+            fs.killed = True
+            raise Killed(f"killed after {fs.written} bytes")
         return len(data)
 
     def finish(self, *, sync: bool) -> Attrs | None:
@@ -111,6 +121,8 @@ class FakeRemote:
 
     # -- faults ------------------------------------------------------------------------------
     def check(self, step: str | None = None) -> None:
+        if self.fs.killed:
+            raise Killed("the worker is dead")
         if self.dead:
             raise ConnectionLostError("connection is gone")
         if step is not None and step in self.fs.cut_at:
@@ -231,7 +243,7 @@ class FakeRemote:
         return out
 
     def remove(self, path: str) -> bool:
-        if self.dead:
+        if self.dead or self.fs.killed:
             return False
         return self.fs.files.pop(path, None) is not None
 

@@ -14,7 +14,7 @@ from airflow_s3sftp.core.options import TUNING, DeliveryOptions
 from airflow_s3sftp.core.parts import Striping, part_token
 from airflow_s3sftp.core.session import SessionPool
 from airflow_s3sftp.exceptions import ConnectionLostError, SupersededError
-from tests.unit.core.fake_sftp import FakeFS, FakeRemote, session_factory
+from tests.unit.core.fake_sftp import FakeFS, FakeRemote, Killed, session_factory
 
 KiB = 1024
 DATA = bytes(range(256)) * 4 * 300  # 300 KiB
@@ -331,4 +331,36 @@ def test_small_objects_keep_no_journal():
     fs = FakeFS()
     deliver(fs, **RESUMABLE)  # 300 KiB: below one checkpoint
     assert fs.syncs == 0
+    assert names(fs) == ["/in/k"]
+
+
+@pytest.mark.parametrize("striped", [False, True], ids=["one-channel", "striped"])
+def test_after_a_kill_9_the_next_try_adopts_or_removes_every_leftover(striped):
+    fs = striped_fs() if striped else FakeFS()
+    fs.kill_after_bytes = 6 * 1024 * KiB
+    flat = RESUMABLE | ({"channels": 4, "stripe_size": 1024 * KiB} if striped else {})
+    with pytest.raises(Killed):
+        deliver(fs, data=BIG, head={}, **flat)
+    fs.killed = False
+    leftovers = ours(fs)
+    assert len(leftovers) == (6 if striped else 2)  # temp (+ 4 parts) + journal: nothing cleaned up
+    fs.now += 60
+    record = deliver(fs, data=BIG, head={}, **flat)
+    assert (record.resumed_from > 0) is not striped  # parts are never adopted: joined only when complete
+    assert bytes(fs.files["/in/k"]) == BIG
+    assert names(fs) == ["/in/k"]
+
+
+def test_a_killed_small_delivery_leaves_nothing_once_the_next_try_comes():
+    fs = FakeFS()
+    fs.kill_after_bytes = 100 * KiB
+    with pytest.raises(Killed):
+        deliver(fs, **RESUMABLE)  # 300 KiB: no journal, just a temp file
+    fs.killed = False
+    assert len(ours(fs)) == 1
+    fs.now += 10  # too recent: maybe a live writer; left alone
+    deliver(fs, **RESUMABLE)
+    assert len(ours(fs)) == 1
+    fs.now += 60  # idle past resume_after: an earlier try's
+    deliver(fs, path="/in/k", **RESUMABLE)
     assert names(fs) == ["/in/k"]
