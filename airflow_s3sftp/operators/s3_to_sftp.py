@@ -138,7 +138,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
         ``connection_retries`` / ``connection_retry_delay`` (reconnects per object, 3, and the
         first wait, 1.0 s, doubled each time), ``s3_retries`` (reopens of a broken S3 stream, 5),
         ``checkpoint_every`` / ``resume_after`` (bytes between durable checkpoints, None picks,
-        0 keeps none; seconds a leftover must be idle before a new try adopts it, 60),
+        0 keeps none; seconds a leftover must be idle before a new try adopts it, 180),
         ``range_size`` (bytes per checkpoint and manifest range, 8 MiB), ``stale_temp_after``
         (seconds, on the server's clock, after which a crashed worker's temp file of one of
         this task's final names is removed, 86400); see :mod:`airflow_s3sftp.core.options`.
