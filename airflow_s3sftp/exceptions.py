@@ -90,3 +90,7 @@ class DeliveryFailedError(S3SFTPError):
 
 class UnsupportedAirflowVersionError(S3SFTPError, RuntimeError):
     """A feature was asked for that the running Airflow version does not provide."""
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument has the wrong type (a string where a number or flag is expected); also a ``ValueError``."""

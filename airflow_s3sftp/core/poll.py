@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from airflow_s3sftp.core import stability
+from airflow_s3sftp.core.paths import is_reserved_name
+from airflow_s3sftp.exceptions import AuthenticationError, HostKeyVerificationError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -104,6 +106,25 @@ class Claim:
 
     def ask(self, io: SensingIO) -> Any:
         return io.claim(self.source, self.target)
+
+
+#: Reconnects in a row that the sensor's poll or the deferred trigger makes after a dropped connection.
+RECONNECT_ATTEMPTS = 5
+
+
+def reconnect_delay(attempt: int) -> float:
+    """Return the wait before reconnect number ``attempt`` (1-based): 1, 2, 4... seconds, at most 30."""
+    return float(min(30.0, 2.0 ** max(0, attempt - 1)))
+
+
+def is_healable(err: BaseException) -> bool:
+    """Return True for a dropped or refused connection, which a reconnect may heal.
+
+    A refused login or an unknown or changed host key is final: it never heals by reconnecting.
+    """
+    if isinstance(err, (AuthenticationError, HostKeyVerificationError)):
+        return False
+    return isinstance(err, (ConnectionError, EOFError, TimeoutError))
 
 
 Request = Stat | ReadSidecar | Hash | ListDir | Claim
@@ -196,10 +217,13 @@ def split_pattern(path: str) -> tuple[str, str]:
 def matches(name: str, pattern: str) -> bool:
     """Return whether a file name matches the last-segment glob (case-sensitive, dotfiles only if asked).
 
-    An empty pattern matches every name.
+    An empty pattern matches every name. Our own temp and backup files (hidden names ending in
+    ``.s3sftp-part`` or ``.s3sftp-old``) never match a pattern.
     """
     if not pattern:
         return True  # a shared listing: every watcher applies its own pattern
+    if is_reserved_name(name):
+        return False  # airflow-s3sftp's own in-flight temp and backup files, whatever the pattern
     if name.startswith(".") and not pattern.startswith("."):
         return False  # hidden files, e.g. an uploader's temp files, are not candidates
     return fnmatch.fnmatchcase(name, pattern)
@@ -228,11 +252,14 @@ class Round:
     :param fired: files to fire for, in name order
     :param refused: complete files whose claim was refused because the target exists (reported once)
     :param failed: ``(name, error)`` of files that could not be read (reported once per size and mtime)
+    :param blocked: ``(file, error)`` of complete files whose claim the server refused for permission in
+        this round; they are retried every round (the caller throttles the warning)
     """
 
     fired: list[Fired]
     refused: list[Fired]
     failed: list[tuple[str, OSError]]
+    blocked: list[tuple[Fired, OSError]] = field(default_factory=list)
 
 
 #: Errors that concern one file and must not stop the watch of the others.
@@ -269,6 +296,10 @@ class Watch:
     failed: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
     # Files claimed or found complete whose event the caller has not taken yet (see take_fired).
     pending: list[Fired] = field(default_factory=list)
+    # Claimed files that changed between the verdict and the claim: fired once they settle.
+    settling: dict[str, Fired] = field(default_factory=dict)
+    # Claims refused for permission in the current round (see Round.blocked).
+    blocked: list[tuple[Fired, OSError]] = field(default_factory=list)
 
     def take_fired(self) -> list[Fired]:
         """Return and forget the files to fire for, also after a round that raised half-way."""
@@ -291,6 +322,9 @@ class Watch:
                 del memory[name]
         refused: list[Fired] = []
         failed: list[tuple[str, OSError]] = []
+        self.blocked = []
+        for name in sorted(self.settling):
+            yield from self._settle(self.settling.pop(name), checked=False)
         for name in sorted(candidates):
             seen = candidates[name]
             identity = (seen.size, seen.mtime)
@@ -306,7 +340,8 @@ class Watch:
                 continue
             if newly_refused is not None:
                 refused.append(newly_refused)
-        return Round(self.take_fired(), refused, failed)
+        blocked, self.blocked = self.blocked, []
+        return Round(self.take_fired(), refused, failed, blocked)
 
     def _visit(self, name: str, seen: stability.Observation) -> Poll[Fired | None]:
         """Poll one file; claim it when complete. Return it when its claim was newly refused."""
@@ -331,20 +366,57 @@ class Watch:
             self.pending.append(found)
             return None
         claimed = yield from self._claim(found)
-        return found if claimed is None and name in self.refused else None
+        blocked = any(held is found for held, _ in self.blocked)
+        return found if claimed is None and name in self.refused and not blocked else None
 
     def _claim(self, found: Fired) -> Poll[Fired | None]:
-        """Claim ``found``; queue and return it with its new path, or ``None`` when it is gone or refused."""
+        """Claim ``found``; queue and return it with its new path, or ``None`` when it is gone or refused.
+
+        A claim refused because the name is taken, or for permission, is kept in :attr:`refused` and
+        tried again next round (one rename) while the file stays unchanged.
+        """
         name = posixpath.basename(found.source_path)
         if self.claim_to is None:
             raise ValueError("this watch claims nothing: claim_to is None")
         target = posixpath.join(self.claim_to, name)
-        outcome = yield Claim(found.source_path, target)
+        try:
+            outcome = yield Claim(found.source_path, target)
+        except PermissionError as err:
+            # Fixing the directory's permissions does not change the file: retry every round.
+            self.refused[name] = found
+            self.blocked.append((found, err))
+            return None
         if outcome is Claimed.CLAIMED:
             self.refused.pop(name, None)
             moved = dataclasses.replace(found, path=target)
-            self.pending.append(moved)
-            return moved
+            return (yield from self._settle(moved))
         if outcome is Claimed.EXISTS:
             self.refused[name] = found
         return None
+
+    def _settle(self, moved: Fired, *, checked: bool = True) -> Poll[Fired | None]:
+        """Queue a claimed file once its payload provably describes it; return it when queued.
+
+        A writer may have appended between the verdict and the rename (the claim moves an open file):
+        the claimed file is stat'ed, and when size or mtime differ from the verdict's it is hashed again
+        between two equal stats; a file still changing waits for the next round (``checked=False``:
+        its checksum is not proven yet).
+        """
+        name = posixpath.basename(moved.path)
+        now = yield Stat(moved.path)
+        if not now.exists:
+            return None  # removed or moved on by someone else since the claim
+        if checked and (now.size, now.mtime) == (moved.size, moved.mtime):
+            self.pending.append(moved)
+            return moved
+        size = now.size if now.size is not None else 0
+        checksum = None
+        if self.policy.algorithm is not None:
+            checksum = yield Hash(moved.path, self.policy.algorithm, size)
+        again = yield Stat(moved.path)
+        if (checksum is None and self.policy.algorithm is not None) or not now.same_file_as(again):
+            self.settling[name] = dataclasses.replace(moved, size=size, mtime=now.mtime or 0)
+            return None  # still changing: look again next round
+        settled = dataclasses.replace(moved, size=size, mtime=now.mtime or 0, checksum=checksum)
+        self.pending.append(settled)
+        return settled

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import paramiko
 
-from airflow_s3sftp.core.sftp import server_write_size
+from airflow_s3sftp.core.sftp import DEFAULT_WRITE_SIZE, advertised_write_limit, server_write_size
 from airflow_s3sftp.exceptions import ConnectionLostError, is_final
 
 if TYPE_CHECKING:
@@ -143,10 +143,33 @@ class SFTPSession:
             self.sftp,
             endpoint=self.endpoint,
             lost=self.lost,
-            write_size=write_size or self.write_size,
+            write_size=self._write_size(write_size),
             max_in_flight=max_in_flight,
             session=self,
         )
+
+    def _write_size(self, wanted: int | None) -> int:
+        """Return the bytes per WRITE: ``wanted`` capped to what the server takes, else its own size."""
+        if wanted is None:
+            return self.write_size
+        if wanted <= DEFAULT_WRITE_SIZE:
+            return wanted  # every SFTP server must take 32 KiB writes
+        limit = self.write_limit
+        if limit is not None and wanted > limit:
+            log.warning(
+                "write_size=%s is above the %s bytes %s accepts in one WRITE (limits@openssh.com): using %s",
+                wanted,
+                limit,
+                self.endpoint,
+                limit,
+            )
+            return limit
+        return wanted
+
+    @cached_property
+    def write_limit(self) -> int | None:
+        """Return the largest WRITE the server advertises (``limits@openssh.com``), or None."""
+        return advertised_write_limit(self.sftp)
 
     def set_timeout(self, seconds: float) -> None:
         """Make a request that stalls longer than ``seconds`` fail instead of hanging."""

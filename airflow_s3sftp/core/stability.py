@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -142,12 +143,20 @@ class Policy:
     ) -> Policy:
         """Return a validated policy, raising ``ValueError`` that names ``target`` for a bad argument."""
         seconds = stable_for.total_seconds() if isinstance(stable_for, datetime.timedelta) else stable_for
-        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds):
             raise ValueError(
-                f"stable_for for {target} must be a non-negative number of seconds or a timedelta"
+                f"stable_for for {target} must be a finite number of seconds or a timedelta, "
+                f"got {stable_for!r}"
             )
+        if seconds < 0:
+            raise ValueError(f"stable_for for {target} must not be negative, got {stable_for!r}")
         if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
             raise ValueError(f"min_size for {target} must be a non-negative integer, got {min_size!r}")
+        if checksum is not None and (not isinstance(checksum, str) or not checksum.strip()):
+            raise ValueError(
+                f"checksum for {target} must name a digest algorithm such as 'sha256', or be None for size "
+                f"and mtime only; got {checksum!r}"
+            )
         size: int | None = None
         if expected_size is not None and expected_size != "":
             try:

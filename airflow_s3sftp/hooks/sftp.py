@@ -249,6 +249,9 @@ def connection_errors(hook: BulkSFTPHook) -> Iterator[None]:
             f"(or the password) to unlock it ({err})"
         ) from err
     except paramiko.AuthenticationException as err:
+        if "transport shut down or saw EOF" in str(err):
+            # The connection dropped during the login: nothing was refused, another attempt may pass.
+            raise ConnectionLostError(f"SSH connection to {where} dropped during the login: {err}") from err
         raise AuthenticationError(
             f"{where} refused the login of user {hook.username!r} (connection {conn_id!r}: "
             f"{_login_fix(hook)}): {err}"

@@ -108,6 +108,14 @@ def sftp_errors(
                 if isinstance(err, AuthenticationError):
                     raise
                 raise PermissionError(f"Permission denied when {action} {target}") from err
+            except OSError as err:
+                if isinstance(err, ConnectionError) or self.connected():
+                    raise
+                # paramiko's "Socket is closed" and kin: the connection dropped under the request.
+                self.close()
+                raise ConnectionError(
+                    f"SSH connection to {self.where} dropped while {action} {target}: {err}"
+                ) from err
 
         return wrapper
 
@@ -139,11 +147,17 @@ class SFTPSensingHook:
         """Return how messages name ``path`` on this server."""
         return sftp_target(self.where, path)
 
+    def connected(self) -> bool:
+        """Return True while the SFTP session is open and its SSH connection is up."""
+        if self._sftp is None:
+            return False
+        channel = self._sftp.get_channel()
+        return channel is not None and not channel.closed and channel.get_transport().is_active()
+
     def client(self) -> paramiko.SFTPClient:
         """Return the open SFTP client, connecting (again) when needed."""
         if self._sftp is not None:
-            channel = self._sftp.get_channel()
-            if channel is not None and not channel.closed and channel.get_transport().is_active():
+            if self.connected():
                 return self._sftp
             self.close()  # the server or the network dropped the session: reconnect
         with clear_connection_errors(self.hook, self.conn_id):
@@ -232,7 +246,7 @@ def async_sftp_errors(
                     f"Host key of SFTP server {self.where} is unknown or does not match the one configured "
                     f"in connection {self.conn_id!r} (host_key extra or known_hosts): {err.reason}"
                 ) from err
-            except (asyncssh.DisconnectError, asyncssh.ConnectionLost) as err:
+            except (asyncssh.DisconnectError, asyncssh.ConnectionLost, asyncssh.SFTPConnectionLost) as err:
                 await self.close()
                 raise ConnectionError(f"SSH connection to {self.where} failed: {err.reason}") from err
             except (ConnectionRefusedError, TimeoutError, socket.gaierror) as err:
@@ -471,7 +485,8 @@ class SFTPSensingHookAsync:
             if not await sftp.exists(source):
                 return Claimed.GONE  # another watcher claimed it, or someone removed it
             raise _no_claim_directory(self.target(posixpath.dirname(target))) from None
-        except asyncssh.SFTPFailure as err:
+        except (asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists) as err:
+            # OpenSSH answers a taken name with a bare failure, ProFTPD with "file already exists".
             if not await sftp.exists(target):
                 raise OSError(f"SFTP rename {self.target(source)} -> {target} failed: {err.reason}") from err
             return Claimed.EXISTS

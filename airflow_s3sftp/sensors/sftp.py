@@ -8,11 +8,12 @@
 from __future__ import annotations
 
 import datetime
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue, conf
 
-from airflow_s3sftp.core import poll, stability
+from airflow_s3sftp.core import poll, stability, validate
 from airflow_s3sftp.exceptions import (
     AuthenticationError,
     ChecksumMismatchError,
@@ -110,8 +111,24 @@ class SFTPFileStableSensor(BaseSensorOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        validate.flag("deferrable", deferrable)
         if not deferrable:
             check_sensor_mode(self.mode)  # reschedule needs the task state store: fail at parse time
+        # Non-templated arguments are checked now: a bad DAG fails at parse time.
+        validate.number(
+            "stable_for",
+            stable_for.total_seconds() if isinstance(stable_for, datetime.timedelta) else stable_for,
+        )
+        validate.algorithm("checksum", checksum)
+        if expected_checksum_from not in (None, *stability.EXPECTED_CHECKSUM_SOURCES):
+            choices = ", ".join(map(repr, stability.EXPECTED_CHECKSUM_SOURCES))
+            raise ValueError(
+                f"expected_checksum_from for {path} must be one of {choices} or None, "
+                f"got {expected_checksum_from!r}"
+            )
+        validate.integer("min_size", min_size, minimum=0)
+        validate.integer("chunk_size", chunk_size, minimum=1)
+        validate.number("poke_interval", self.poke_interval)
         self.path = path
         self.sftp_conn_id = sftp_conn_id
         self.stable_for = stable_for
@@ -129,12 +146,11 @@ class SFTPFileStableSensor(BaseSensorOperator):
     def _open(self) -> tuple[SFTPSensingHook, stability.Policy]:
         """Return the sensing hook and the validated policy, building both on first use."""
         if self._io is None or self._policy is None:
-            if (
-                isinstance(self.chunk_size, bool)
-                or not isinstance(self.chunk_size, int)
-                or self.chunk_size < 1
-            ):
-                raise ValueError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
+            validate.integer("chunk_size", self.chunk_size, minimum=1)
+            # Templated arguments, as rendered:
+            validate.text("path", self.path)
+            validate.text("sftp_conn_id", self.sftp_conn_id)
+            validate.text("expected_checksum", self.expected_checksum, optional=True, empty=True)
             io = SFTPSensingHook(self.sftp_conn_id, chunk_size=self.chunk_size)
             self._policy = stability.Policy.build(
                 target=io.target(self.path),
@@ -194,7 +210,27 @@ class SFTPFileStableSensor(BaseSensorOperator):
     def _poll(self, state: stability.State) -> stability.Verdict:
         """Run one poll (:func:`airflow_s3sftp.core.poll.poll_file`) over the sync sensing hook."""
         io, policy = self._open()
-        verdict = poll.drive(poll.poll_file(self.path, state, policy), io)
+        attempt = 0
+        while True:
+            try:
+                verdict = poll.drive(poll.poll_file(self.path, state, policy), io)
+                break
+            except Exception as err:
+                # A dropped connection is healed by reconnecting; a refused login or host key is final.
+                attempt += 1
+                if not poll.is_healable(err) or attempt > poll.RECONNECT_ATTEMPTS:
+                    raise
+                delay = poll.reconnect_delay(attempt)
+                self.log.warning(
+                    "Sensing %s: %s; reconnecting in %.0fs (%s of %s)",
+                    policy.target,
+                    err,
+                    delay,
+                    attempt,
+                    poll.RECONNECT_ATTEMPTS,
+                )
+                io.close()
+                time.sleep(delay)
         if verdict.action is stability.Action.FIRE:
             self.log.info("%s is complete: %s (%s)", policy.target, verdict.reason, verdict.checksum)
         return verdict
