@@ -1,0 +1,92 @@
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software distributed under the License
+# is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
+"""The sensor's timeout names the path, what it saw last and why that was not complete, and the time waited."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.providers.common.compat.sdk import AirflowSensorTimeout, AirflowSkipException, TaskDeferred
+
+from tests.integration.sensors.test_sftp import NO_CONTEXT, make_sensor, run_trigger, write_file
+
+
+def waited_seconds(message: str) -> float:
+    match = re.search(r"was not complete after ([\d.]+) s", message)
+    assert match, message
+    return float(match.group(1))
+
+
+def mtime_text(path: Path) -> str:
+    return datetime.datetime.fromtimestamp(int(os.stat(path).st_mtime), datetime.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+
+
+@pytest.mark.parametrize("soft_fail", [False, True], ids=["fails", "soft-fail-skips"])
+def test_poke_mode_timeout_names_path_last_size_mtime_and_reason(remote_dir: Path, soft_fail: bool) -> None:
+    target = remote_dir / "short.bin"
+    write_file(target, b"z" * 10)
+
+    expected = AirflowSkipException if soft_fail else AirflowSensorTimeout
+    with pytest.raises(expected) as raised:
+        make_sensor(target, timeout=1.5, expected_size=11, soft_fail=soft_fail).execute(NO_CONTEXT)
+
+    message = str(raised.value)
+    assert str(target) in message
+    assert f"last seen 10 bytes with mtime {mtime_text(target)}" in message
+    assert "not complete because size 10 has not reached expected_size 11" in message
+    assert waited_seconds(message) >= 1.5
+    assert "timeout 1.5 s" in message
+
+
+def test_poke_mode_timeout_of_a_missing_file_says_so(remote_dir: Path) -> None:
+    target = remote_dir / "never.bin"
+    with pytest.raises(AirflowSensorTimeout) as raised:
+        make_sensor(target, timeout=1.0).execute(NO_CONTEXT)
+
+    message = str(raised.value)
+    assert "no such file at the last poll" in message
+    assert f"{target} does not exist" in message
+    assert waited_seconds(message) >= 1.0
+
+
+@pytest.mark.parametrize("soft_fail", [False, True], ids=["fails", "soft-fail-skips"])
+def test_deferrable_timeout_comes_from_the_trigger_with_the_last_observation(
+    remote_dir: Path, soft_fail: bool
+) -> None:
+    target = remote_dir / "growing.bin"
+    write_file(target, b"y" * 10)
+    sensor = make_sensor(target, timeout=1.5, expected_size=20, deferrable=True, soft_fail=soft_fail)
+
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(NO_CONTEXT)
+    trigger: Any = deferred.value.trigger
+    assert trigger.serialize()[1]["timeout"] == 1.5
+    assert trigger.serialize()[1]["started_at"].endswith("+00:00")
+    # It grows while deferred but never reaches expected_size: the message shows what the trigger saw.
+    with target.open("ab") as more:
+        more.write(b"y" * 5)
+
+    events = run_trigger(trigger)
+
+    assert len(events) == 1 and events[0]["status"] == "timeout", events
+    expected = AirflowSkipException if soft_fail else AirflowSensorTimeout
+    with pytest.raises(expected) as raised:
+        sensor.execute_complete(NO_CONTEXT, events[0])
+    message = str(raised.value)
+    assert str(target) in message
+    assert f"last seen 15 bytes with mtime {mtime_text(target)}" in message
+    # Growing restarted the stable window: the reason is that window, or the size once it has passed.
+    assert re.search(
+        r"not complete because size 15(, mtime \d+ unchanged for| has not reached expected_size 20)", message
+    )
+    assert waited_seconds(message) >= 1.5
