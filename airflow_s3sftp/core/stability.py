@@ -470,7 +470,13 @@ def format_seconds(seconds: float) -> str:
     if seconds >= 60:
         minutes = int(seconds // 60)
         hours, minutes = divmod(minutes, 60)
-        text += f" ({hours} h {minutes} min)" if hours else f" ({minutes} min)"
+        text += (
+            f" ({hours} h {minutes} min)"
+            if hours and minutes
+            else f" ({hours} h)"
+            if hours
+            else f" ({minutes} min)"
+        )
     return text
 
 
@@ -501,6 +507,6 @@ def timeout_message(target: str, state: State, reason: str | None, waited: float
         )
     why = f"; not complete because {reason}" if reason else ""
     return (
-        f"SFTP file {target} was not complete after {format_seconds(waited)} "
-        f"(timeout {format_seconds(timeout)}, {state.polls} polls): {seen}{why}"
+        f"SFTP file {target} was not complete after {format_seconds(waited)}, timeout "
+        f"{format_seconds(timeout)}, {state.polls} polls: {seen}{why}"
     )

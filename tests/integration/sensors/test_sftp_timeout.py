@@ -45,7 +45,7 @@ def test_poke_mode_timeout_names_path_last_size_mtime_and_reason(remote_dir: Pat
     assert f"last seen 10 bytes with mtime {mtime_text(target)}" in message
     assert "not complete because size 10 has not reached expected_size 11" in message
     assert waited_seconds(message) >= 1.5
-    assert "timeout 1.5 s" in message
+    assert ", timeout 1.5 s, " in message
 
 
 def test_poke_mode_timeout_of_a_missing_file_says_so(remote_dir: Path) -> None:

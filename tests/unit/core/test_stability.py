@@ -308,6 +308,7 @@ def test_the_rules_import_nothing_from_airflow() -> None:
         (42.5, "42 s"),
         (61, "61 s (1 min)"),
         (3725, "3725 s (1 h 2 min)"),
+        (7201, "7201 s (2 h)"),
     ],
 )
 def test_format_seconds_rounds_for_people(seconds: float, text: str) -> None:
@@ -324,7 +325,7 @@ def test_timeout_message_names_path_last_observation_reason_and_wait() -> None:
     )
 
     assert message == (
-        "SFTP file h:22:/in/a.csv was not complete after 30 s (timeout 30 s, 7 polls): last seen 1,234 bytes "
+        "SFTP file h:22:/in/a.csv was not complete after 30 s, timeout 30 s, 7 polls: last seen 1,234 bytes "
         "with mtime 2026-12-06T14:00:00Z at 2026-12-06T14:00:05Z; not complete because size 1234 has not "
         "reached expected_size 2000"
     )
