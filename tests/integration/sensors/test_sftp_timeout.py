@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 from airflow.providers.common.compat.sdk import AirflowSensorTimeout, AirflowSkipException, TaskDeferred
 
-from tests.integration.sensors.test_sftp import NO_CONTEXT, make_sensor, run_trigger, write_file
+from tests.integration.sensors.test_sftp import (  # noqa: F401 (airflow_db is a fixture)
+    NO_CONTEXT,
+    airflow_db,
+    make_sensor,
+    run_trigger,
+    write_file,
+)
 
 
 def waited_seconds(message: str) -> float:
@@ -90,3 +96,59 @@ def test_deferrable_timeout_comes_from_the_trigger_with_the_last_observation(
         r"not complete because size 15(, mtime \d+ unchanged for| has not reached expected_size 20)", message
     )
     assert waited_seconds(message) >= 1.5
+
+
+DAG_FILE = """
+from __future__ import annotations
+
+import datetime
+
+from airflow.sdk import DAG
+
+from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
+
+with DAG({dag_id!r}, schedule=None, start_date=datetime.datetime(2024, 1, 1), catchup=False) as dag:
+    SFTPFileStableSensor(
+        task_id="wait",
+        path={path!r},
+        stable_for=0,
+        poke_interval=0.2,
+        timeout=2.5,
+        mode="reschedule",
+        expected_size=11,
+    )
+"""
+
+
+def test_reschedule_mode_timeout_names_the_last_observation(
+    remote_dir: Path,
+    airflow_db: Path,  # noqa: F811 (the fixture)
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import importlib.util
+    import time
+
+    pytest.importorskip("airflow.models.task_state_store", reason="reschedule mode needs Airflow 3.3+")
+    target = remote_dir / "rescheduled_short.bin"
+    write_file(target, b"r" * 10)
+    dag_id = f"timeout_{time.monotonic_ns()}"
+    dag_file = airflow_db / f"{dag_id}.py"
+    dag_file.write_text(DAG_FILE.format(dag_id=dag_id, path=str(target)))
+    spec = importlib.util.spec_from_file_location(dag_id, dag_file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    dag_run = module.dag.test()
+
+    assert dag_run.state == "failed"
+    out = capsys.readouterr()
+    text = out.out + out.err + caplog.text
+    assert "AirflowSensorTimeout" in text
+    match = re.search(r"SFTP file \S+rescheduled_short\.bin was not complete after [^\n]*", text)
+    assert match, text[-3000:]
+    message = match.group(0)
+    assert f"last seen 10 bytes with mtime {mtime_text(target)}" in message
+    assert "not complete because size 10 has not reached expected_size 11" in message
+    assert waited_seconds(message) >= 2.5
