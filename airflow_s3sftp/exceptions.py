@@ -76,6 +76,23 @@ class ChecksumMismatchError(VerificationError):
         self.actual = actual
 
 
+class ManifestMismatchError(ChecksumMismatchError):
+    """A file differs from its range manifest (``<path>.manifest``); the message names the first bad range.
+
+    ``first`` describes that range (index, first and last byte, both digests, why); ``expected`` and
+    ``actual`` are its digests (``"-"`` where there is none); ``bad_ranges`` counts the bad entries.
+    """
+
+    def __init__(self, what: str, first: str, expected: str, actual: str, bad_ranges: int = 1) -> None:
+        VerificationError.__init__(
+            self, f"{what}: differs from its manifest in {bad_ranges} range(s), first {first}"
+        )
+        self.expected = expected
+        self.actual = actual
+        self.first = first
+        self.bad_ranges = bad_ranges
+
+
 class ConnectionLostError(S3SFTPError, ConnectionError):
     """The SSH connection dropped or stalled in the middle of a transfer."""
 

@@ -183,6 +183,17 @@ class BatchProgress:
         )
 
 
+def extra_paths(path: str, options: DeliveryOptions) -> list[str]:
+    """Return the sidecar and done marker paths a delivery to ``path`` writes (by temp file and rename)."""
+    publishing, algorithm = options.publishing, options.checks.checksum
+    extras = []
+    if publishing.sidecar and algorithm:
+        extras.append(sidecar_path(path, algorithm))
+    if publishing.done_marker:
+        extras.append(path + publishing.done_marker)
+    return extras
+
+
 class LeftoverSweeper:
     """Removes temp files that crashed workers left behind, once per directory per task.
 
@@ -286,7 +297,7 @@ class Delivery:
         self.sessions = sessions
         self._sleep = sleep
         self._sweeper = sweeper or LeftoverSweeper(options.publishing.stale_temp_after, [path])
-        self._sweeper.include(self._extra_paths())  # sidecars and markers are written via temp files too
+        self._sweeper.include(extra_paths(path, options))  # sidecars and markers go via temp files too
         self._token = new_token()
         self.write_path = temp_path_for(path, self._token) if options.publishing.atomic else path
         self.integrity = weigh_source_integrity(source.head, preferred=options.checks.checksum)
@@ -681,16 +692,6 @@ class Delivery:
             if not (only_missing and remote.stat(marker) is not None):
                 write_small_file(remote, marker, b"", publishing.file_mode)
         return sidecar, marker
-
-    def _extra_paths(self) -> list[str]:
-        """Return the sidecar and done marker paths this delivery writes (by temp file and rename)."""
-        publishing, algorithm = self.options.publishing, self.options.checks.checksum
-        extras = []
-        if publishing.sidecar and algorithm:
-            extras.append(sidecar_path(self.path, algorithm))
-        if publishing.done_marker:
-            extras.append(self.path + publishing.done_marker)
-        return extras
 
     def _identical(self, remote: Remote) -> str | None:
         """Return ``"<algorithm>:<hex>"`` when the final file provably holds the object's bytes."""

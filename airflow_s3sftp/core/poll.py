@@ -7,7 +7,8 @@
 
 A poll is written once here and driven by three callers: the sensor (sync I/O, :func:`drive`), the
 deferrable trigger and the event trigger (async I/O, :func:`adrive`). A generator yields a request
-(:class:`Stat`, :class:`ReadSidecar`, :class:`Hash`, :class:`ListDir`, :class:`Claim`), receives the
+(:class:`Stat`, :class:`ReadSidecar`, :class:`Hash`, :class:`ReadManifest`, :class:`HashRanges`,
+:class:`ListDir`, :class:`Claim`), receives the
 answer, and returns a verdict; the rules it applies live in :mod:`airflow_s3sftp.core.stability`.
 """
 
@@ -22,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from airflow_s3sftp.core import stability
+from airflow_s3sftp.core.manifest import SUFFIX as MANIFEST_SUFFIX
 from airflow_s3sftp.core.paths import is_reserved_name
-from airflow_s3sftp.exceptions import AuthenticationError, HostKeyVerificationError
+from airflow_s3sftp.exceptions import AuthenticationError, HostKeyVerificationError, VerificationError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -47,6 +49,10 @@ class SensingIO(Protocol):
     def read_sidecar(self, path: str, algorithm: str) -> Any: ...  # -> hex digest or None
 
     def digest(self, path: str, algorithm: str, size: int) -> Any: ...  # -> "<algo>:<hex>" or None
+
+    def read_manifest(self, path: str) -> Any: ...  # -> bytes of <path>.manifest or None
+
+    def range_digests(self, path: str, range_size: int, size: int) -> Any: ...  # -> (ranges, whole) or None
 
     def list_files(self, directory: str, pattern: str) -> Any: ...  # -> {name: Observation}
 
@@ -84,6 +90,31 @@ class Hash:
 
     def ask(self, io: SensingIO) -> Any:
         return io.digest(self.path, self.algorithm, self.size)
+
+
+@dataclass(frozen=True)
+class ReadManifest:
+    """Ask for the bytes of ``<path>.manifest`` (bounded); the answer is ``bytes``, or ``None`` if missing."""
+
+    path: str
+
+    def ask(self, io: SensingIO) -> Any:
+        return io.read_manifest(self.path)
+
+
+@dataclass(frozen=True)
+class HashRanges:
+    """Ask for the sha256 of each ``range_size`` range of the first ``size`` bytes, and of all of them.
+
+    The answer is ``(range digests, whole digest)`` in hex, or ``None`` when the file is shorter.
+    """
+
+    path: str
+    range_size: int
+    size: int
+
+    def ask(self, io: SensingIO) -> Any:
+        return io.range_digests(self.path, self.range_size, self.size)
 
 
 @dataclass(frozen=True)
@@ -127,7 +158,7 @@ def is_healable(err: BaseException) -> bool:
     return isinstance(err, (ConnectionError, EOFError, TimeoutError))
 
 
-Request = Stat | ReadSidecar | Hash | ListDir | Claim
+Request = Stat | ReadSidecar | Hash | ReadManifest | HashRanges | ListDir | Claim
 Poll = Generator[Request, Any, T]
 
 
@@ -178,6 +209,9 @@ def poll_file(
     """
     Poll one file: stat; once size and mtime are stable, read the sidecar if asked, hash, stat again.
 
+    With a manifest as the expected content, the manifest is read instead of a sidecar and the file is
+    hashed range by range (:class:`ReadManifest`, :class:`HashRanges`), then stat'ed again.
+
     :param path: the remote file
     :param state: what earlier polls established
     :param policy: what "complete" means
@@ -188,6 +222,15 @@ def poll_file(
     if verdict.action is stability.Action.READ_SIDECAR and verdict.algorithm is not None:
         recorded = yield ReadSidecar(path, verdict.algorithm)
         verdict = stability.assess_sidecar(verdict.state, recorded, policy)
+    if verdict.action is stability.Action.READ_MANIFEST:
+        raw = yield ReadManifest(path)
+        verdict = stability.assess_manifest(verdict.state, raw, policy)
+    if verdict.action is stability.Action.HASH_RANGES and verdict.manifest is not None:
+        manifest = verdict.manifest
+        length = stability.ranges_to_hash(verdict.state, manifest)
+        answer = yield HashRanges(path, manifest.range_size, length)
+        after = yield Stat(path)
+        return stability.assess_ranges(verdict.state, after, answer, policy, manifest)
     if verdict.action is stability.Action.HASH and verdict.algorithm is not None:
         before = verdict.state.last
         size = before.size if before is not None and before.size is not None else 0
@@ -251,19 +294,21 @@ class Round:
 
     :param fired: files to fire for, in name order
     :param refused: complete files whose claim was refused because the target exists (reported once)
-    :param failed: ``(name, error)`` of files that could not be read (reported once per size and mtime)
+    :param failed: ``(name, error)`` of files that could not be read or differ from their manifest
+        (reported once per size and mtime)
     :param blocked: ``(file, error)`` of complete files whose claim the server refused for permission in
         this round; they are retried every round (the caller throttles the warning)
     """
 
     fired: list[Fired]
     refused: list[Fired]
-    failed: list[tuple[str, OSError]]
+    failed: list[tuple[str, Exception]]
     blocked: list[tuple[Fired, OSError]] = field(default_factory=list)
 
 
-#: Errors that concern one file and must not stop the watch of the others.
-PER_FILE_ERRORS = (PermissionError, IsADirectoryError)
+#: Errors that concern one file and must not stop the watch of the others (a file that differs from
+#: its manifest, or whose manifest is malformed, is a VerificationError).
+PER_FILE_ERRORS = (PermissionError, IsADirectoryError, VerificationError)
 
 
 @dataclass
@@ -301,6 +346,16 @@ class Watch:
     # Claims refused for permission in the current round (see Round.blocked).
     blocked: list[tuple[Fired, OSError]] = field(default_factory=list)
 
+    @property
+    def _companion(self) -> str | None:
+        """Return the suffix of the files the policy reads beside each file (``.manifest``, ``.sha256``)."""
+        source = self.policy.expected_checksum_from
+        if source == "manifest":
+            return MANIFEST_SUFFIX
+        if source == "sidecar" and self.policy.algorithm is not None:
+            return f".{self.policy.algorithm}"
+        return None
+
     def take_fired(self) -> list[Fired]:
         """Return and forget the files to fire for, also after a round that raised half-way."""
         fired, self.pending = self.pending, []
@@ -316,12 +371,18 @@ class Watch:
         """
         if listing is None:
             listing = yield ListDir(self.directory, self.pattern)
-        candidates = {name: seen for name, seen in listing.items() if matches(name, self.pattern)}
+        candidates = {
+            name: seen
+            for name, seen in listing.items()
+            if matches(name, self.pattern)
+            # The manifests or sidecars the policy reads beside the files are not files to fire for.
+            and not (self._companion is not None and name.endswith(self._companion))
+        }
         for memory in (self.states, self.reported, self.refused, self.failed):
             for name in [name for name in memory if name not in candidates]:
                 del memory[name]
         refused: list[Fired] = []
-        failed: list[tuple[str, OSError]] = []
+        failed: list[tuple[str, Exception]] = []
         self.blocked = []
         for name in sorted(self.settling):
             yield from self._settle(self.settling.pop(name), checked=False)

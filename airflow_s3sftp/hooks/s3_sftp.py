@@ -30,7 +30,7 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import HTTPError as URLLib3HTTPError
 
-from airflow_s3sftp.core.delivery import BatchProgress, Delivery, LeftoverSweeper, Source
+from airflow_s3sftp.core.delivery import BatchProgress, Delivery, LeftoverSweeper, Source, extra_paths
 from airflow_s3sftp.core.options import DeliveryOptions
 from airflow_s3sftp.core.session import SessionPool, SFTPSession
 from airflow_s3sftp.core.sftp import ensure_directory
@@ -352,7 +352,12 @@ class S3ToSFTPHook(BaseHook):
         options = options or DeliveryOptions()
         workers = max(1, min(max_concurrency, len(planned)))
         self.s3_client  # noqa: B018 - built once here, then shared by the threads (boto3 clients are thread-safe)
-        sweeper = LeftoverSweeper(options.publishing.stale_temp_after, [path for _, _, path in planned])
+        finals = [path for _, _, path in planned]
+        # Every name the task writes, known before the first sweep: the first object runs alone.
+        sweeper = LeftoverSweeper(
+            options.publishing.stale_temp_after,
+            finals + [extra for path in finals for extra in extra_paths(path, options)],
+        )
         progress = BatchProgress(len(planned), options.streaming.progress_interval)
         stop = _TaskStop(planned, atomic=options.publishing.atomic)
 

@@ -28,6 +28,7 @@ from airflow.providers.common.compat.connection import get_async_connection
 from airflow.providers.sftp.hooks.sftp import SFTPHookAsync
 
 from airflow_s3sftp.core.checksums import format_checksum, new_hasher
+from airflow_s3sftp.core.manifest import MAX_MANIFEST_BYTES, RangeHasher, manifest_path
 from airflow_s3sftp.core.poll import Claimed, matches
 from airflow_s3sftp.core.sftp import read_range, stat_or_none
 from airflow_s3sftp.core.sidecar import MAX_SIDECAR_BYTES, parse_sidecar, read_sidecar, sidecar_path
@@ -77,13 +78,19 @@ def _no_claim_directory(directory: str) -> NotADirectoryError:
     return NotADirectoryError(f"{directory}, the claim_to directory, does not exist or is not a directory")
 
 
-def _subject(args: tuple[Any, ...], sidecar: bool) -> str:
-    """Return the remote path a call is about: its first argument, or that file's sidecar."""
+def _subject(args: tuple[Any, ...], sidecar: bool, manifest: bool = False) -> str:
+    """Return the remote path a call is about: its first argument, or that file's sidecar or manifest."""
+    if manifest:
+        return manifest_path(args[0])
     return sidecar_path(args[0], args[1]) if sidecar else str(args[0])
 
 
 def sftp_errors(
-    action: str, *, missing: Callable[[], Any] | None = None, sidecar: bool = False
+    action: str,
+    *,
+    missing: Callable[[], Any] | None = None,
+    sidecar: bool = False,
+    manifest: bool = False,
 ) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """
     Map paramiko's errors of a :class:`SFTPSensingHook` method to errors that name server and path.
@@ -96,7 +103,7 @@ def sftp_errors(
     def decorate(method: Callable[..., R]) -> Callable[..., R]:
         @functools.wraps(method)
         def wrapper(self: SFTPSensingHook, *args: Any) -> R:
-            target = self.target(_subject(args, sidecar))
+            target = self.target(_subject(args, sidecar, manifest))
             try:
                 with clear_connection_errors(self.hook, self.conn_id):
                     return method(self, *args)
@@ -185,6 +192,22 @@ class SFTPSensingHook:
         """Return the hex digest in the sidecar ``<path>.<algorithm>``, or ``None`` while there is none."""
         return read_sidecar(self.client(), path, algorithm)
 
+    @sftp_errors("reading", missing=lambda: None, manifest=True)
+    def read_manifest(self, path: str) -> bytes | None:
+        """Return the bytes of ``<path>.manifest`` (one more than the format allows, at most), or ``None``."""
+        with self.client().open(manifest_path(path), "rb") as handle:
+            data: bytes = handle.read(MAX_MANIFEST_BYTES + 1)
+        return data
+
+    @sftp_errors("reading", missing=lambda: None)
+    def range_digests(self, path: str, range_size: int, size: int) -> tuple[tuple[str, ...], str] | None:
+        """Return the sha256 of each ``range_size`` range of the first ``size`` bytes and of all of them."""
+        log.info("Hashing %s (%d bytes, ranges of %d)", self.target(path), size, range_size)
+        hasher = RangeHasher(range_size)
+        for data in read_range(self.client(), path, size, block_size=self.chunk_size):
+            hasher.update(data)
+        return hasher.finish()
+
     @sftp_errors("listing")
     def list_files(self, directory: str, pattern: str) -> dict[str, Observation]:
         """Return the regular files in ``directory`` whose names match ``pattern``, with size and mtime."""
@@ -220,14 +243,18 @@ class SFTPSensingHook:
 
 
 def async_sftp_errors(
-    action: str, *, missing: Callable[[], Any] | None = None, sidecar: bool = False
+    action: str,
+    *,
+    missing: Callable[[], Any] | None = None,
+    sidecar: bool = False,
+    manifest: bool = False,
 ) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
     """The asyncssh twin of :func:`sftp_errors`, for :class:`SFTPSensingHookAsync` methods."""
 
     def decorate(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
         @functools.wraps(method)
         async def wrapper(self: SFTPSensingHookAsync, *args: Any) -> R:
-            target = self.target(_subject(args, sidecar))
+            target = self.target(_subject(args, sidecar, manifest))
             try:
                 return await method(self, *args)
             except (asyncssh.SFTPNoSuchFile, EOFError):
@@ -425,6 +452,35 @@ class SFTPSensingHookAsync:
         """
         log.info("Hashing %s (%d bytes, %s)", self.target(path), size, algorithm)
         hasher = new_hasher(algorithm)
+        if not await self._feed(path, size, hasher.update):
+            return None  # truncated while we read
+        return format_checksum(algorithm, hasher.hexdigest())
+
+    @async_sftp_errors("reading", missing=lambda: None)
+    async def range_digests(
+        self, path: str, range_size: int, size: int
+    ) -> tuple[tuple[str, ...], str] | None:
+        """Return the sha256 of each ``range_size`` range of the first ``size`` bytes and of all of them."""
+        log.info("Hashing %s (%d bytes, ranges of %d)", self.target(path), size, range_size)
+        hasher = RangeHasher(range_size)
+        if not await self._feed(path, size, hasher.update):
+            return None
+        return hasher.finish()
+
+    @async_sftp_errors("reading", missing=lambda: None, manifest=True)
+    async def read_manifest(self, path: str) -> bytes | None:
+        """Return the bytes of ``<path>.manifest`` (one more than the format allows, at most), or ``None``."""
+        async with (await self.client()).open(manifest_path(path), "rb") as handle:
+            # Opened in binary mode: asyncssh returns bytes (it loops over short reads).
+            return cast("bytes", await handle.read(MAX_MANIFEST_BYTES + 1))
+
+    async def _feed(self, path: str, size: int, consume: Callable[[bytes], object]) -> bool:
+        """
+        Pass the first ``size`` bytes of ``path`` to ``consume`` in order; False if the file is shorter.
+
+        Keeps :data:`READ_AHEAD` chunk reads in flight so a long round trip does not bound the rate, and
+        consumes one chunk per await: memory stays at ``READ_AHEAD * chunk_size`` and the loop stays free.
+        """
         chunk = self.chunk_size
         async with (await self.client()).open(path, "rb") as remote:
 
@@ -441,15 +497,15 @@ class SFTPSensingHookAsync:
                 while pending:
                     length, data = await pending.popleft()
                     if len(data) != length:
-                        return None  # truncated while we read
+                        return False  # truncated while we read
                     for offset in itertools.islice(offsets, 1):
                         pending.append(asyncio.ensure_future(read(offset)))
-                    hasher.update(data)
+                    consume(data)
             finally:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-        return format_checksum(algorithm, hasher.hexdigest())
+        return True
 
     @async_sftp_errors("reading", missing=lambda: None, sidecar=True)
     async def read_sidecar(self, path: str, algorithm: str) -> str | None:

@@ -25,6 +25,7 @@ from airflow_s3sftp.exceptions import (
     AuthenticationError,
     ChecksumMismatchError,
     HostKeyVerificationError,
+    ManifestMismatchError,
     S3SFTPError,
     VerificationError,
 )
@@ -64,13 +65,16 @@ class SFTPFileStableSensor(BaseSensorOperator):
     the same across observations spanning ``stable_for`` seconds (plus one second, as SFTP mtimes are whole
     seconds). With ``checksum`` set it then reads the file and hashes it: the digest must equal
     ``expected_checksum`` when given, or the one in the sidecar ``<path>.<algorithm>`` with
-    ``expected_checksum_from="sidecar"``; otherwise two digests taken at least one poll apart, with size and
-    mtime unchanged in between, must agree. Size and mtime alone (``checksum=None``) is a weaker mode: an
+    ``expected_checksum_from="sidecar"``, or every range of the range manifest ``<path>.manifest`` with
+    ``expected_checksum_from="manifest"``; otherwise two digests taken at least one poll apart, with size
+    and mtime unchanged in between, must agree. Size and mtime alone (``checksum=None``) is a weaker mode: an
     uploader that writes out of order or preserves the source's mtime can look stable while incomplete.
 
     A stable file larger than ``expected_size`` or whose digest differs from ``expected_checksum`` (or from
-    the sidecar's) fails at once, without waiting for the timeout. A missing file is "not yet", and so is a
-    stable file whose sidecar does not exist yet or holds no valid digest (the uploader writes it last). A
+    the sidecar's) fails at once, without waiting for the timeout; a file that differs from its manifest
+    (in any range, or in size) fails at once with ``ManifestMismatchError`` naming the first bad range. A
+    missing file is "not yet", and so is a stable file whose sidecar or manifest does not exist yet, or
+    whose sidecar holds no valid digest (the uploader writes it last); a malformed manifest fails. A
     refused login, an unknown host key, a permission error, a directory, or a malformed ``expected_checksum``
     fail with a message that names the server and path.
 
@@ -93,7 +97,8 @@ class SFTPFileStableSensor(BaseSensorOperator):
         ``checksum``; its algorithm wins over ``checksum`` (templated)
     :param expected_checksum_from: ``"sidecar"`` to read the expected checksum from ``<path>.<checksum>``
         (``sha256sum -c`` format, as ``S3ToSFTPStreamOperator(sidecar=True)`` writes it) once the file is
-        stable, or ``None``; excludes ``expected_checksum`` and needs ``checksum``
+        stable; ``"manifest"`` to check the stable file range by range against ``<path>.manifest`` (sha256,
+        so ``checksum`` must be ``"sha256"``); or ``None``. Excludes ``expected_checksum``, needs ``checksum``
     :param min_size: smallest size in bytes that counts as a file worth firing for
     :param chunk_size: bytes per read while hashing
     :param deferrable: poll from the triggerer instead of a worker slot
@@ -111,7 +116,7 @@ class SFTPFileStableSensor(BaseSensorOperator):
         checksum: str | None = "sha256",
         expected_size: int | None = None,
         expected_checksum: str | None = None,
-        expected_checksum_from: Literal["sidecar"] | None = None,
+        expected_checksum_from: Literal["sidecar", "manifest"] | None = None,
         min_size: int = 1,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
@@ -317,6 +322,14 @@ class SFTPFileStableSensor(BaseSensorOperator):
             raise AirflowSensorTimeout(message)
         message = str(event.get("message", "unknown error"))
         error_type = event.get("error_type")
+        if error_type == ManifestMismatchError.__name__:
+            raise ManifestMismatchError(
+                str(event["what"]),
+                str(event["first"]),
+                str(event["expected"]),
+                str(event["actual"]),
+                int(event["bad_ranges"]),
+            )
         if error_type == ChecksumMismatchError.__name__:
             raise ChecksumMismatchError(str(event["what"]), str(event["expected"]), str(event["actual"]))
         error_class = _EVENT_ERRORS.get(str(error_type))

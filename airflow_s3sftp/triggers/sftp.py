@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_s3sftp.core import poll, stability, validate
-from airflow_s3sftp.exceptions import ChecksumMismatchError
+from airflow_s3sftp.exceptions import ChecksumMismatchError, ManifestMismatchError
 from airflow_s3sftp.hooks.sftp_sensing import DEFAULT_CHUNK_SIZE, SFTPSensingHookAsync
 
 try:  # Airflow 3.0+: the base of triggers that may back an AssetWatcher
@@ -53,6 +53,8 @@ def error_event(error: BaseException, target: str) -> dict[str, Any]:
     }
     if isinstance(error, ChecksumMismatchError):
         payload.update(expected=error.expected, actual=error.actual)
+    if isinstance(error, ManifestMismatchError):
+        payload.update(first=error.first, bad_ranges=error.bad_ranges)
     return payload
 
 
@@ -189,6 +191,12 @@ class SFTPFileStableEventTrigger(_EventTriggerBase):
     ``stable_for`` seconds (plus one second of mtime resolution), then, with ``checksum``, two equal digests
     a poll apart. A growing or rewritten file never fires with a partial size.
 
+    With ``expected_checksum_from="manifest"`` a stable file is checked range by range against its
+    manifest ``<path>.manifest`` (see ``docs/manifest.md``): no manifest yet is "not yet", a match fires at
+    once (one read), and a file that differs is logged with its first bad range and skipped until its
+    size or mtime changes. Manifests themselves never fire, and with ``claim_to`` they stay where they
+    are. ``"sidecar"`` works the same with the sidecar ``<path>.<checksum>``.
+
     With ``claim_to`` (a directory on the same server) a complete file is first renamed into it with a
     plain SFTP rename, which refuses to overwrite (OpenSSH: link + unlink), and the event names the new
     path. Of two watchers claiming one file exactly one wins; a claimed file is no longer in the watched
@@ -213,6 +221,8 @@ class SFTPFileStableEventTrigger(_EventTriggerBase):
     :param checksum: digest algorithm proving the content, or ``None`` for size and mtime only (weaker)
     :param claim_to: absolute directory to move complete files into before firing, or ``None``
     :param poke_interval: seconds between listings
+    :param expected_checksum_from: ``"manifest"`` (or ``"sidecar"``) to check each stable file against the
+        file the uploader writes beside it, or ``None`` for the two-digest rule
     """
 
     def __init__(
@@ -223,6 +233,7 @@ class SFTPFileStableEventTrigger(_EventTriggerBase):
         checksum: str | None = "sha256",
         claim_to: str | None = None,
         poke_interval: float = 5,
+        expected_checksum_from: str | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         # Every argument is checked now: a bad DAG fails at parse time.
@@ -231,7 +242,12 @@ class SFTPFileStableEventTrigger(_EventTriggerBase):
         validate.text("sftp_conn_id", sftp_conn_id)
         validate.number("stable_for", stable_for)
         validate.algorithm("checksum", checksum)
-        stability.Policy.build(target=path, stable_for=stable_for, checksum=checksum)
+        stability.Policy.build(
+            target=path,
+            stable_for=stable_for,
+            checksum=checksum,
+            expected_checksum_from=expected_checksum_from,
+        )
         if claim_to is not None:
             if not isinstance(claim_to, str) or not claim_to.startswith("/"):
                 raise ValueError(f"claim_to must be an absolute directory, got {claim_to!r}")
@@ -248,6 +264,7 @@ class SFTPFileStableEventTrigger(_EventTriggerBase):
         self.checksum = checksum
         self.claim_to = claim_to
         self.poke_interval = poke_interval
+        self.expected_checksum_from = expected_checksum_from
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the classpath and exactly the constructor arguments."""
@@ -260,12 +277,16 @@ class SFTPFileStableEventTrigger(_EventTriggerBase):
                 "checksum": self.checksum,
                 "claim_to": self.claim_to,
                 "poke_interval": self.poke_interval,
+                "expected_checksum_from": self.expected_checksum_from,
             },
         )
 
     def _new_watch(self, io: SFTPSensingHookAsync) -> poll.Watch:
         policy = stability.Policy.build(
-            target=io.target(self.path), stable_for=self.stable_for, checksum=self.checksum
+            target=io.target(self.path),
+            stable_for=self.stable_for,
+            checksum=self.checksum,
+            expected_checksum_from=self.expected_checksum_from,
         )
         return poll.Watch(self.directory, self.pattern, policy, self.claim_to)
 

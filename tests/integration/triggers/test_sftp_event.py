@@ -211,6 +211,7 @@ def test_serialize_returns_exactly_the_constructor_arguments() -> None:
         "checksum": "sha512",
         "claim_to": "/claimed",
         "poke_interval": 10,
+        "expected_checksum_from": "sidecar",
     }
     trigger = SFTPFileStableEventTrigger(**kwargs)
     classpath, serialized = trigger.serialize()

@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 from airflow_s3sftp.core import poll, stability
+from airflow_s3sftp.core.manifest import RangeHasher, render_manifest
 from airflow_s3sftp.core.poll import Claim, Claimed, Hash, ListDir, ReadSidecar, Stat, Watch
+from airflow_s3sftp.exceptions import ManifestMismatchError
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
@@ -485,3 +487,64 @@ class TestClaimEdges:
         assert not poll.is_healable(HostKeyVerificationError("changed"))
         assert not poll.is_healable(PermissionError("denied"))
         assert [poll.reconnect_delay(n) for n in (1, 2, 3, 7)] == [1.0, 2.0, 4.0, 30.0]
+
+
+class ManifestFakeSFTP(FakeSFTP):
+    """The fake file system answering the manifest requests, as both sensing hooks do."""
+
+    def read_manifest(self, path: str) -> bytes | None:
+        self.asked.append(f"manifest {path}")
+        found = self.files.get(f"{path}.manifest")
+        return None if found is None else found[0]
+
+    def range_digests(self, path: str, range_size: int, size: int) -> tuple[tuple[str, ...], str] | None:
+        self.asked.append(f"ranges {path} {range_size} {size}")
+        content = self.files.get(path, (b"", 0))[0]
+        if len(content) < size:
+            return None
+        hasher = RangeHasher(range_size)
+        hasher.update(content[:size])
+        return hasher.finish()
+
+
+class TestPollFileWithAManifest:
+    def deliver(self, fs: ManifestFakeSFTP, path: str, content: bytes) -> None:
+        hasher = RangeHasher(4)
+        hasher.update(content)
+        fs.put(path, content)
+        fs.put(f"{path}.manifest", render_manifest(hasher.manifest("f")).encode())
+
+    def test_stable_file_reads_the_manifest_then_hashes_its_ranges_once(self) -> None:
+        fs, p = ManifestFakeSFTP(), policy(expected_checksum_from="manifest")
+        self.deliver(fs, "/in/f", b"0123456789")
+        state = poll_once(fs, "/in/f", stability.State(), p).state
+        fs.now = 3.5
+        verdict = poll_once(fs, "/in/f", state, p)
+        assert verdict.action is stability.Action.FIRE
+        assert verdict.checksum == sha(b"0123456789")
+        assert fs.asked == ["stat /in/f", "stat /in/f", "manifest /in/f", "ranges /in/f 4 10", "stat /in/f"]
+
+    def test_missing_manifest_is_not_yet_and_a_flipped_byte_names_its_range(self) -> None:
+        fs, p = ManifestFakeSFTP(), policy(expected_checksum_from="manifest", stable_for=0)
+        fs.put("/in/f", b"0123456789")
+        state = poll_once(fs, "/in/f", stability.State(), p).state
+        fs.now = 1.5
+        waiting = poll_once(fs, "/in/f", state, p)
+        assert (waiting.action, waiting.reason) == (
+            stability.Action.WAIT,
+            "stable, but it has no manifest yet",
+        )
+        self.deliver(fs, "/in/f", b"0123456789")
+        fs.put("/in/f", b"0123x56789")
+        fs.now = 3.0
+        with pytest.raises(ManifestMismatchError, match=r"in 1 range\(s\), first range 1 bytes 4-7: "):
+            poll_once(fs, "/in/f", waiting.state, p)
+
+    def test_the_watch_never_fires_for_the_manifests(self) -> None:
+        fs = ManifestFakeSFTP()
+        watch = Watch("/in", "*", policy(expected_checksum_from="manifest", stable_for=0))
+        self.deliver(fs, "/in/a.csv", b"abcdef")
+        poll.drive(watch.round(), fs)
+        fs.now = 1.5
+        found = poll.drive(watch.round(), fs)
+        assert [fired.path for fired in found.fired] == ["/in/a.csv"]
