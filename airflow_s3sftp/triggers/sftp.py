@@ -97,7 +97,7 @@ class SFTPFileStableTrigger(BaseTrigger):
         validate.number("poll_interval", poll_interval, positive=True)
         validate.integer("chunk_size", chunk_size, minimum=1)
         if timeout is not None:
-            validate.number("timeout", timeout, positive=True)
+            validate.number("timeout", timeout)
         if started_at is not None:
             try:
                 stability.parse_utc(started_at)

@@ -152,3 +152,19 @@ def test_reschedule_mode_timeout_names_the_last_observation(
     assert f"last seen 10 bytes with mtime {mtime_text(target)}" in message
     assert "not complete because size 10 has not reached expected_size 11" in message
     assert waited_seconds(message) >= 2.5
+
+
+def test_trigger_checks_its_timeout_arguments() -> None:
+    from airflow_s3sftp.core import stability
+    from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
+
+    policy = stability.Policy.build(target="sftp://h:22/in/a", stable_for=1, checksum=None).to_dict()
+    assert SFTPFileStableTrigger(path="/in/a", policy=policy, timeout=0).timeout == 0  # Airflow allows 0
+    with pytest.raises(ValueError, match="timeout must be at least 0"):
+        SFTPFileStableTrigger(path="/in/a", policy=policy, timeout=-1)
+    with pytest.raises(ValueError, match="timeout must be a finite number"):
+        SFTPFileStableTrigger(path="/in/a", policy=policy, timeout=float("inf"))
+    with pytest.raises(ValueError, match="started_at must be an ISO 8601 UTC time, got 'yesterday'"):
+        SFTPFileStableTrigger(path="/in/a", policy=policy, started_at="yesterday")
+    with pytest.raises(ValueError, match="started_at"):
+        SFTPFileStableTrigger(path="/in/a", policy=policy, started_at="2026-12-06T14:00:00")  # no zone
