@@ -311,15 +311,29 @@ class SFTPFileStableSensor(BaseSensorOperator):
             )
         return store
 
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Resume after the trigger; its timeout event keeps its message with ``soft_fail`` too.
+
+        Airflow's sensor base replaces any error of a resumed sensor with soft_fail by a generic "Skipping
+        due to soft_fail" line, which would hide the path and what the trigger saw last.
+        """
+        event = (next_kwargs or {}).get("event")
+        if next_method == "execute_complete" and isinstance(event, dict) and event.get("status") == "timeout":
+            self._raise_timeout(event)
+        return super().resume_execution(next_method, next_kwargs, context)
+
+    def _raise_timeout(self, event: dict[str, Any]) -> None:
+        message = str(event.get("message") or f"SFTP file {self.path} was not complete within the timeout")
+        if self.soft_fail or getattr(self, "never_fail", False):
+            raise AirflowSkipException(message)
+        raise AirflowSensorTimeout(message)
+
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         """Return the summary from the trigger's success event, or raise the error it reported."""
         if event.get("status") == "success":
             return event["result"]
         if event.get("status") == "timeout":
-            message = str(event.get("message", f"SFTP file {self.path} was not complete within the timeout"))
-            if self.soft_fail:
-                raise AirflowSkipException(message)
-            raise AirflowSensorTimeout(message)
+            self._raise_timeout(event)
         message = str(event.get("message", "unknown error"))
         error_type = event.get("error_type")
         if error_type == ManifestMismatchError.__name__:

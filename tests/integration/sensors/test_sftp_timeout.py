@@ -87,7 +87,8 @@ def test_deferrable_timeout_comes_from_the_trigger_with_the_last_observation(
     assert len(events) == 1 and events[0]["status"] == "timeout", events
     expected = AirflowSkipException if soft_fail else AirflowSensorTimeout
     with pytest.raises(expected) as raised:
-        sensor.execute_complete(NO_CONTEXT, events[0])
+        # As Airflow resumes it: its sensor base would turn any error into a generic soft_fail skip.
+        sensor.resume_execution("execute_complete", {"event": events[0]}, NO_CONTEXT)
     message = str(raised.value)
     assert str(target) in message
     assert f"last seen 15 bytes with mtime {mtime_text(target)}" in message
@@ -114,13 +115,19 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime.datetime(2024, 1, 1), ca
         stable_for=0,
         poke_interval=0.2,
         timeout=2.5,
-        mode="reschedule",
+        mode={mode!r},
+        deferrable={deferrable!r},
         expected_size=11,
     )
 """
 
 
-def test_reschedule_mode_timeout_names_the_last_observation(
+@pytest.mark.parametrize(
+    ("mode", "deferrable"), [("reschedule", False), ("poke", True)], ids=["reschedule", "deferrable"]
+)
+def test_timeout_through_the_task_runner_names_the_last_observation(
+    mode: str,
+    deferrable: bool,
     remote_dir: Path,
     airflow_db: Path,  # noqa: F811 (the fixture)
     capsys: pytest.CaptureFixture[str],
@@ -134,7 +141,7 @@ def test_reschedule_mode_timeout_names_the_last_observation(
     write_file(target, b"r" * 10)
     dag_id = f"timeout_{time.monotonic_ns()}"
     dag_file = airflow_db / f"{dag_id}.py"
-    dag_file.write_text(DAG_FILE.format(dag_id=dag_id, path=str(target)))
+    dag_file.write_text(DAG_FILE.format(dag_id=dag_id, path=str(target), mode=mode, deferrable=deferrable))
     spec = importlib.util.spec_from_file_location(dag_id, dag_file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
