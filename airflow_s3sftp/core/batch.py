@@ -177,6 +177,24 @@ class Batch:
         return missing
 
 
+def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Return the JSON-able summary of a batch's records (the operator's XCom for many objects).
+
+    ``objects`` holds the records of the delivered (or skipped) objects, ``failed`` those with an
+    ``error``; ``transferred``, ``skipped`` and ``bytes`` count the delivered ones.
+    """
+    done = [record for record in records if "error" not in record]
+    moved = [record for record in done if not record.get("skipped")]
+    return {
+        "objects": done,
+        "failed": [record for record in records if "error" in record],
+        "count": len(records),
+        "transferred": len(moved),
+        "skipped": len(done) - len(moved),
+        "bytes": sum(int(record["size"]) for record in moved),
+    }
+
+
 def _failure(item: Planned, err: BaseException) -> dict[str, Any]:
     bucket, key, path = item
     return {"s3_uri": f"s3://{bucket}/{key}", "sftp_path": path, "error": f"{type(err).__name__}: {err}"}

@@ -200,3 +200,21 @@ def test_progress_counts_objects_failures_and_bytes(caplog):
         ["1 of 3 objects done (0 failed)", f"{size} bytes"],
         ["2 of 3 objects done (1 failed)", f"{size} bytes"],
     ]
+
+
+def test_the_summary_counts_delivered_skipped_and_failed_objects():
+    from airflow_s3sftp.core.batch import summarize
+
+    records = [
+        {"s3_uri": "s3://b/a", "size": 10, "skipped": False},
+        {"s3_uri": "s3://b/b", "size": 7, "skipped": True},
+        {"s3_uri": "s3://b/c", "sftp_path": "/in/c", "error": "FileNotFoundError: gone"},
+    ]
+    assert summarize(records) == {
+        "objects": records[:2],
+        "failed": records[2:],
+        "count": 3,
+        "transferred": 1,
+        "skipped": 1,
+        "bytes": 10,
+    }
