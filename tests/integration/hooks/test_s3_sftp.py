@@ -308,6 +308,27 @@ def test_many_objects_cost_one_get_each_small_and_large_alike(s3, bucket, remote
     assert sorted(p.name for p in remote_dir.iterdir()) == ["a", "b"]
 
 
+def test_the_s3_request_strategy_is_asked_for_not_guessed_from_a_session_pool(s3, bucket, remote_dir):
+    """One object: HEAD then GET, with or without a pool; ``describe_with="get"`` (the batch's choice): one GET."""
+    data = os.urandom(64 * 1024)
+    s3.put_object(Bucket=bucket, Key="a", Body=data)
+    hook = S3ToSFTPHook()
+    calls = _count_s3_calls(hook)
+    hook.stream_object(bucket, "a", str(remote_dir / "alone"))
+    assert calls == ["HeadObject", "GetObject"]
+    calls.clear()
+    with hook.session_pool(1) as pool:
+        hook.stream_object(bucket, "a", str(remote_dir / "pooled"), sessions=pool)
+        assert calls == ["HeadObject", "GetObject"], "a pool does not change how S3 is asked"
+        calls.clear()
+        hook.stream_object(bucket, "a", str(remote_dir / "one-get"), sessions=pool, describe_with="get")
+        assert calls == ["GetObject"]
+    for name in ("alone", "pooled", "one-get"):
+        assert (remote_dir / name).read_bytes() == data
+    with pytest.raises(ValueError, match="describe_with must be 'head' or 'get', got 'list'"):
+        hook.stream_object(bucket, "a", str(remote_dir / "x"), describe_with="list")  # type: ignore[arg-type]
+
+
 def test_many_objects_name_a_missing_bucket_or_key(s3, bucket, remote_dir):
     records = S3ToSFTPHook().stream_objects(
         [("no-such-bucket-s3sftp", "a", str(remote_dir / "a")), (bucket, "missing", str(remote_dir / "m"))],
