@@ -245,10 +245,19 @@ class S3ToSFTPHook(BaseHook):
                     f"S3 refused the credentials of aws connection {self.aws_conn_id!r} ({code}) to {what}: "
                     "check its access key and secret"
                 ) from err
+            keyed = "SSECustomerKey" in self.s3_read_args
             if code in ("403", "AccessDenied", "Forbidden"):
                 raise PermissionError(
                     f"Access to {uri} denied: check the credentials and policy of aws connection "
                     f"{self.aws_conn_id!r}"
+                    + (", and that its SSE-C customer key is this object's" if keyed else "")
+                ) from err
+            if code in ("400", "BadRequest", "InvalidRequest") and not listing and not keyed:
+                # What S3 answers a read of an SSE-C object that comes without its customer key.
+                raise PermissionError(
+                    f"S3 refused to read {uri} ({code}): if the object is encrypted with a customer key "
+                    "(SSE-C), give SSECustomerAlgorithm and SSECustomerKey in the extra_args of aws "
+                    f"connection {self.aws_conn_id!r} (service_config.s3.extra_args)"
                 ) from err
             raise
 
