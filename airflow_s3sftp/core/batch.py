@@ -83,6 +83,7 @@ class Batch:
         self.sweeper = LeftoverSweeper(
             options.publishing.stale_temp_after,
             finals + [extra for path in finals for extra in extra_paths(path, options)],
+            earlier_tries_after=options.retry.resume_after,
         )
         self.progress = BatchProgress(len(self.planned), options.streaming.progress_interval)
         self._stop = _TaskStop(self.planned, atomic=options.publishing.atomic)

@@ -30,7 +30,11 @@ from airflow_s3sftp.core.journal import (
 from airflow_s3sftp.core.manifest import Manifest, RangeHasher, manifest_path, render_manifest
 from airflow_s3sftp.core.ordered import OrderedWriter
 from airflow_s3sftp.core.parts import StripedFile, Striping, part_token
-from airflow_s3sftp.core.paths import backup_path_for, new_token, temp_path_for
+from airflow_s3sftp.core.paths import (
+    backup_path_for,
+    new_token,
+    temp_path_for,
+)
 from airflow_s3sftp.core.ranged import RangedReader
 from airflow_s3sftp.core.reader import ChunkReader
 from airflow_s3sftp.core.sftp import is_dir
@@ -201,7 +205,9 @@ class Delivery:
         self.options = options
         self.sessions = sessions
         self._sleep = sleep
-        self._sweeper = sweeper or LeftoverSweeper(options.publishing.stale_temp_after, [path])
+        self._sweeper = sweeper or LeftoverSweeper(
+            options.publishing.stale_temp_after, [path], earlier_tries_after=options.retry.resume_after
+        )
         self._sweeper.include(extra_paths(path, options))  # sidecars and markers go via temp files too
         self._token = new_token()
         self.write_path = temp_path_for(path, self._token) if options.publishing.atomic else path

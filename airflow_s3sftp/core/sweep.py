@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import posixpath
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from airflow_s3sftp.core.paths import leftover_of, short_stem
+from airflow_s3sftp.core.journal import MAX_JOURNAL_BYTES, Journal, journal_path_for
+from airflow_s3sftp.core.paths import TEMP_SUFFIX, leftover_of, short_stem
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -30,12 +31,21 @@ class LeftoverSweeper:
     server's clock, read from the mtime of a file we just created (so client clock skew
     does not matter). A file being written, even slowly, keeps a fresh mtime and is never taken.
 
+    A temp file of those names idle for ``earlier_tries_after`` is taken too: a live writer keeps
+    its file fresh (or gives up within its ``io_timeout``), so it was left by an earlier try of the
+    task, e.g. a killed worker, unless a journal names it: then its delivery adopts or removes it.
+
     :param older_than: seconds without change after which a leftover counts as abandoned
     :param final_paths: the final remote paths of the task
+    :param earlier_tries_after: seconds without change after which a temp file of these names counts
+        as an earlier try's (None: only ``older_than`` counts)
     """
 
-    def __init__(self, older_than: float, final_paths: Iterable[str]) -> None:
+    def __init__(
+        self, older_than: float, final_paths: Iterable[str], *, earlier_tries_after: float | None = None
+    ) -> None:
         self._older_than = older_than
+        self._earlier_tries_after = earlier_tries_after
         self._names: dict[str, dict[str, str]] = {}  # directory -> {what leftover_of says: final name}
         self._swept: set[str] = set()
         self._lock = threading.Lock()
@@ -69,22 +79,49 @@ class LeftoverSweeper:
         except OSError as err:
             log.warning("Could not list %s to look for abandoned temp files: %s", directory, err)
             return removed
+        journals = {
+            posixpath.basename(journal_path_for(posixpath.join(directory, name))) for name in names.values()
+        }
+        kept = self._named_by_journals(remote, directory, entries, journals)
         for attrs in entries:
             stem = leftover_of(attrs.filename)
             owner = names.get(stem) if stem is not None else None
             if owner is None or attrs.st_mtime is None:
                 continue
             age = server_now - attrs.st_mtime
+            path = posixpath.join(directory, attrs.filename)
             if age > self._older_than:
-                path = posixpath.join(directory, attrs.filename)
-                log.warning(
-                    "Removing %s (%s bytes), a temp file of %s abandoned %.0fs ago (stale_temp_after=%.0fs)",
-                    path,
-                    attrs.st_size,
-                    owner,
-                    age,
-                    self._older_than,
+                why = f"abandoned {age:.0f}s ago (stale_temp_after={self._older_than:.0f}s)"
+            elif (
+                self._earlier_tries_after is not None
+                and age > self._earlier_tries_after
+                and attrs.filename.endswith(TEMP_SUFFIX)  # a backup may belong to a publish under way
+                and attrs.filename
+                not in journals | kept  # a journal's files: its delivery adopts or removes them
+            ):
+                why = (
+                    f"left by an earlier try, idle {age:.0f}s (resume_after={self._earlier_tries_after:.0f}s)"
                 )
-                if remote.remove(path):
-                    removed.append(path)
+            else:
+                continue
+            log.warning("Removing %s (%s bytes), a temp file of %s %s", path, attrs.st_size, owner, why)
+            if remote.remove(path):
+                removed.append(path)
         return removed
+
+    @staticmethod
+    def _named_by_journals(
+        remote: Remote, directory: str, entries: list[Any], journals: set[str]
+    ) -> set[str]:
+        """Return the names of the files that the journals in ``directory`` name (temp files and parts)."""
+        named: set[str] = set()
+        for attrs in entries:
+            if attrs.filename not in journals:
+                continue
+            try:
+                data = remote.read_small(posixpath.join(directory, attrs.filename), MAX_JOURNAL_BYTES)
+                journal = Journal.from_bytes(data or b"")
+            except (OSError, ValueError):
+                continue
+            named.update(posixpath.basename(path) for path in (journal.temp, *journal.parts))
+        return named

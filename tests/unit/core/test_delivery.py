@@ -346,3 +346,18 @@ def test_after_a_kill_9_the_next_try_adopts_or_removes_every_leftover(striped):
     assert (record.resumed_from > 0) is not striped  # parts are never adopted: joined only when complete
     assert bytes(fs.files["/in/k"]) == BIG
     assert names(fs) == ["/in/k"]
+
+
+def test_a_killed_small_delivery_leaves_nothing_once_the_next_try_comes():
+    fs = FakeFS()
+    fs.kill_after_bytes = 100 * KiB
+    with pytest.raises(Killed):
+        deliver(fs, **RESUMABLE)  # 300 KiB: no journal, just a temp file
+    fs.killed = False
+    assert len(ours(fs)) == 1
+    fs.now += 10  # too recent: maybe a live writer; left alone
+    deliver(fs, **RESUMABLE)
+    assert len(ours(fs)) == 1
+    fs.now += 60  # idle past resume_after: an earlier try's
+    deliver(fs, path="/in/k", **RESUMABLE)
+    assert names(fs) == ["/in/k"]
