@@ -20,6 +20,7 @@ leftover.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -72,17 +73,24 @@ class Counting(FaultyProxy):
         self._lock = threading.Lock()
 
     def _pump(self, src, dst, counted, state, lock, pair) -> None:  # type: ignore[no-untyped-def]
-        if counted:  # the client-to-server pump ("up")
-            original = src.recv
+        # ``counted`` marks the client-to-server pump (direction "up"); ``pair`` keeps the raw sockets.
+        super()._pump(_Counted(src, self._add) if counted else src, dst, counted, state, lock, pair)
 
-            def recv(size: int) -> bytes:
-                data = original(size)
-                with self._lock:
-                    self.sent += len(data)
-                return data
+    def _add(self, count: int) -> None:
+        with self._lock:
+            self.sent += count
 
-            src.recv = recv
-        super()._pump(src, dst, counted, state, lock, pair)
+
+class _Counted:
+    """A socket's ``recv`` that reports what it read."""
+
+    def __init__(self, sock: Any, add: Any) -> None:
+        self._sock, self._add = sock, add
+
+    def recv(self, size: int) -> bytes:
+        data: bytes = self._sock.recv(size)
+        self._add(len(data))
+        return data
 
 
 def ours(directory: Path) -> list[str]:
@@ -92,10 +100,8 @@ def ours(directory: Path) -> list[str]:
 def temp_size(directory: Path) -> int:
     sizes = [0]
     for name in ours(directory):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             sizes.append((directory / name).stat().st_size)
-        except FileNotFoundError:
-            pass
     return max(sizes)
 
 
