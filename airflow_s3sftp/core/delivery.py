@@ -31,17 +31,15 @@ from airflow_s3sftp.core.manifest import Manifest, RangeHasher, manifest_path, r
 from airflow_s3sftp.core.ordered import OrderedWriter
 from airflow_s3sftp.core.parts import StripedFile, Striping, part_token
 from airflow_s3sftp.core.paths import (
-    TEMP_SUFFIX,
     backup_path_for,
-    leftover_of,
     new_token,
-    short_stem,
     temp_path_for,
 )
 from airflow_s3sftp.core.ranged import RangedReader
 from airflow_s3sftp.core.reader import ChunkReader
 from airflow_s3sftp.core.sftp import is_dir
 from airflow_s3sftp.core.sidecar import read_recorded, sidecar_path, sidecar_text, write_small_file
+from airflow_s3sftp.core.sweep import LeftoverSweeper
 from airflow_s3sftp.exceptions import (
     ChecksumMismatchError,
     ConnectionLostError,
@@ -50,7 +48,7 @@ from airflow_s3sftp.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Mapping
 
     from paramiko import SFTPAttributes
 
@@ -160,46 +158,6 @@ class Progress:
             log.info("%s: %s bytes, %.1f MB/s", self._what, done, rate / 1e6)
 
 
-class BatchProgress:
-    """Throttled progress of many deliveries: objects done of the total, bytes, MB/s, ETA.
-
-    Thread-safe: every worker reports its finished objects; at most one line per ``interval``.
-
-    :param total: objects in the batch
-    :param interval: seconds between progress lines
-    """
-
-    def __init__(self, total: int, interval: float) -> None:
-        self._total, self._interval = total, interval
-        self._done = self._failed = self._bytes = 0
-        self._start = self._last = time.monotonic()
-        self._lock = threading.Lock()
-
-    def finished(self, size: int, *, failed: bool = False) -> None:
-        """Count one finished object (``size`` bytes moved) and log a line when one is due."""
-        with self._lock:
-            self._done += 1
-            self._failed += failed
-            self._bytes += size
-            now = time.monotonic()
-            if now - self._last < self._interval or self._done == self._total:
-                return
-            self._last = now
-            elapsed = max(now - self._start, 1e-9)
-            done, moved, failures = self._done, self._bytes, self._failed
-        eta = (self._total - done) * elapsed / done
-        log.info(
-            "%s of %s objects done (%s failed), %s bytes, %.1f MB/s, %.1f objects/s, ETA %.0fs",
-            done,
-            self._total,
-            failures,
-            moved,
-            moved / elapsed / 1e6,
-            done / elapsed,
-            eta,
-        )
-
-
 def extra_paths(path: str, options: DeliveryOptions) -> list[str]:
     """Return the sidecar and done marker paths a delivery to ``path`` writes (by temp file and rename)."""
     publishing, algorithm = options.publishing, options.checks.checksum
@@ -211,110 +169,6 @@ def extra_paths(path: str, options: DeliveryOptions) -> list[str]:
     if publishing.done_marker:
         extras.append(path + publishing.done_marker)
     return extras
-
-
-class LeftoverSweeper:
-    """Removes temp files that crashed workers left behind, once per directory per task.
-
-    Only files shaped like our temp or backup files of a final name this task delivers are
-    candidates, and only when their mtime is more than ``older_than`` seconds behind the
-    server's clock, read from the mtime of a file we just created (so client clock skew
-    does not matter). A file being written, even slowly, keeps a fresh mtime and is never taken.
-
-    A temp file of those names idle for ``earlier_tries_after`` is taken too: a live writer keeps
-    its file fresh (or gives up within its ``io_timeout``), so it was left by an earlier try of the
-    task, e.g. a killed worker, unless a journal names it: then its delivery adopts or removes it.
-
-    :param older_than: seconds without change after which a leftover counts as abandoned
-    :param final_paths: the final remote paths of the task
-    :param earlier_tries_after: seconds without change after which a temp file of these names counts
-        as an earlier try's (None: only ``older_than`` counts)
-    """
-
-    def __init__(
-        self, older_than: float, final_paths: Iterable[str], *, earlier_tries_after: float | None = None
-    ) -> None:
-        self._older_than = older_than
-        self._earlier_tries_after = earlier_tries_after
-        self._names: dict[str, dict[str, str]] = {}  # directory -> {what leftover_of says: final name}
-        self._swept: set[str] = set()
-        self._lock = threading.Lock()
-        self.include(final_paths)
-
-    def include(self, paths: Iterable[str]) -> None:
-        """Also sweep the leftovers of ``paths`` (e.g. a delivery's sidecar and done marker)."""
-        with self._lock:
-            for path in paths:
-                directory, name = posixpath.split(path)
-                names = self._names.setdefault(directory, {})
-                names[name] = name
-                names[short_stem(name)] = name  # the temp names of a long name use its short form
-
-    def pending(self, directory: str) -> bool:
-        """Return True when ``directory`` has not been swept yet."""
-        with self._lock:
-            return directory not in self._swept
-
-    def sweep(self, remote: Remote, directory: str, server_now: float) -> list[str]:
-        """Remove the abandoned leftovers in ``directory`` (the first time it is asked) and list them."""
-        with self._lock:
-            if directory in self._swept:
-                return []
-            self._swept.add(directory)
-        with self._lock:
-            names = dict(self._names.get(directory, {}))
-        removed: list[str] = []
-        try:
-            entries = remote.listdir(directory or ".")
-        except OSError as err:
-            log.warning("Could not list %s to look for abandoned temp files: %s", directory, err)
-            return removed
-        journals = {
-            posixpath.basename(journal_path_for(posixpath.join(directory, name))) for name in names.values()
-        }
-        kept = self._named_by_journals(remote, directory, entries, journals)
-        for attrs in entries:
-            stem = leftover_of(attrs.filename)
-            owner = names.get(stem) if stem is not None else None
-            if owner is None or attrs.st_mtime is None:
-                continue
-            age = server_now - attrs.st_mtime
-            path = posixpath.join(directory, attrs.filename)
-            if age > self._older_than:
-                why = f"abandoned {age:.0f}s ago (stale_temp_after={self._older_than:.0f}s)"
-            elif (
-                self._earlier_tries_after is not None
-                and age > self._earlier_tries_after
-                and attrs.filename.endswith(TEMP_SUFFIX)  # a backup may belong to a publish under way
-                and attrs.filename
-                not in journals | kept  # a journal's files: its delivery adopts or removes them
-            ):
-                why = (
-                    f"left by an earlier try, idle {age:.0f}s (resume_after={self._earlier_tries_after:.0f}s)"
-                )
-            else:
-                continue
-            log.warning("Removing %s (%s bytes), a temp file of %s %s", path, attrs.st_size, owner, why)
-            if remote.remove(path):
-                removed.append(path)
-        return removed
-
-    @staticmethod
-    def _named_by_journals(
-        remote: Remote, directory: str, entries: list[Any], journals: set[str]
-    ) -> set[str]:
-        """Return the names of the files that the journals in ``directory`` name (temp files and parts)."""
-        named: set[str] = set()
-        for attrs in entries:
-            if attrs.filename not in journals:
-                continue
-            try:
-                data = remote.read_small(posixpath.join(directory, attrs.filename), MAX_JOURNAL_BYTES)
-                journal = Journal.from_bytes(data or b"")
-            except (OSError, ValueError):
-                continue
-            named.update(posixpath.basename(path) for path in (journal.temp, *journal.parts))
-        return named
 
 
 class Delivery:

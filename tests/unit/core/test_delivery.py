@@ -9,10 +9,11 @@ import zlib
 
 import pytest
 
-from airflow_s3sftp.core.delivery import Delivery, LeftoverSweeper, Source
+from airflow_s3sftp.core.delivery import Delivery, Source
 from airflow_s3sftp.core.options import TUNING, DeliveryOptions
 from airflow_s3sftp.core.parts import Striping, part_token
 from airflow_s3sftp.core.session import SessionPool
+from airflow_s3sftp.core.sweep import LeftoverSweeper
 from airflow_s3sftp.exceptions import ConnectionLostError, SupersededError
 from tests.unit.core.fake_sftp import FakeFS, FakeRemote, Killed, session_factory
 
