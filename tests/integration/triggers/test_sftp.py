@@ -419,7 +419,7 @@ class TestDeprecatedPollInterval:
             trigger = SFTPFileStableTrigger(**self.kwargs(), poll_interval=7.5)
 
         _, serialized = trigger.serialize()
-        assert serialized == {**self.kwargs(), "poke_interval": 7.5}
+        assert serialized == {**self.kwargs(), "poke_interval": 7.5, "timeout": None, "started_at": None}
         assert trigger.poke_interval == 7.5
 
     def test_both_names_are_refused(self) -> None:
