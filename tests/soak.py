@@ -50,9 +50,10 @@ TUNING = {
     "chunk_size": 256 * 1024,
 }
 WORKER = """
-import json, sys
+import json, logging, sys
 from airflow_s3sftp.core.options import DeliveryOptions
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True, format="%(name)s %(message)s")
 aws, sftp, bucket, key, path, tuning = sys.argv[1:7]
 options = DeliveryOptions.build(tuning=json.loads(tuning))
 try:
@@ -110,7 +111,7 @@ def run_worker(env: dict[str, str], args: list[str], kill_when: tuple[Path, int]
         [sys.executable, "-c", WORKER, *args],
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
     )
     if kill_when is not None:
@@ -122,9 +123,12 @@ def run_worker(env: dict[str, str], args: list[str], kill_when: tuple[Path, int]
             child.send_signal(signal.SIGKILL)
             child.wait()
             return {"killed": True}
-    out, _ = child.communicate(timeout=600)
+    out, err = child.communicate(timeout=600)
     lines = out.strip().splitlines()
-    return json.loads(lines[-1]) if lines else {"error": f"worker exited {child.returncode} with no record"}
+    record = json.loads(lines[-1]) if lines else {"error": f"worker exited {child.returncode} with no record"}
+    if "error" in record:
+        record["log"] = [line for line in err.splitlines() if "airflow_s3sftp" in line][-12:]
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({
                 "n": number, "server": server.name, "size": size, "fault": fault, "at": at, "tries": len(tries),
                 "ok": ok, "exact": exact, "leftovers": left, "sent": ssh.sent, "resumed_from": record.get("resumed_from"),
-                "error": record.get("error"),
+                "error": record.get("error"), "log": record.get("log"),
             }), flush=True)  # fmt: skip
     finally:
         for server in servers:

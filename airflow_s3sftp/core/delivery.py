@@ -434,15 +434,17 @@ class Delivery:
         if self._keeper is not None:
             self._keeper.close()
         side = remote.side()
+        port = side if side is not None else remote
         path = journal_path_for(self.path)
 
         def write(content: bytes) -> None:
             temp, backup = journal_temp_path_for(self.path), backup_path_for(self.path, new_token())
-            side.write_small(path, content, None, temp=temp, backup=backup, exclusive=False)
+            port.write_small(path, content, None, temp=temp, backup=backup, exclusive=False)
 
         journal.temp, journal.parts = self.write_path, list(self._parts)
-        self._keeper = JournalKeeper(write, f"{self.source.uri} -> {self.path}")
+        self._keeper = JournalKeeper(write, f"{self.source.uri} -> {self.path}", inline=side is None)
         self._keeper.submit(journal.to_bytes())
+        self._keeper.drain()
 
     def _checkpoint(self, file: RemoteFile, digests: Digests) -> None:
         """Have the server flush what was written; once it confirms, the journal says so."""
@@ -745,6 +747,8 @@ class Delivery:
                     if writer.position >= next_checkpoint:
                         self._checkpoint(file, digests)
                         next_checkpoint = (writer.position // every + 1) * every
+                    if self._keeper is not None:
+                        self._keeper.drain()  # an inline keeper writes here, between two writes
                 landed = file.finish(sync=streaming.fsync)
         finally:
             self.s3_retries += reader.retries

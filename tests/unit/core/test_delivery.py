@@ -275,8 +275,9 @@ def ours(fs: FakeFS) -> list[str]:
     return [name for name in names(fs) if name.endswith(".s3sftp-part")]
 
 
-def test_a_new_process_resumes_from_the_journal_and_leaves_only_the_file():
-    fs = FakeFS()
+@pytest.mark.parametrize("side_channel", [True, False], ids=["journal-on-its-channel", "journal-inline"])
+def test_a_new_process_resumes_from_the_journal_and_leaves_only_the_file(side_channel):
+    fs = FakeFS(side_channel=side_channel)
     killed_after(fs, 6 * 1024 * KiB)
     assert len(ours(fs)) == 2  # the temp file and its journal, kept on purpose
     written = fs.written
