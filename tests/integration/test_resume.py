@@ -26,7 +26,7 @@ from tests.faults import FaultyProxy
 
 MiB = 1024 * 1024
 SIZE = 256 * MiB
-OURS = re.compile(r"^\..*\.s3sftp-part$")
+OURS = re.compile(r"^\..*\.s3sftp-(part|journal)$")  # the temp file and the journal
 
 # One delivery in a process of its own, as an Airflow task's try is (the record on stdout).
 CHILD = """

@@ -24,7 +24,7 @@ from tests.integration.cut_proxy import CutWhen
 from tests.integration.servers.conftest import MatrixServer, conn_id
 
 MiB = 1024 * 1024
-OURS = re.compile(r"^\..*\.s3sftp-(part|old)$")
+OURS = re.compile(r"^\..*\.s3sftp-(part|old|stripe)$")  # temp, backup and part files (not the journal)
 STRIPING = Striping(channels=4, stripe_size=MiB)
 
 

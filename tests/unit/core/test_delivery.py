@@ -272,7 +272,9 @@ def killed_after(fs: FakeFS, nbytes: int, data: bytes = BIG, **flat):  # type: i
 
 
 def ours(fs: FakeFS) -> list[str]:
-    return [name for name in names(fs) if name.endswith(".s3sftp-part")]
+    return [
+        name for name in names(fs) if name.endswith((".s3sftp-part", ".s3sftp-journal", ".s3sftp-stripe"))
+    ]
 
 
 @pytest.mark.parametrize("side_channel", [True, False], ids=["journal-on-its-channel", "journal-inline"])
