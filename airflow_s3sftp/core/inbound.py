@@ -625,7 +625,7 @@ class InboundTransfer:
             sha256,
             stored,
             skipped=False,
-            upload="put" if parts == 1 else "multipart",
+            upload="put" if size < options.part_size else "multipart",
             parts=parts,
             check=check,
             moved=moved,

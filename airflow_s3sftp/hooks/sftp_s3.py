@@ -103,7 +103,7 @@ class S3ObjectStore:
         )
 
     def _head(self, version_id: str | None = None) -> Stored:
-        pin = {"VersionId": version_id} if version_id else {}
+        pin = {"VersionId": version_id} if version_id and version_id != "null" else {}
         with self._errors("read"):
             return self._stored(
                 dict(self.client.head_object(Bucket=self.bucket, Key=self.key, ChecksumMode="ENABLED", **pin))  # type: ignore[arg-type]
@@ -132,7 +132,9 @@ class S3ObjectStore:
                 Bucket=self.bucket,
                 Key=self.key,
                 Body=data,
-                ChecksumCRC32=crc32_text(crc32),
+                # botocore computes the CRC-32 of the body it sends (S3 checks it and stores it);
+                # the engine compares what S3 stored with its own CRC-32 of the bytes read.
+                ChecksumAlgorithm="CRC32",
                 ContentMD5=base64.b64encode(md5).decode(),
                 Metadata={"sha256": sha256},
                 **extra,
