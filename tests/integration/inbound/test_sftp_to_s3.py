@@ -220,7 +220,7 @@ def test_failed_part_upload_is_retried(moto, s3, bucket, remote_dir, set_connect
 def test_if_exists_fail_refuses_an_existing_object(s3, bucket, remote_dir):
     write_file(remote_dir / "f", b"new", owner(remote_dir))
     s3.put_object(Bucket=bucket, Key="f", Body=b"old")
-    with pytest.raises(FileExistsError, match="s3://.*/f already exists"):
+    with pytest.raises(FileExistsError, match=r"s3://.*/f already exists"):
         bring_in(sftp_path=str(remote_dir / "f"), s3_bucket=bucket, s3_key="f", if_exists="fail")
     assert s3_bytes(s3, bucket, "f") == b"old"
 
