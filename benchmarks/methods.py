@@ -405,7 +405,10 @@ def in_openssh_get(job: Job) -> dict[str, Any]:
     """OpenSSH ``sftp -b get`` of the remote file(s) to local disk: the read-side limit."""
     target = Path(job["local_target"])
     batch = target.parent / f"{target.name}.batch"
-    batch.write_text(f'get "{job["remote_path"]}" "{target}"\n')
+    remote = (
+        job["remote_path"] if job.get("files") else f'"{job["remote_path"]}"'
+    )  # a glob must stay unquoted
+    batch.write_text(f'get {remote} "{target}"\n')
     subprocess.run(_sftp_command(job, batch), check=True, stdout=subprocess.DEVNULL)
     batch.unlink()
     return {}

@@ -28,6 +28,7 @@ import fnmatch
 import hashlib
 import logging
 import posixpath
+import queue
 import stat
 import threading
 import time
@@ -64,6 +65,8 @@ MAX_PARTS = 10_000  # S3's most parts per upload
 MAX_COPY_SIZE = 5 * 1024**3  # the largest object CopyObject copies in one request
 MAX_KEY_BYTES = 1024  # S3's longest key
 _GLOB_CHARS = frozenset("*?[")
+AUTO_CHANNELS = 8  # OpenSSH grants 10 channels per connection by default (MaxSessions)
+AUTO_MIN_ROUND_TRIP = 0.010  # below, one channel's window is not the limit (as for delivery)
 
 After = Literal["keep", "delete", "move"]
 IfExists = Literal["replace", "fail", "skip_identical"]
@@ -83,6 +86,10 @@ class InboundOptions:
     :param s3_retries: retries of a failed part upload (or PutObject), per part
     :param io_timeout: seconds an SFTP read may stall before the connection counts as lost
     :param progress_interval: seconds between progress lines of a long transfer
+    :param channels: SFTP channels reading one file at once, each a stripe at a time (still handed
+        on in order); None: several (:data:`AUTO_CHANNELS`) on a link with a round trip of at least
+        :data:`AUTO_MIN_ROUND_TRIP` for files of at least two stripes, else one
+    :param stripe_size: bytes each channel reads in turn when several read one file
     """
 
     after: After = "keep"
@@ -95,6 +102,8 @@ class InboundOptions:
     s3_retries: int = 3
     io_timeout: float = 60.0
     progress_interval: float = 30.0
+    channels: int | None = None
+    stripe_size: int = 8 * MiB
 
     #: The keys of the operator's ``tuning`` dict.
     TUNING = (
@@ -105,6 +114,8 @@ class InboundOptions:
         "s3_retries",
         "io_timeout",
         "progress_interval",
+        "channels",
+        "stripe_size",
     )
 
     def __post_init__(self) -> None:
@@ -123,16 +134,22 @@ class InboundOptions:
             )
         for name in self.TUNING:
             value = getattr(self, name)
+            if name == "channels" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"tuning[{name!r}] must be a number (got {value!r})")
         if not isinstance(self.part_size, int) or self.part_size < MIN_PART_SIZE:
             raise ValueError(
                 f"tuning['part_size'] must be an int >= 5 MiB (S3's minimum), got {self.part_size!r}"
             )
-        for name in ("upload_concurrency", "connection_retries", "s3_retries"):
+        for name in ("upload_concurrency", "connection_retries", "s3_retries", "channels"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < (1 if name == "upload_concurrency" else 0):
+            if value is None and name == "channels":
+                continue
+            if not isinstance(value, int) or value < (1 if name in ("upload_concurrency", "channels") else 0):
                 raise ValueError(f"tuning[{name!r}] must be a non-negative int (got {value!r})")
+        if not isinstance(self.stripe_size, int) or self.stripe_size < MiB:
+            raise ValueError(f"tuning['stripe_size'] must be an int >= 1 MiB (got {self.stripe_size!r})")
         for name in ("connection_retry_delay", "io_timeout", "progress_interval"):
             if getattr(self, name) < 0 or (name == "io_timeout" and self.io_timeout == 0):
                 raise ValueError(f"tuning[{name!r}] must be positive (got {getattr(self, name)!r})")
@@ -253,6 +270,7 @@ class InboundRecord:
     skipped: bool
     upload: str  # "put", "multipart" or "none" (skipped)
     parts: int
+    channels: int  # SFTP channels that read the file at once (the most in any attempt)
     attempts: int
     resumed_from: int
     s3_check: str
@@ -390,6 +408,86 @@ def _outside(reads: Iterator[bytes]) -> Iterator[None]:
         raise _SinkError() from err
 
 
+class _Striped:
+    """Read ``[start, size)`` of one file over several SFTP channels, a stripe each in turn, yielded in order.
+
+    Lane ``i`` reads stripes ``i``, ``i + n``, ``i + 2n`` ... each with a window of READs in flight on
+    its own channel (each channel has its own SSH window: several multiply what a long link carries).
+    Each lane holds at most ``depth`` chunks ahead, so memory stays bounded; a lane's error is
+    raised to the consumer at the point where its bytes would come.
+    """
+
+    _DONE = object()
+
+    def __init__(self, lanes: list[Remote], path: str, size: int, start: int, stripe: int) -> None:
+        self._lanes, self._path, self._size, self._start, self._stripe = lanes, path, size, start, stripe
+        self._stop = threading.Event()
+        depth = max(4, 2 * stripe // (256 * 1024))
+        self._queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=depth) for _ in lanes]
+        self._threads = [
+            threading.Thread(target=self._lane, args=(i,), name=f"sftp-lane-{i}", daemon=True)
+            for i in range(len(lanes))
+        ]
+
+    def _stripes(self, lane: int) -> Iterator[tuple[int, int]]:
+        count = len(self._lanes)
+        begin = self._start + lane * self._stripe
+        while begin < self._size:
+            yield begin, min(begin + self._stripe, self._size)
+            begin += count * self._stripe
+
+    def _put(self, lane: int, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queues[lane].put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _lane(self, lane: int) -> None:
+        try:
+            for begin, end in self._stripes(lane):
+                reads = self._lanes[lane].read(self._path, end, start=begin)
+                try:
+                    for data in reads:
+                        if not self._put(lane, data):
+                            return
+                finally:
+                    close = getattr(reads, "close", None)
+                    if close is not None:
+                        close()
+        except BaseException as err:  # handed to the consumer, which decides what it means
+            self._put(lane, err)
+            return
+        self._put(lane, self._DONE)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for thread in self._threads:
+            thread.start()
+        try:
+            count, offset = len(self._lanes), self._start
+            while offset < self._size:
+                lane = ((offset - self._start) // self._stripe) % count
+                end = min(
+                    self._start + ((offset - self._start) // self._stripe + 1) * self._stripe, self._size
+                )
+                while offset < end:
+                    item = self._queues[lane].get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    if item is self._DONE:
+                        raise EOFError(
+                            f"SFTP file {self._path!r} ended at byte {offset}, expected {self._size}"
+                        )
+                    offset += len(item)
+                    yield item
+        finally:
+            self._stop.set()
+            for thread in self._threads:
+                thread.join(timeout=5)
+
+
 class _Uploads:
     """Parts of one multipart upload going up in parallel, at most ``concurrency`` in memory at once."""
 
@@ -471,6 +569,7 @@ class InboundTransfer:
         self._remote: Remote | None = None
         self.attempts = 1
         self.resumed_from = 0
+        self.channels = 0
 
     # -- the SFTP side -------------------------------------------------------------------------
     def _port(self) -> Remote:
@@ -654,7 +753,7 @@ class InboundTransfer:
             try:
                 if offset:
                     self._unchanged(before, self._stat(remote), "while the connection was down")
-                reads = remote.read(self.item.sftp_path, size, start=offset)
+                reads = self._reads(remote, size, offset)
                 while (data := next(reads, None)) is not None:
                     # The sink (hashing, part uploads) runs outside this try: its errors are never
                     # mistaken for a lost connection, and offset counts only bytes it took.
@@ -676,6 +775,32 @@ class InboundTransfer:
                 self._reconnect("reading", err)
                 self.resumed_from = offset
                 log.info("Resuming %s at byte %s of %s", self.item.sftp_path, offset, size)
+
+    def _reads(self, remote: Remote, size: int, offset: int) -> Iterator[bytes]:
+        """Return the bytes ``[offset, size)`` in order: over one channel, or striped over several."""
+        options = self.options
+        wanted = options.channels
+        one = remote.read(self.item.sftp_path, size, start=offset)
+        self.channels = max(self.channels, 1)
+        if wanted == 1 or size - offset < 2 * options.stripe_size:
+            return one
+        if wanted is None:
+            if remote.round_trip() < AUTO_MIN_ROUND_TRIP:
+                return one
+            wanted = AUTO_CHANNELS
+        lanes = remote.lanes(min(wanted, -(-(size - offset) // options.stripe_size)))
+        if len(lanes) < 2:
+            return one
+        self.channels = max(self.channels, len(lanes))
+        if self.attempts == 1 and not offset:
+            log.info(
+                "Reading %s over %s SFTP channels in stripes of %s bytes (round trip %.0f ms)",
+                self.item.sftp_path,
+                len(lanes),
+                options.stripe_size,
+                remote.round_trip() * 1000,
+            )
+        return iter(_Striped(lanes, self.item.sftp_path, size, offset, options.stripe_size))
 
     def _prove(self, before: SFTPAttributes, sha256: str) -> None:
         """Raise unless the file is unchanged since ``before`` and hashes to ``expected_checksum``."""
@@ -849,6 +974,7 @@ class InboundTransfer:
             skipped=skipped,
             upload=upload,
             parts=parts,
+            channels=self.channels,
             attempts=self.attempts,
             resumed_from=self.resumed_from,
             s3_check=check,

@@ -46,7 +46,8 @@ class SFTPToS3StreamOperator(BaseOperator):
     One file returns its record (XCom): ``s3_uri``, ``sftp_path``, ``size``, ``checksum``
     (``"sha256:<hex>"``), ``s3_checksum`` (``"crc32:<hex>"``, the full-object checksum S3
     stored), ``etag``, ``version_id``, ``seconds``, ``mb_per_s``, ``skipped``, ``upload``
-    (``put``, ``multipart`` or ``none``), ``parts``, ``attempts``, ``resumed_from``, ``s3_check``
+    (``put``, ``multipart`` or ``none``), ``parts``, ``channels`` (SFTP channels that read at
+    once), ``attempts``, ``resumed_from``, ``s3_check``
     (what S3's answer was checked against), ``after``, ``moved_to``. Many files (a glob or
     ``sftp_paths``) return ``{"objects": [records], "failed": [], "count", "transferred",
     "skipped", "bytes"}``; when some fail the others still complete and the task fails with
@@ -75,7 +76,9 @@ class SFTPToS3StreamOperator(BaseOperator):
     :param allow_empty: with a glob, succeed when nothing matches instead of failing
     :param tuning: ``part_size`` (bytes, >= 5 MiB; default 16 MiB), ``upload_concurrency``
         (parts in flight, default 4), ``connection_retries`` (3), ``connection_retry_delay`` (1 s),
-        ``s3_retries`` (per part, 3), ``io_timeout`` (60 s), ``progress_interval`` (30 s)
+        ``s3_retries`` (per part, 3), ``io_timeout`` (60 s), ``progress_interval`` (30 s),
+        ``channels`` (SFTP channels reading one file; None: 8 on a link with a round trip of 10 ms or
+        more, else 1), ``stripe_size`` (bytes each channel reads in turn, 8 MiB)
     """
 
     template_fields: Sequence[str] = (

@@ -471,3 +471,44 @@ def test_many_transfers_at_once_do_not_mix_bytes(s3, bucket, remote_dir):
     for name, data in files.items():
         assert s3_bytes(s3, bucket, name) == data
     assert open_uploads(s3, bucket) == []
+
+
+def test_a_long_link_reads_over_several_channels_and_lands_exact_bytes(
+    sshd, s3, bucket, remote_dir, set_connection
+):
+    from benchmarks.throttle import ThrottleProxy
+
+    data = os.urandom(21 * MiB + 9)
+    write_file(remote_dir / "far", data, owner(remote_dir))
+    # 20 ms round trip: above the threshold where one channel's window limits a long link.
+    with ThrottleProxy(sshd.port, rate=0, latency=0.01, depth=4096) as proxy:
+        set_connection("sftp_far", sshd.connection() | {"port": proxy.port})
+        record = bring_in(
+            sftp_path=str(remote_dir / "far"),
+            s3_bucket=bucket,
+            s3_key="far",
+            sftp_conn_id="sftp_far",
+            expected_checksum=sha(data),
+            tuning={"part_size": 5 * MiB, "stripe_size": 2 * MiB},
+        )
+    assert record["channels"] == 8
+    assert s3_bytes(s3, bucket, "far") == data
+    assert open_uploads(s3, bucket) == []
+
+
+def test_a_cut_during_a_striped_read_resumes_in_order(sshd, s3, bucket, remote_dir, set_connection):
+    data = os.urandom(20 * MiB + 1)
+    write_file(remote_dir / "striped", data, owner(remote_dir))
+    with FaultyProxy(sshd.port, after=9 * MiB, mode="cut", direction="down") as proxy:
+        set_connection("sftp_striped_cut", sshd.connection() | {"port": proxy.port})
+        record = bring_in(
+            sftp_path=str(remote_dir / "striped"),
+            s3_bucket=bucket,
+            s3_key="striped",
+            sftp_conn_id="sftp_striped_cut",
+            tuning={"part_size": 5 * MiB, "stripe_size": MiB, "channels": 4, "connection_retry_delay": 0.1},
+        )
+    assert proxy.faults == 1
+    assert record["channels"] == 4 and record["attempts"] == 2 and record["resumed_from"] > 0
+    assert s3_bytes(s3, bucket, "striped") == data
+    assert open_uploads(s3, bucket) == []

@@ -49,15 +49,30 @@ class Disk:
     mtimes: dict[str, int] = field(default_factory=dict)
     cut_after: list[int] = field(default_factory=list)  # bytes read on a connection before it drops
     during_read: Any = None  # called once after the first chunk is read
+    lock: Any = field(default_factory=threading.Lock)
     connections: int = 0
+    round_trip: float = 0.0
+    lanes_granted: int = 0
+    lane_reads: int = 0
 
 
 class Remote:
     endpoint = "fake@sftp:22"
 
-    def __init__(self, disk: Disk) -> None:
+    def __init__(self, disk: Disk, *, lane: bool = False) -> None:
         self.disk, self.dead = disk, False
-        disk.connections += 1
+        self.lanes_of: list[Remote] = []
+        self.lane = lane
+        if not lane:
+            disk.connections += 1
+
+    def round_trip(self) -> float:
+        return self.disk.round_trip
+
+    def lanes(self, count: int) -> list[Remote]:
+        while len(self.lanes_of) < min(count, self.disk.lanes_granted):
+            self.lanes_of.append(Remote(self.disk, lane=True))
+        return self.lanes_of[:count]
 
     def lost(self, err: BaseException) -> bool:
         return isinstance(err, ConnectionLostError) or self.dead
@@ -75,11 +90,16 @@ class Remote:
         data = self.disk.files[path]
         end = len(data) if size is None else size
         sent = 0
+        if self.lane:
+            self.disk.lane_reads += 1
         for offset in range(start, end, 256 * 1024):
-            if self.disk.cut_after and sent >= self.disk.cut_after[0]:
-                self.disk.cut_after.pop(0)
-                self.dead = True
-                raise ConnectionLostError("cut")
+            if self.dead:
+                raise ConnectionLostError("gone")
+            with self.disk.lock:
+                if self.disk.cut_after and sent >= self.disk.cut_after[0]:
+                    self.disk.cut_after.pop(0)
+                    self.dead = True
+                    raise ConnectionLostError("cut")
             chunk = self.disk.files[path][offset : min(offset + 256 * 1024, end)]
             if len(chunk) < min(256 * 1024, end - offset):
                 raise EOFError(f"{path} ended early")
@@ -328,3 +348,26 @@ def test_options_and_plans_name_the_bad_argument():
         plan_files(["/a/x", "/b/x"], bucket="b", key=None, prefix="")
     with pytest.raises(ValueError, match="safe"):
         plan_files(["/a/.."], bucket="b", key=None, prefix="p")
+
+
+@pytest.mark.parametrize(
+    ("round_trip", "granted", "striped"), [(0.05, 7, True), (0.0, 7, False), (0.05, 1, False)]
+)
+def test_a_long_link_reads_stripes_over_several_channels_in_order(round_trip, granted, striped):
+    data = os.urandom(37 * MiB + 5)
+    disk = Disk({"/in/f": data}, round_trip=round_trip, lanes_granted=granted)
+    store = Store()
+    record = run(disk, store, tuning={"stripe_size": MiB})
+    assert store.object == data and record.checksum == sha(data)
+    assert disk.connections == 1
+    assert (disk.lane_reads > 0) is striped
+
+
+def test_a_cut_in_a_striped_read_resumes_in_order():
+    data = os.urandom(29 * MiB + 1)
+    disk = Disk({"/in/f": data}, round_trip=0.05, lanes_granted=4, cut_after=[512 * 1024])
+    store = Store()
+    record = run(disk, store, tuning={"stripe_size": MiB})
+    assert store.object == data
+    assert record.attempts == 2 and record.resumed_from > 0
+    assert store.calls.count("create") == 1
