@@ -374,9 +374,10 @@ def plan_files(
         checksum = _for_path(expected_checksum, path, "expected_checksum")
         size = _for_path(expected_size, path, "expected_size")
         if checksum is not None:
-            algorithm, _ = parse_checksum(str(checksum))
+            algorithm, hexdigest = parse_checksum(str(checksum))
             if algorithm != "sha256":
                 raise ValueError(f"expected_checksum must be 'sha256:<hex>' (got {checksum!r})")
+            checksum = format_checksum(algorithm, hexdigest)
         if isinstance(size, str) and size.strip().isdigit():  # a rendered template is a string
             size = int(size)
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
@@ -718,7 +719,7 @@ class InboundTransfer:
                 f"No S3 object written for {item.sftp_path}"
             )  # unreachable: only identical skips
         moved = self._after(before)
-        return self._record(
+        record = self._record(
             begin,
             size,
             sha256,
@@ -729,6 +730,17 @@ class InboundTransfer:
             check=check,
             moved=moved,
         )
+        log.info(
+            "%s is in %s: %s bytes, %s, %.1f MB/s, %s attempt(s), S3 check: %s",
+            item.sftp_path,
+            item.s3_uri,
+            size,
+            sha256,
+            record.mb_per_s,
+            record.attempts,
+            check,
+        )
+        return record
 
     @staticmethod
     def _identical(existing: Stored, size: int, sha256: str) -> bool:

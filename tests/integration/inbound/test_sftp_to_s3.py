@@ -512,3 +512,21 @@ def test_a_cut_during_a_striped_read_resumes_in_order(sshd, s3, bucket, remote_d
     assert record["channels"] == 4 and record["attempts"] == 2 and record["resumed_from"] > 0
     assert s3_bytes(s3, bucket, "striped") == data
     assert open_uploads(s3, bucket) == []
+
+
+def test_expected_checksum_in_capitals_with_spaces_is_the_same_checksum(s3, bucket, remote_dir):
+    data = os.urandom(6 * MiB)
+    write_file(remote_dir / "f", data, owner(remote_dir))
+    expected = "  SHA256:" + sha(data).split(":")[1].upper() + " "
+    record = bring_in(
+        sftp_path=str(remote_dir / "f"), s3_bucket=bucket, s3_key="f", expected_checksum=expected
+    )
+    assert record["checksum"] == sha(data)
+    assert s3.head_object(Bucket=bucket, Key="f")["Metadata"]["sha256"] == sha(data)
+
+
+def test_a_directory_is_refused_naming_it(s3, bucket, remote_dir):
+    (remote_dir / "sub").mkdir()
+    with pytest.raises(IsADirectoryError, match="sub"):
+        bring_in(sftp_path=str(remote_dir / "sub"), s3_bucket=bucket, s3_key="k")
+    assert keys(s3, bucket) == [] and open_uploads(s3, bucket) == []
