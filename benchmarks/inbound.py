@@ -31,6 +31,7 @@ from benchmarks.harness import (
     Bench,
     Method,
     MiB,
+    _sha256_of,
     bench_environment,
     human,
     launch,
@@ -51,6 +52,7 @@ METHODS = (
 )
 IMPORTS_ONLY = Method("imports-only", "imports", note="imports, then nothing: the RSS baseline")
 LATENCY_METHODS = ("openssh-sftp-get", "stock-temp-file", "stock-streaming", "rclone", "ours")
+# python -m benchmarks.inbound --scenarios latency --latency-size 256MiB --latency-methods openssh-sftp-get,ours
 MANY_METHODS = ("openssh-sftp-get", "stock-temp-file", "rclone", "ours")
 
 
@@ -59,10 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=parse_size, default=parse_size("1GiB"), help="the large file")
     parser.add_argument("--latency-ms", type=float, default=100.0, help="round trip of the long-link proxy")
     parser.add_argument("--latency-size", type=parse_size, default=parse_size("32MiB"))
+    parser.add_argument(
+        "--latency-methods", default=",".join(LATENCY_METHODS), help="methods on the long link"
+    )
     parser.add_argument("--many", default="200x64KiB", help="COUNTxSIZE small files")
     parser.add_argument("--quick", action="store_true", help="8 MiB, 4 MiB on the long link, 20 x 64 KiB")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmark-results")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--scenarios", default="loopback,latency,many", help="comma-separated: loopback, latency, many"
+    )
     return parser
 
 
@@ -133,8 +141,7 @@ def run_method(
             else [Path(job["local_target"])]
         )
         row["sha256_verified"] = "error" not in row and all(
-            t.exists() and hashlib.sha256(t.read_bytes()).hexdigest() == d
-            for t, d in zip(targets, expected.values(), strict=True)
+            t.exists() and _sha256_of(t) == d for t, d in zip(targets, expected.values(), strict=True)
         )
         target = Path(job["local_target"])
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
@@ -205,7 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             source.unlink()
 
-        one_file("loopback", args.size, [m.name for m in METHODS], None)
+        scenarios = set(args.scenarios.split(","))
+        if "loopback" in scenarios:
+            one_file("loopback", args.size, [m.name for m in METHODS], None)
         rows.append(
             launch(
                 bench,
@@ -217,8 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             | {"label": "baseline"}
         )
-        with ThrottleProxy(bench.sshd.port, rate=0, latency=args.latency_ms / 2000, depth=4096) as proxy:
-            one_file("latency", args.latency_size, LATENCY_METHODS, proxy.port)
+        if "latency" in scenarios:
+            with ThrottleProxy(bench.sshd.port, rate=0, latency=args.latency_ms / 2000, depth=4096) as proxy:
+                one_file("latency", args.latency_size, args.latency_methods.split(","), proxy.port)
 
         many_dir = bench.remote_dir / "many"
         many_dir.mkdir()
@@ -228,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         print(f"many: {count} x {human(small_size)}", flush=True)
         for method in methods:
-            if method.name not in MANY_METHODS:
+            if method.name not in MANY_METHODS or "many" not in scenarios:
                 continue
             prefix = f"in/many/{method.name}/"
             job = {

@@ -577,7 +577,9 @@ class InboundTransfer:
         if self._remote is None:
             self._session = self.sessions.acquire()
             try:
-                self._remote = self._session.remote(io_timeout=self.options.io_timeout)
+                # Reads are pipelined on every server (each reply is matched to its request), and no
+                # write is ordered here: no need to ask what the server does with pipelined writes.
+                self._remote = self._session.remote(io_timeout=self.options.io_timeout, strict_order=False)
             except BaseException:
                 self.sessions.discard(self._session)
                 self._session = None
