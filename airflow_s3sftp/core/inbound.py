@@ -80,7 +80,8 @@ class InboundOptions:
     :param move_to: directory that ``after="move"`` renames the file into (never overwriting)
     :param if_exists: an existing S3 object is replaced, refused, or kept when identical
     :param part_size: bytes per multipart part (and the largest file sent with one PutObject)
-    :param upload_concurrency: parts uploaded at once (memory is about (this + 1) * part_size)
+    :param upload_concurrency: parts uploaded at once (memory is about (this + 1) * part_size, plus
+        about channels * stripe_size when several channels read)
     :param connection_retries: reconnects after a lost SSH connection, per file
     :param connection_retry_delay: seconds before the first reconnect, doubled each time
     :param s3_retries: retries of a failed part upload (or PutObject), per part
@@ -95,7 +96,7 @@ class InboundOptions:
     after: After = "keep"
     move_to: str | None = None
     if_exists: IfExists = "replace"
-    part_size: int = 16 * MiB
+    part_size: int = 8 * MiB
     upload_concurrency: int = 4
     connection_retries: int = 3
     connection_retry_delay: float = 1.0
@@ -423,7 +424,7 @@ class _Striped:
     def __init__(self, lanes: list[Remote], path: str, size: int, start: int, stripe: int) -> None:
         self._lanes, self._path, self._size, self._start, self._stripe = lanes, path, size, start, stripe
         self._stop = threading.Event()
-        depth = max(4, 2 * stripe // (256 * 1024))
+        depth = max(4, stripe // (255 * 1024))  # about one stripe ahead per lane
         self._queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=depth) for _ in lanes]
         self._threads = [
             threading.Thread(target=self._lane, args=(i,), name=f"sftp-lane-{i}", daemon=True)
@@ -882,8 +883,10 @@ class InboundTransfer:
                 buffer.extend(data)
                 while len(buffer) >= part_size:
                     number += 1
-                    uploads.submit(number, bytes(buffer[:part_size]))
+                    with memoryview(buffer) as view:
+                        part = bytes(view[:part_size])  # one copy of the part, no more
                     del buffer[:part_size]
+                    uploads.submit(number, part)
 
             self._read(before, size, sink)
             if buffer or number == 0:

@@ -31,7 +31,8 @@ class SFTPToS3StreamOperator(BaseOperator):
     and streamed into an S3 multipart upload (parts of ``tuning["part_size"]`` uploaded in
     parallel, each with its CRC-32, the object with a full-object CRC-32; a file smaller than one
     part goes up with one ``PutObject``). Memory is bounded by about
-    ``(upload_concurrency + 1) * part_size``. SHA-256 is computed over the bytes in order and
+    ``(upload_concurrency + 1) * part_size`` (plus about ``channels * stripe_size`` when several
+    SFTP channels read one file on a long link). SHA-256 is computed over the bytes in order and
     stored in the object's metadata (``x-amz-meta-sha256``).
 
     Nothing is published unless the bytes are proven: the file's size and mtime are the same
@@ -74,7 +75,7 @@ class SFTPToS3StreamOperator(BaseOperator):
     :param aws_conn_id: Airflow ``aws`` connection (templated)
     :param max_concurrency: files brought in at once (each on its own SFTP session)
     :param allow_empty: with a glob, succeed when nothing matches instead of failing
-    :param tuning: ``part_size`` (bytes, >= 5 MiB; default 16 MiB), ``upload_concurrency``
+    :param tuning: ``part_size`` (bytes, >= 5 MiB; default 8 MiB), ``upload_concurrency``
         (parts in flight, default 4), ``connection_retries`` (3), ``connection_retry_delay`` (1 s),
         ``s3_retries`` (per part, 3), ``io_timeout`` (60 s), ``progress_interval`` (30 s),
         ``channels`` (SFTP channels reading one file; None: 8 on a link with a round trip of 10 ms or
