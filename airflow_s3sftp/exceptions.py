@@ -32,12 +32,43 @@ class SupersededError(TransferInProgressError):
     """Someone else removed this delivery's temp file before it was published; nothing was published."""
 
 
-class HostKeyVerificationError(S3SFTPError):
+class TaskWideError(S3SFTPError):
+    """A failure that no retry and no other object can heal: it ends the whole task at once.
+
+    The one place where final and healable failures part: a connection attempt that fails with
+    one is never repeated (no retry, no cipher fallback, no parallel attempt), and a many-object
+    delivery stops at the first one and reports it once. Everything else that breaks a
+    connection (a drop, a timeout, a throttling server) is healable and retried with backoff.
+    """
+
+
+class ConnectionConfigError(TaskWideError, ValueError):
+    """An Airflow connection is missing, or one of its settings cannot work (a key file that is not there)."""
+
+
+class UnknownHostError(TaskWideError, ConnectionError):
+    """The SFTP host's name does not resolve (a typo, not a passing network failure)."""
+
+
+class HostKeyVerificationError(TaskWideError):
     """The SFTP server's host key is unknown or differs from the one configured."""
 
 
-class AuthenticationError(S3SFTPError, PermissionError):
+class AuthenticationError(TaskWideError, PermissionError):
     """The SFTP server refused the login (wrong user, key or password)."""
+
+
+class MissingTargetError(TaskWideError, FileNotFoundError):
+    """What every object of the task needs is missing: the S3 bucket or the SFTP directory."""
+
+
+class CredentialsError(TaskWideError, PermissionError):
+    """No AWS credentials were found, or S3 refused them for the whole task."""
+
+
+def is_final(err: BaseException) -> bool:
+    """Return True when ``err`` ends the whole task: never retried, never tried again for another object."""
+    return isinstance(err, TaskWideError)
 
 
 class ChecksumMismatchError(VerificationError):
@@ -47,6 +78,23 @@ class ChecksumMismatchError(VerificationError):
         super().__init__(f"{what}: checksum mismatch, expected {expected}, got {actual}")
         self.expected = expected
         self.actual = actual
+
+
+class ManifestMismatchError(ChecksumMismatchError):
+    """A file differs from its range manifest (``<path>.manifest``); the message names the first bad range.
+
+    ``first`` describes that range (index, first and last byte, both digests, why); ``expected`` and
+    ``actual`` are its digests (``"-"`` where there is none); ``bad_ranges`` counts the bad entries.
+    """
+
+    def __init__(self, what: str, first: str, expected: str, actual: str, bad_ranges: int = 1) -> None:
+        VerificationError.__init__(
+            self, f"{what}: differs from its manifest in {bad_ranges} range(s), first {first}"
+        )
+        self.expected = expected
+        self.actual = actual
+        self.first = first
+        self.bad_ranges = bad_ranges
 
 
 class ConnectionLostError(S3SFTPError, ConnectionError):
@@ -63,3 +111,7 @@ class DeliveryFailedError(S3SFTPError):
 
 class UnsupportedAirflowVersionError(S3SFTPError, RuntimeError):
     """A feature was asked for that the running Airflow version does not provide."""
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument has the wrong type (a string where a number or flag is expected); also a ``ValueError``."""

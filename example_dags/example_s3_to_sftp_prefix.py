@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 AWS_CONN_ID = os.environ.get("S3SFTP_AWS_CONN_ID", "aws_default")
 SFTP_CONN_ID = os.environ.get("S3SFTP_SFTP_CONN_ID", "sftp_default")
 # Matched against the path below the prefix. "**" crosses "/", so this takes top-level and nested CSVs
-# ("**/*.csv" would need at least one "/" and miss the top level). Not templated, hence not a Param.
+# ("**/*.csv" matches the same: its "**/" may also be empty). Not templated, hence not a Param.
 GLOB = os.environ.get("S3SFTP_EXPORTS_GLOB", "**.csv")
 # A retry re-sends only what is not already there, thanks to skip_identical; tests set 0 to fail fast.
 RETRIES = int(os.environ.get("S3SFTP_DELIVERY_RETRIES", "2"))

@@ -150,6 +150,8 @@ def start_sshd(
     config.write_text(
         "\n".join(
             [
+                # sshd takes the first value of a keyword: the caller's settings win over the defaults.
+                *extra_config,
                 f"Port {port}",
                 "ListenAddress 127.0.0.1",
                 f"HostKey {host_key}",
@@ -164,7 +166,6 @@ def start_sshd(
                 "MaxStartups 200:30:400",
                 "LogLevel ERROR",
                 f"Subsystem sftp {_SUBSYSTEMS[sftp_server]}",
-                *extra_config,
                 "",
             ]
         )

@@ -29,6 +29,9 @@ Delivery (S3 object -> SFTP file):
 - :mod:`~airflow_s3sftp.core.paths` -- S3 keys to safe remote paths, temp names, plan clash checks.
 - :mod:`~airflow_s3sftp.core.sidecar` -- ``sha256sum -c`` sidecars, small files published by rename.
 - :mod:`~airflow_s3sftp.core.checksums` -- algorithms and the ``"<algorithm>:<hex>"`` notation.
+- :mod:`~airflow_s3sftp.core.manifest` -- range manifests (one sha256 per fixed-size range, beside
+  the file as ``<name>.manifest``): render, strict parse, ``RangeHasher``, ``check_file`` naming
+  the bad ranges; stdlib only, it is also ``python -m airflow_s3sftp.verify``.
 
 Detection (is a remote file provably complete?):
 

@@ -20,7 +20,7 @@ from airflow_s3sftp.core.digests import Checkpoints, Digests
 from airflow_s3sftp.core.integrity import weigh_source_integrity
 from airflow_s3sftp.core.ordered import OrderedWriter
 from airflow_s3sftp.core.parts import StripedFile, Striping, part_token
-from airflow_s3sftp.core.paths import backup_path_for, leftover_of, new_token, temp_path_for
+from airflow_s3sftp.core.paths import backup_path_for, leftover_of, new_token, short_stem, temp_path_for
 from airflow_s3sftp.core.ranged import RangedReader
 from airflow_s3sftp.core.reader import ChunkReader
 from airflow_s3sftp.core.sftp import is_dir
@@ -183,6 +183,17 @@ class BatchProgress:
         )
 
 
+def extra_paths(path: str, options: DeliveryOptions) -> list[str]:
+    """Return the sidecar and done marker paths a delivery to ``path`` writes (by temp file and rename)."""
+    publishing, algorithm = options.publishing, options.checks.checksum
+    extras = []
+    if publishing.sidecar and algorithm:
+        extras.append(sidecar_path(path, algorithm))
+    if publishing.done_marker:
+        extras.append(path + publishing.done_marker)
+    return extras
+
+
 class LeftoverSweeper:
     """Removes temp files that crashed workers left behind, once per directory per task.
 
@@ -197,12 +208,19 @@ class LeftoverSweeper:
 
     def __init__(self, older_than: float, final_paths: Iterable[str]) -> None:
         self._older_than = older_than
-        self._names: dict[str, set[str]] = {}
-        for path in final_paths:
-            directory, name = posixpath.split(path)
-            self._names.setdefault(directory, set()).add(name)
+        self._names: dict[str, dict[str, str]] = {}  # directory -> {what leftover_of says: final name}
         self._swept: set[str] = set()
         self._lock = threading.Lock()
+        self.include(final_paths)
+
+    def include(self, paths: Iterable[str]) -> None:
+        """Also sweep the leftovers of ``paths`` (e.g. a delivery's sidecar and done marker)."""
+        with self._lock:
+            for path in paths:
+                directory, name = posixpath.split(path)
+                names = self._names.setdefault(directory, {})
+                names[name] = name
+                names[short_stem(name)] = name  # the temp names of a long name use its short form
 
     def pending(self, directory: str) -> bool:
         """Return True when ``directory`` has not been swept yet."""
@@ -215,7 +233,8 @@ class LeftoverSweeper:
             if directory in self._swept:
                 return []
             self._swept.add(directory)
-        names = self._names.get(directory, set())
+        with self._lock:
+            names = dict(self._names.get(directory, {}))
         removed: list[str] = []
         try:
             entries = remote.listdir(directory or ".")
@@ -223,8 +242,9 @@ class LeftoverSweeper:
             log.warning("Could not list %s to look for abandoned temp files: %s", directory, err)
             return removed
         for attrs in entries:
-            owner = leftover_of(attrs.filename)
-            if owner not in names or attrs.st_mtime is None:
+            stem = leftover_of(attrs.filename)
+            owner = names.get(stem) if stem is not None else None
+            if owner is None or attrs.st_mtime is None:
                 continue
             age = server_now - attrs.st_mtime
             if age > self._older_than:
@@ -277,6 +297,7 @@ class Delivery:
         self.sessions = sessions
         self._sleep = sleep
         self._sweeper = sweeper or LeftoverSweeper(options.publishing.stale_temp_after, [path])
+        self._sweeper.include(extra_paths(path, options))  # sidecars and markers go via temp files too
         self._token = new_token()
         self.write_path = temp_path_for(path, self._token) if options.publishing.atomic else path
         self.integrity = weigh_source_integrity(source.head, preferred=options.checks.checksum)

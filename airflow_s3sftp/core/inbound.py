@@ -47,6 +47,7 @@ from airflow_s3sftp.exceptions import (
     ConnectionLostError,
     SFTPSourceChangedError,
     VerificationError,
+    is_final,
 )
 
 if TYPE_CHECKING:
@@ -601,7 +602,11 @@ class InboundTransfer:
     def _retrying(self, what: str, action: Callable[[Remote], Any]) -> Any:
         """Run ``action(port)``, reconnecting after a lost connection up to the retry budget."""
         while True:
-            remote = self._port()
+            try:
+                remote = self._port()
+            except ConnectionLostError as err:  # a healable failure to connect (a final one is raised)
+                self._reconnect(f"connecting for {what}", err)
+                continue
             try:
                 return action(remote)
             except Exception as err:
@@ -764,7 +769,11 @@ class InboundTransfer:
             f"{self.item.sftp_path} -> {self.item.s3_uri}", size, self.options.progress_interval
         )
         while True:
-            remote = self._port()
+            try:
+                remote = self._port()
+            except ConnectionLostError as err:
+                self._reconnect("connecting to read", err)
+                continue
             try:
                 if offset:
                     self._unchanged(before, self._stat(remote), "while the connection was down")
@@ -1008,16 +1017,25 @@ def transfer_all(
     *,
     max_concurrency: int = 1,
 ) -> list[dict[str, Any]]:
-    """Bring in every item, up to ``max_concurrency`` at once; a failure becomes a record with ``error``."""
+    """Bring in every item, up to ``max_concurrency`` at once; a failure becomes a record with ``error``.
+
+    A task-wide failure (:func:`~airflow_s3sftp.exceptions.is_final`: a refused login, a missing
+    bucket) is raised once the files in flight are done; the files not yet started are not attempted.
+    """
     from airflow_s3sftp.core.delivery import BatchProgress
 
     planned = list(items)
     progress = BatchProgress(len(planned), options.progress_interval)
+    final: list[BaseException] = []  # a task-wide failure: the other files are not attempted
 
     def one(item: InboundFile) -> dict[str, Any]:
+        if final:
+            return {"s3_uri": item.s3_uri, "sftp_path": item.sftp_path, "error": "not attempted"}
         try:
             record = InboundTransfer(item, store_for(item), options, sessions).run().to_dict()
         except Exception as err:
+            if is_final(err):
+                final.append(err)
             log.error("Bringing %s into %s failed: %s", item.sftp_path, item.s3_uri, err)
             progress.finished(0, failed=True)
             return {
@@ -1030,4 +1048,11 @@ def transfer_all(
 
     workers = max(1, min(max_concurrency, len(planned)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inbound") as threads:
-        return list(threads.map(one, planned))
+        records = list(threads.map(one, planned))
+    if final:
+        skipped = sum(1 for record in records if record.get("error") == "not attempted")
+        log.error(
+            "A task-wide failure ended the batch; %s of %s files were not attempted", skipped, len(records)
+        )
+        raise final[0]
+    return records

@@ -11,7 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from airflow_s3sftp.core.checksums import new_hasher
+from airflow_s3sftp.core import validate
+from airflow_s3sftp.core.sftp import MAX_WRITE_SIZE
 
 MiB = 1024 * 1024
 MAX_BACKOFF = 60.0
@@ -45,18 +46,18 @@ class Publishing:
     stale_temp_after: float = 86400.0
 
     def __post_init__(self) -> None:
-        if self.if_exists not in ("replace", "fail", "skip_identical"):
-            raise ValueError(
-                f"if_exists must be 'replace', 'fail' or 'skip_identical', not {self.if_exists!r}"
-            )
-        if self.done_marker is not None and (
-            not self.done_marker.startswith(".") or len(self.done_marker) < 2 or "/" in self.done_marker
-        ):
-            raise ValueError(
-                f"done_marker is a suffix starting with '.', e.g. '.done' (got {self.done_marker!r})"
-            )
-        if self.stale_temp_after <= 0:
-            raise ValueError(f"stale_temp_after must be positive seconds (got {self.stale_temp_after!r})")
+        validate.flag("atomic", self.atomic)
+        validate.choice("if_exists", self.if_exists, ("replace", "fail", "skip_identical"))
+        validate.flag("create_dirs", self.create_dirs)
+        validate.file_mode("file_mode", self.file_mode)
+        validate.flag("sidecar", self.sidecar)
+        if self.done_marker is not None:
+            validate.name_part("done_marker", self.done_marker)
+            if not self.done_marker.startswith(".") or len(self.done_marker) < 2:
+                raise ValueError(
+                    f"done_marker is a suffix starting with '.', e.g. '.done' (got {self.done_marker!r})"
+                )
+        validate.number("stale_temp_after", self.stale_temp_after, positive=True)
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,10 @@ class Checks:
     skip_identical_by: SkipIdenticalBy = "content"
 
     def __post_init__(self) -> None:
-        if self.verify not in ("none", "size", "checksum"):
-            raise ValueError(f"verify must be 'none', 'size' or 'checksum', not {self.verify!r}")
-        if self.skip_identical_by not in ("content", "sidecar"):
-            raise ValueError(
-                f"skip_identical_by must be 'content' or 'sidecar', not {self.skip_identical_by!r}"
-            )
+        validate.choice("verify", self.verify, ("none", "size", "checksum"))
+        validate.choice("skip_identical_by", self.skip_identical_by, ("content", "sidecar"))
         if self.checksum is not None:
-            new_hasher(self.checksum)
+            validate.algorithm("checksum", self.checksum)
             object.__setattr__(self, "checksum", self.checksum.lower())  # "SHA256" names sidecars .sha256
         if self.verify == "checksum" and self.checksum is None:
             raise ValueError("verify='checksum' needs a checksum algorithm (checksum=None was given)")
@@ -122,18 +119,22 @@ class Streaming:
     stripe_size: int = 8 * MiB
 
     def __post_init__(self) -> None:
-        if self.channels is not None and not 1 <= self.channels <= 64:
+        validate.integer("channels", self.channels, minimum=1, optional=True)
+        if self.channels is not None and self.channels > 64:
             raise ValueError(f"channels must be None (auto) or 1 to 64 (got {self.channels!r})")
-        if self.stripe_size < MiB:
-            raise ValueError(f"stripe_size must be at least 1 MiB (got {self.stripe_size!r})")
-        if self.parallel_parts <= 0 or self.part_size <= 0:
-            raise ValueError("parallel_parts and part_size must be positive")
-        if self.chunk_size <= 0 or self.read_ahead <= 0:
-            raise ValueError("chunk_size and read_ahead must be positive")
-        if self.max_in_flight <= 0 or (self.write_size is not None and self.write_size <= 0):
-            raise ValueError("max_in_flight and write_size must be positive")
-        if self.io_timeout <= 0:
-            raise ValueError(f"io_timeout must be positive seconds (got {self.io_timeout!r})")
+        validate.integer("stripe_size", self.stripe_size, minimum=MiB)
+        for name in ("chunk_size", "read_ahead", "max_in_flight", "parallel_parts", "part_size"):
+            validate.integer(name, getattr(self, name), minimum=1)
+        validate.integer("write_size", self.write_size, minimum=1, optional=True)
+        if self.write_size is not None and self.write_size > MAX_WRITE_SIZE:
+            raise ValueError(
+                f"write_size {self.write_size} is above {MAX_WRITE_SIZE} bytes, more than SFTP servers "
+                "accept in one WRITE (OpenSSH: 256 KiB); leave it None to ask the server"
+            )
+        validate.flag("strict_order", self.strict_order, optional=True)
+        validate.flag("fsync", self.fsync)
+        validate.number("io_timeout", self.io_timeout, positive=True)
+        validate.number("progress_interval", self.progress_interval)
 
 
 @dataclass(frozen=True)
@@ -150,8 +151,9 @@ class RetryPolicy:
     delay: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.retries < 0 or self.s3_retries < 0 or self.delay < 0:
-            raise ValueError("connection_retries, s3_retries and connection_retry_delay must be >= 0")
+        validate.integer("connection_retries", self.retries, minimum=0)
+        validate.integer("s3_retries", self.s3_retries, minimum=0)
+        validate.number("connection_retry_delay", self.delay)
 
     def backoff(self, attempt: int) -> float:
         """Return the wait before retry number ``attempt`` (1-based): doubling, at most a minute."""

@@ -7,12 +7,41 @@
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import re
 import secrets
 
 TEMP_SUFFIX = ".s3sftp-part"
 BACKUP_SUFFIX = ".s3sftp-old"
+#: The longest file name (one path segment, in bytes) servers take unless they say otherwise:
+#: NAME_MAX of ext4, xfs, btrfs and most other filesystems.
+NAME_MAX = 255
+_SHORT_HEAD = 32  # bytes of a long final name kept at the start of its short temp name
+
+
+def name_bytes(name: str) -> int:
+    """Return the length of ``name`` on the wire (UTF-8), which is what a server's name limit counts."""
+    return len(name.encode("utf-8", "surrogateescape"))
+
+
+def short_stem(name: str) -> str:
+    """Return the short stand-in of a long file name in its temp names: ``<first 32 bytes>~<hash>``.
+
+    Recognisable (it starts like the final name) and unique to it (16 hex digits of its sha256).
+    """
+    head = name.encode("utf-8", "surrogateescape")[:_SHORT_HEAD].decode("utf-8", "ignore")
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{head}~{digest}"
+
+
+def _hidden(path: str, token: str, suffix: str, name_max: int) -> str:
+    """Return ``.<name>.<token><suffix>`` beside ``path``, or its short form when that is too long."""
+    directory, name = posixpath.split(path)
+    hidden = f".{name}.{token}{suffix}"
+    if name_bytes(hidden) > name_max:
+        hidden = f".{short_stem(name)}.{token}{suffix}"
+    return posixpath.join(directory, hidden)
 
 
 def parse_s3_location(bucket: str | None, key: str) -> tuple[str, str]:
@@ -43,6 +72,15 @@ def parse_s3_prefix(bucket: str | None, prefix: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError("No S3 bucket: set s3_bucket or pass s3_prefix as 's3://bucket/prefix'")
     return bucket, prefix
+
+
+def prefix_as_directory(prefix: str) -> str:
+    """Return ``prefix`` as the directory it names: ``px/day-1`` and ``px/day-1/`` are both ``px/day-1/``.
+
+    So a prefix never cuts a key segment in two: ``px/day-1`` does not take ``px/day-10/b.csv``
+    or ``px/day-11.csv``. An empty prefix is the whole bucket.
+    """
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
 
 
 def glob_to_regex(pattern: str) -> re.Pattern[str]:
@@ -102,24 +140,27 @@ def new_token() -> str:
     return secrets.token_hex(6)
 
 
-def temp_path_for(path: str, token: str) -> str:
+def temp_path_for(path: str, token: str, name_max: int = NAME_MAX) -> str:
     """Return the temp name of ``path`` for one delivery: hidden, same directory, unique by ``token``.
 
     ``/in/x.csv`` becomes ``/in/.x.csv.<token>.s3sftp-part``: two deliveries never share a temp
-    file, and a leftover is recognisable as ours and as belonging to ``x.csv``.
+    file, and a leftover is recognisable as ours and as belonging to ``x.csv``. When that name
+    would pass ``name_max`` bytes, the final name is replaced by :func:`short_stem` (its first
+    bytes and a hash), so every legal final name can be delivered atomically.
     """
-    directory, name = posixpath.split(path)
-    return posixpath.join(directory, f".{name}.{token}{TEMP_SUFFIX}")
+    return _hidden(path, token, TEMP_SUFFIX, name_max)
 
 
-def backup_path_for(path: str, token: str) -> str:
+def backup_path_for(path: str, token: str, name_max: int = NAME_MAX) -> str:
     """Return where the previous version waits while a server without posix-rename replaces it."""
-    directory, name = posixpath.split(path)
-    return posixpath.join(directory, f".{name}.{token}{BACKUP_SUFFIX}")
+    return _hidden(path, token, BACKUP_SUFFIX, name_max)
 
 
 def leftover_of(name: str) -> str | None:
-    """Return the final name a temp or backup file name belongs to, or None when it is not ours."""
+    """Return the final name a temp or backup file name belongs to, or None when it is not ours.
+
+    For the short form of a long name this is its :func:`short_stem`.
+    """
     for suffix in (TEMP_SUFFIX, BACKUP_SUFFIX):
         if name.startswith(".") and name.endswith(suffix):
             base, _, token = name[1 : -len(suffix)].rpartition(".")
@@ -134,17 +175,25 @@ def is_reserved_name(name: str) -> bool:
 
 
 def check_plan(
-    planned: list[tuple[str, str]], *, sidecar_suffix: str | None, done_marker: str | None
+    planned: list[tuple[str, str]],
+    *,
+    sidecar_suffix: str | None,
+    done_marker: str | None,
+    name_max: int = NAME_MAX,
 ) -> None:
     """Refuse, before a byte is written, a plan in which two names that the task creates collide.
 
     ``planned`` holds ``(source, final remote path)`` pairs. Every name the task creates counts:
     the final names, their sidecars (``<name><sidecar_suffix>``) and done markers
     (``<name><done_marker>``); a final name shaped like our temp files is refused too, since a
-    cleanup could take it for a leftover. The ``ValueError`` names both sources.
+    cleanup could take it for a leftover. A file name that is also a directory of another
+    file's path clashes. Every name (and the temp names they are written under) must fit in
+    ``name_max`` bytes. The ``ValueError`` names both sources, or the name and by how much it
+    is too long.
     """
     sources = {path: source for source, path in planned}
     created: dict[str, tuple[str, str]] = {}  # remote path -> (source, what the path is)
+    directories: dict[str, str] = {}  # directory a created file needs -> that file's source
     for source, path in planned:
         directory, name = posixpath.split(path)
         if is_reserved_name(name):
@@ -162,6 +211,7 @@ def check_plan(
         if done_marker:
             names.append((path + done_marker, "the done marker"))
         for name, role in names:
+            check_name_length(name, name_max, f"{role} of {source!r}")
             other = created.get(name)
             if other is not None:
                 raise ValueError(
@@ -169,3 +219,30 @@ def check_plan(
                     f"{other[1]} of {other[0]!r} and {role} of {source!r}"
                 )
             created[name] = (source, role)
+        parent = directory
+        while parent not in ("", "/") and parent not in directories:
+            directories[parent] = source
+            parent = posixpath.dirname(parent)
+    for name, (source, role) in created.items():
+        holder = directories.get(name)
+        if holder is not None:
+            raise ValueError(
+                f"S3 sources {source!r} and {holder!r} clash: {name!r} would be both {role} of "
+                f"{source!r} and a directory holding {holder!r}"
+            )
+
+
+def check_name_length(path: str, name_max: int, what: str) -> None:
+    """Refuse ``path`` when a segment, or the temp name it is written under, passes ``name_max`` bytes."""
+    for segment in path.split("/"):
+        length = name_bytes(segment)
+        if length > name_max:
+            raise ValueError(
+                f"The name {segment!r} ({what}) is too long: {length} bytes, {length - name_max} over "
+                f"the server's limit of {name_max} bytes"
+            )
+    temp = posixpath.basename(temp_path_for(path, "0" * 12, name_max))
+    if name_bytes(temp) > name_max:
+        raise ValueError(
+            f"The temp name of {path!r} ({what}) cannot fit the server's name limit of {name_max} bytes"
+        )

@@ -7,7 +7,8 @@
 
 A poll is written once here and driven by three callers: the sensor (sync I/O, :func:`drive`), the
 deferrable trigger and the event trigger (async I/O, :func:`adrive`). A generator yields a request
-(:class:`Stat`, :class:`ReadSidecar`, :class:`Hash`, :class:`ListDir`, :class:`Claim`), receives the
+(:class:`Stat`, :class:`ReadSidecar`, :class:`Hash`, :class:`ReadManifest`, :class:`HashRanges`,
+:class:`ListDir`, :class:`Claim`), receives the
 answer, and returns a verdict; the rules it applies live in :mod:`airflow_s3sftp.core.stability`.
 """
 
@@ -22,6 +23,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from airflow_s3sftp.core import stability
+from airflow_s3sftp.core.manifest import SUFFIX as MANIFEST_SUFFIX
+from airflow_s3sftp.core.paths import is_reserved_name
+from airflow_s3sftp.exceptions import AuthenticationError, HostKeyVerificationError, VerificationError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -45,6 +49,10 @@ class SensingIO(Protocol):
     def read_sidecar(self, path: str, algorithm: str) -> Any: ...  # -> hex digest or None
 
     def digest(self, path: str, algorithm: str, size: int) -> Any: ...  # -> "<algo>:<hex>" or None
+
+    def read_manifest(self, path: str) -> Any: ...  # -> bytes of <path>.manifest or None
+
+    def range_digests(self, path: str, range_size: int, size: int) -> Any: ...  # -> (ranges, whole) or None
 
     def list_files(self, directory: str, pattern: str) -> Any: ...  # -> {name: Observation}
 
@@ -85,6 +93,31 @@ class Hash:
 
 
 @dataclass(frozen=True)
+class ReadManifest:
+    """Ask for the bytes of ``<path>.manifest`` (bounded); the answer is ``bytes``, or ``None`` if missing."""
+
+    path: str
+
+    def ask(self, io: SensingIO) -> Any:
+        return io.read_manifest(self.path)
+
+
+@dataclass(frozen=True)
+class HashRanges:
+    """Ask for the sha256 of each ``range_size`` range of the first ``size`` bytes, and of all of them.
+
+    The answer is ``(range digests, whole digest)`` in hex, or ``None`` when the file is shorter.
+    """
+
+    path: str
+    range_size: int
+    size: int
+
+    def ask(self, io: SensingIO) -> Any:
+        return io.range_digests(self.path, self.range_size, self.size)
+
+
+@dataclass(frozen=True)
 class ListDir:
     """Ask for the regular files in ``directory`` whose name matches ``pattern``: ``{name: Observation}``."""
 
@@ -106,7 +139,26 @@ class Claim:
         return io.claim(self.source, self.target)
 
 
-Request = Stat | ReadSidecar | Hash | ListDir | Claim
+#: Reconnects in a row that the sensor's poll or the deferred trigger makes after a dropped connection.
+RECONNECT_ATTEMPTS = 5
+
+
+def reconnect_delay(attempt: int) -> float:
+    """Return the wait before reconnect number ``attempt`` (1-based): 1, 2, 4... seconds, at most 30."""
+    return float(min(30.0, 2.0 ** max(0, attempt - 1)))
+
+
+def is_healable(err: BaseException) -> bool:
+    """Return True for a dropped or refused connection, which a reconnect may heal.
+
+    A refused login or an unknown or changed host key is final: it never heals by reconnecting.
+    """
+    if isinstance(err, (AuthenticationError, HostKeyVerificationError)):
+        return False
+    return isinstance(err, (ConnectionError, EOFError, TimeoutError))
+
+
+Request = Stat | ReadSidecar | Hash | ReadManifest | HashRanges | ListDir | Claim
 Poll = Generator[Request, Any, T]
 
 
@@ -157,6 +209,9 @@ def poll_file(
     """
     Poll one file: stat; once size and mtime are stable, read the sidecar if asked, hash, stat again.
 
+    With a manifest as the expected content, the manifest is read instead of a sidecar and the file is
+    hashed range by range (:class:`ReadManifest`, :class:`HashRanges`), then stat'ed again.
+
     :param path: the remote file
     :param state: what earlier polls established
     :param policy: what "complete" means
@@ -167,6 +222,15 @@ def poll_file(
     if verdict.action is stability.Action.READ_SIDECAR and verdict.algorithm is not None:
         recorded = yield ReadSidecar(path, verdict.algorithm)
         verdict = stability.assess_sidecar(verdict.state, recorded, policy)
+    if verdict.action is stability.Action.READ_MANIFEST:
+        raw = yield ReadManifest(path)
+        verdict = stability.assess_manifest(verdict.state, raw, policy)
+    if verdict.action is stability.Action.HASH_RANGES and verdict.manifest is not None:
+        manifest = verdict.manifest
+        length = stability.ranges_to_hash(verdict.state, manifest)
+        answer = yield HashRanges(path, manifest.range_size, length)
+        after = yield Stat(path)
+        return stability.assess_ranges(verdict.state, after, answer, policy, manifest)
     if verdict.action is stability.Action.HASH and verdict.algorithm is not None:
         before = verdict.state.last
         size = before.size if before is not None and before.size is not None else 0
@@ -196,10 +260,13 @@ def split_pattern(path: str) -> tuple[str, str]:
 def matches(name: str, pattern: str) -> bool:
     """Return whether a file name matches the last-segment glob (case-sensitive, dotfiles only if asked).
 
-    An empty pattern matches every name.
+    An empty pattern matches every name. Our own temp and backup files (hidden names ending in
+    ``.s3sftp-part`` or ``.s3sftp-old``) never match a pattern.
     """
     if not pattern:
         return True  # a shared listing: every watcher applies its own pattern
+    if is_reserved_name(name):
+        return False  # airflow-s3sftp's own in-flight temp and backup files, whatever the pattern
     if name.startswith(".") and not pattern.startswith("."):
         return False  # hidden files, e.g. an uploader's temp files, are not candidates
     return fnmatch.fnmatchcase(name, pattern)
@@ -227,16 +294,21 @@ class Round:
 
     :param fired: files to fire for, in name order
     :param refused: complete files whose claim was refused because the target exists (reported once)
-    :param failed: ``(name, error)`` of files that could not be read (reported once per size and mtime)
+    :param failed: ``(name, error)`` of files that could not be read or differ from their manifest
+        (reported once per size and mtime)
+    :param blocked: ``(file, error)`` of complete files whose claim the server refused for permission in
+        this round; they are retried every round (the caller throttles the warning)
     """
 
     fired: list[Fired]
     refused: list[Fired]
-    failed: list[tuple[str, OSError]]
+    failed: list[tuple[str, Exception]]
+    blocked: list[tuple[Fired, OSError]] = field(default_factory=list)
 
 
-#: Errors that concern one file and must not stop the watch of the others.
-PER_FILE_ERRORS = (PermissionError, IsADirectoryError)
+#: Errors that concern one file and must not stop the watch of the others (a file that differs from
+#: its manifest, or whose manifest is malformed, is a VerificationError).
+PER_FILE_ERRORS = (PermissionError, IsADirectoryError, VerificationError)
 
 
 @dataclass
@@ -269,6 +341,20 @@ class Watch:
     failed: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
     # Files claimed or found complete whose event the caller has not taken yet (see take_fired).
     pending: list[Fired] = field(default_factory=list)
+    # Claimed files that changed between the verdict and the claim: fired once they settle.
+    settling: dict[str, Fired] = field(default_factory=dict)
+    # Claims refused for permission in the current round (see Round.blocked).
+    blocked: list[tuple[Fired, OSError]] = field(default_factory=list)
+
+    @property
+    def _companion(self) -> str | None:
+        """Return the suffix of the files the policy reads beside each file (``.manifest``, ``.sha256``)."""
+        source = self.policy.expected_checksum_from
+        if source == "manifest":
+            return MANIFEST_SUFFIX
+        if source == "sidecar" and self.policy.algorithm is not None:
+            return f".{self.policy.algorithm}"
+        return None
 
     def take_fired(self) -> list[Fired]:
         """Return and forget the files to fire for, also after a round that raised half-way."""
@@ -285,12 +371,21 @@ class Watch:
         """
         if listing is None:
             listing = yield ListDir(self.directory, self.pattern)
-        candidates = {name: seen for name, seen in listing.items() if matches(name, self.pattern)}
+        candidates = {
+            name: seen
+            for name, seen in listing.items()
+            if matches(name, self.pattern)
+            # The manifests or sidecars the policy reads beside the files are not files to fire for.
+            and not (self._companion is not None and name.endswith(self._companion))
+        }
         for memory in (self.states, self.reported, self.refused, self.failed):
             for name in [name for name in memory if name not in candidates]:
                 del memory[name]
         refused: list[Fired] = []
-        failed: list[tuple[str, OSError]] = []
+        failed: list[tuple[str, Exception]] = []
+        self.blocked = []
+        for name in sorted(self.settling):
+            yield from self._settle(self.settling.pop(name), checked=False)
         for name in sorted(candidates):
             seen = candidates[name]
             identity = (seen.size, seen.mtime)
@@ -306,7 +401,8 @@ class Watch:
                 continue
             if newly_refused is not None:
                 refused.append(newly_refused)
-        return Round(self.take_fired(), refused, failed)
+        blocked, self.blocked = self.blocked, []
+        return Round(self.take_fired(), refused, failed, blocked)
 
     def _visit(self, name: str, seen: stability.Observation) -> Poll[Fired | None]:
         """Poll one file; claim it when complete. Return it when its claim was newly refused."""
@@ -331,20 +427,57 @@ class Watch:
             self.pending.append(found)
             return None
         claimed = yield from self._claim(found)
-        return found if claimed is None and name in self.refused else None
+        blocked = any(held is found for held, _ in self.blocked)
+        return found if claimed is None and name in self.refused and not blocked else None
 
     def _claim(self, found: Fired) -> Poll[Fired | None]:
-        """Claim ``found``; queue and return it with its new path, or ``None`` when it is gone or refused."""
+        """Claim ``found``; queue and return it with its new path, or ``None`` when it is gone or refused.
+
+        A claim refused because the name is taken, or for permission, is kept in :attr:`refused` and
+        tried again next round (one rename) while the file stays unchanged.
+        """
         name = posixpath.basename(found.source_path)
         if self.claim_to is None:
             raise ValueError("this watch claims nothing: claim_to is None")
         target = posixpath.join(self.claim_to, name)
-        outcome = yield Claim(found.source_path, target)
+        try:
+            outcome = yield Claim(found.source_path, target)
+        except PermissionError as err:
+            # Fixing the directory's permissions does not change the file: retry every round.
+            self.refused[name] = found
+            self.blocked.append((found, err))
+            return None
         if outcome is Claimed.CLAIMED:
             self.refused.pop(name, None)
             moved = dataclasses.replace(found, path=target)
-            self.pending.append(moved)
-            return moved
+            return (yield from self._settle(moved))
         if outcome is Claimed.EXISTS:
             self.refused[name] = found
         return None
+
+    def _settle(self, moved: Fired, *, checked: bool = True) -> Poll[Fired | None]:
+        """Queue a claimed file once its payload provably describes it; return it when queued.
+
+        A writer may have appended between the verdict and the rename (the claim moves an open file):
+        the claimed file is stat'ed, and when size or mtime differ from the verdict's it is hashed again
+        between two equal stats; a file still changing waits for the next round (``checked=False``:
+        its checksum is not proven yet).
+        """
+        name = posixpath.basename(moved.path)
+        now = yield Stat(moved.path)
+        if not now.exists:
+            return None  # removed or moved on by someone else since the claim
+        if checked and (now.size, now.mtime) == (moved.size, moved.mtime):
+            self.pending.append(moved)
+            return moved
+        size = now.size if now.size is not None else 0
+        checksum = None
+        if self.policy.algorithm is not None:
+            checksum = yield Hash(moved.path, self.policy.algorithm, size)
+        again = yield Stat(moved.path)
+        if (checksum is None and self.policy.algorithm is not None) or not now.same_file_as(again):
+            self.settling[name] = dataclasses.replace(moved, size=size, mtime=now.mtime or 0)
+            return None  # still changing: look again next round
+        settled = dataclasses.replace(moved, size=size, mtime=now.mtime or 0, checksum=checksum)
+        self.pending.append(settled)
+        return settled

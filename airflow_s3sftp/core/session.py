@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import paramiko
 
-from airflow_s3sftp.core.sftp import server_write_size
-from airflow_s3sftp.exceptions import ConnectionLostError
+from airflow_s3sftp.core.sftp import DEFAULT_WRITE_SIZE, advertised_write_limit, server_write_size
+from airflow_s3sftp.exceptions import ConnectionLostError, is_final
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -143,10 +143,33 @@ class SFTPSession:
             self.sftp,
             endpoint=self.endpoint,
             lost=self.lost,
-            write_size=write_size or self.write_size,
+            write_size=self._write_size(write_size),
             max_in_flight=max_in_flight,
             session=self,
         )
+
+    def _write_size(self, wanted: int | None) -> int:
+        """Return the bytes per WRITE: ``wanted`` capped to what the server takes, else its own size."""
+        if wanted is None:
+            return self.write_size
+        if wanted <= DEFAULT_WRITE_SIZE:
+            return wanted  # every SFTP server must take 32 KiB writes
+        limit = self.write_limit
+        if limit is not None and wanted > limit:
+            log.warning(
+                "write_size=%s is above the %s bytes %s accepts in one WRITE (limits@openssh.com): using %s",
+                wanted,
+                limit,
+                self.endpoint,
+                limit,
+            )
+            return limit
+        return wanted
+
+    @cached_property
+    def write_limit(self) -> int | None:
+        """Return the largest WRITE the server advertises (``limits@openssh.com``), or None."""
+        return advertised_write_limit(self.sftp)
 
     def set_timeout(self, seconds: float) -> None:
         """Make a request that stalls longer than ``seconds`` fail instead of hanging."""
@@ -190,6 +213,13 @@ class SessionPool:
     busy); :meth:`release` returns a healthy session for the next delivery; :meth:`discard`
     closes a broken one so that the next :meth:`acquire` reconnects.
 
+    A good guest on the partner's server: the first session opens alone, and more open only once
+    one has succeeded. A final failure (:func:`~airflow_s3sftp.exceptions.is_final`: a refused
+    login, a host key, a missing key file) is never attempted again: every later :meth:`acquire`
+    raises it without connecting. When the server refuses an additional session (throttling,
+    ``MaxStartups``, ``MaxSessions``) while others are open, the pool keeps the sessions it has
+    instead of failing the object that asked.
+
     :param connect: opens a new session
     :param size: sessions open at most at once
     """
@@ -200,28 +230,56 @@ class SessionPool:
         self._connect = connect
         self._size = size
         self._idle: list[SFTPSession] = []
-        self._busy = 0
+        self._live = 0  # sessions open now, idle or busy
+        self._connecting = 0
+        self._final: BaseException | None = None
         self._cond = threading.Condition()
         self.opened = 0  # sessions opened over the pool's life, for the record and benchmarks
+
+    @property
+    def size(self) -> int:
+        """Return how many sessions may be open at once (less than asked when the server refused more)."""
+        return self._size
 
     def acquire(self) -> SFTPSession:
         """Return a session for the caller's exclusive use until :meth:`release` or :meth:`discard`."""
         with self._cond:
-            while not self._idle and self._busy >= self._size:
+            while True:
+                if self._final is not None:
+                    raise self._final
+                if self._idle:
+                    session = self._idle.pop()
+                    if session.alive():
+                        return session
+                    self._live -= 1
+                    session.close()
+                    continue
+                # Until one session is open, at most one connection attempt is under way.
+                alone = self._live == 0 and self._connecting > 0
+                if not alone and self._live + self._connecting < self._size:
+                    break
                 self._cond.wait()
-            self._busy += 1
-            while self._idle:
-                session = self._idle.pop()
-                if session.alive():
-                    return session
-                session.close()
+            self._connecting += 1
         try:
             session = self._connect()
-        except BaseException:
-            self._done()
-            raise
+        except BaseException as err:
+            with self._cond:
+                self._connecting -= 1
+                self._cond.notify_all()
+                if is_final(err):
+                    self._final = err
+                    raise
+                if self._live == 0 or not isinstance(err, ConnectionError):
+                    raise
+                # The server refused one more session while others work: keep those.
+                self._size = self._live
+                log.info("The SFTP server refused another session (%s); continuing with %s", err, self._live)
+            return self.acquire()
         with self._cond:
+            self._connecting -= 1
+            self._live += 1
             self.opened += 1
+            self._cond.notify_all()
         return session
 
     def release(self, session: SFTPSession) -> None:
@@ -229,24 +287,22 @@ class SessionPool:
         if session.alive():
             with self._cond:
                 self._idle.append(session)
+                self._cond.notify_all()
         else:
-            session.close()
-        self._done()
+            self.discard(session)
 
     def discard(self, session: SFTPSession) -> None:
         """Close a broken session; the next :meth:`acquire` opens a fresh one."""
         session.close()
-        self._done()
-
-    def _done(self) -> None:
         with self._cond:
-            self._busy -= 1
-            self._cond.notify()
+            self._live -= 1
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Close every idle session."""
         with self._cond:
             idle, self._idle = self._idle, []
+            self._live -= len(idle)
         for session in idle:
             session.close()
 

@@ -74,9 +74,36 @@ def reply_status(kind: int, msg: Message) -> tuple[int, str]:
     return msg.get_int(), msg.get_text()
 
 
+#: The name limit of most filesystems, for the message of a name the server found too long.
+_NAME_MAX = 255
+
+
+def _name_too_long(err: OSError, path: str) -> OSError | None:
+    """Return an ``ENAMETOOLONG`` error when ``err`` is the server's answer to an over-long name.
+
+    OpenSSH's sftp-server answers ENAMETOOLONG with a bare "Bad message" status (code 5); others say
+    "File name too long". Either is read as a name too long when a segment passes 255 bytes.
+    """
+    reason = str(err.strerror or (err.args[0] if err.args else "")).lower()
+    if err.errno != errno.ENAMETOOLONG and "bad message" not in reason and "too long" not in reason:
+        return None
+    longest = max(path.split("/"), key=lambda segment: len(segment.encode("utf-8", "surrogateescape")))
+    length = len(longest.encode("utf-8", "surrogateescape"))
+    if err.errno != errno.ENAMETOOLONG and length <= _NAME_MAX:
+        return None
+    return OSError(
+        errno.ENAMETOOLONG,
+        f"SFTP name {longest!r} in {path!r} is too long for the server: {length} bytes"
+        + (f", {length - _NAME_MAX} over the usual limit of {_NAME_MAX}" if length > _NAME_MAX else ""),
+    )
+
+
 def sftp_error(err: OSError, action: str, path: str) -> OSError:
     """Return a builtin error for a failed SFTP call whose message names the action and the path."""
     reason = err.strerror or (err.args[0] if err.args else "") or type(err).__name__
+    too_long = _name_too_long(err, path)
+    if too_long is not None:
+        return OSError(errno.ENAMETOOLONG, f"SFTP {action} {path!r} failed: {too_long.strerror}")
     cls = _CLASS_OF_ERRNO.get(err.errno, OSError) if err.errno is not None else OSError
     return cls(err.errno, f"SFTP {action} {path!r} failed: {reason}")
 
@@ -126,17 +153,22 @@ def _extended(sftp: SFTPClient, request: str, *args: object) -> tuple[int, Messa
     return reply
 
 
-def server_write_size(sftp: SFTPClient) -> int:
-    """Return the largest write the server accepts (``limits@openssh.com``), within 32-256 KiB."""
+def advertised_write_limit(sftp: SFTPClient) -> int | None:
+    """Return the largest write the server says it accepts (``limits@openssh.com``), or None."""
     try:
         kind, msg = _extended(sftp, "limits@openssh.com")
     except OSError:
-        return DEFAULT_WRITE_SIZE
+        return None
     if kind != CMD_EXTENDED_REPLY:
-        return DEFAULT_WRITE_SIZE
+        return None
     msg.get_int64()  # max packet length
     msg.get_int64()  # max read length
-    max_write = msg.get_int64()
+    return int(msg.get_int64()) or None
+
+
+def server_write_size(sftp: SFTPClient) -> int:
+    """Return the largest write the server accepts (``limits@openssh.com``), within 32-256 KiB."""
+    max_write = advertised_write_limit(sftp)
     return max(DEFAULT_WRITE_SIZE, min(max_write or DEFAULT_WRITE_SIZE, MAX_WRITE_SIZE))
 
 
@@ -151,7 +183,7 @@ def create_private(
     try:
         handle = sftp.open(path, "wbx" if exclusive else "wb", bufsize=0)
     except OSError as err:
-        if exclusive and stat_or_none(sftp, path) is not None:
+        if _name_too_long(err, path) is None and exclusive and stat_or_none(sftp, path) is not None:
             raise FileExistsError(errno.EEXIST, f"SFTP file {path!r} already exists") from err
         raise sftp_error(err, "create", path) from err
     if replies is not None:

@@ -10,19 +10,23 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import math
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_s3sftp.core.checksums import format_checksum, new_hasher, parse_checksum
-from airflow_s3sftp.exceptions import ChecksumMismatchError, VerificationError
+from airflow_s3sftp.core.manifest import ALGORITHM as MANIFEST_ALGORITHM
+from airflow_s3sftp.core.manifest import Manifest, compare_ranges, parse_manifest
+from airflow_s3sftp.exceptions import ChecksumMismatchError, ManifestMismatchError, VerificationError
 
 #: SFTP v3 carries mtimes in whole seconds: a write within the second of the last mtime leaves it unchanged.
 MTIME_RESOLUTION = 1.0
 STATE_VERSION = 1
-#: Where the expected checksum can come from besides ``expected_checksum``: the ``<path>.<algorithm>`` file.
-EXPECTED_CHECKSUM_SOURCES = ("sidecar",)
+#: Where the expected content can come from besides ``expected_checksum``: the sidecar
+#: ``<path>.<algorithm>``, or the range manifest ``<path>.manifest`` (:mod:`~airflow_s3sftp.core.manifest`).
+EXPECTED_CHECKSUM_SOURCES = ("sidecar", "manifest")
 
 # Monotonic readings only compare within one process; this names the process that took them.
 _PROCESS_CLOCK = uuid.uuid4().hex
@@ -117,7 +121,9 @@ class Policy:
     :param algorithm: digest algorithm to prove the content with, or ``None`` for size and mtime only
     :param expected_checksum: ``"<algorithm>:<hex>"`` the content must equal, or ``None``
     :param expected_checksum_from: ``"sidecar"`` to take the expected digest from the sidecar
-        ``<path>.<algorithm>`` once the file is stable (see :func:`assess_sidecar`), or ``None``
+        ``<path>.<algorithm>`` once the file is stable (see :func:`assess_sidecar`), ``"manifest"`` to
+        check the file range by range against ``<path>.manifest`` (see :func:`assess_manifest`), or
+        ``None``
     """
 
     target: str
@@ -142,12 +148,20 @@ class Policy:
     ) -> Policy:
         """Return a validated policy, raising ``ValueError`` that names ``target`` for a bad argument."""
         seconds = stable_for.total_seconds() if isinstance(stable_for, datetime.timedelta) else stable_for
-        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds):
             raise ValueError(
-                f"stable_for for {target} must be a non-negative number of seconds or a timedelta"
+                f"stable_for for {target} must be a finite number of seconds or a timedelta, "
+                f"got {stable_for!r}"
             )
+        if seconds < 0:
+            raise ValueError(f"stable_for for {target} must not be negative, got {stable_for!r}")
         if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
             raise ValueError(f"min_size for {target} must be a non-negative integer, got {min_size!r}")
+        if checksum is not None and (not isinstance(checksum, str) or not checksum.strip()):
+            raise ValueError(
+                f"checksum for {target} must name a digest algorithm such as 'sha256', or be None for size "
+                f"and mtime only; got {checksum!r}"
+            )
         size: int | None = None
         if expected_size is not None and expected_size != "":
             try:
@@ -186,6 +200,11 @@ class Policy:
                 raise ValueError(
                     f"{target}: expected_checksum_from={expected_checksum_from!r} needs a checksum "
                     "algorithm (it names the sidecar, e.g. <path>.sha256); checksum=None was given"
+                )
+            if expected_checksum_from == "manifest" and algorithm != MANIFEST_ALGORITHM:
+                raise ValueError(
+                    f"{target}: expected_checksum_from='manifest' compares {MANIFEST_ALGORITHM} digests "
+                    f"(the manifest format's); checksum must be {MANIFEST_ALGORITHM!r}, got {checksum!r}"
                 )
         return cls(
             target=target,
@@ -271,6 +290,8 @@ class Action(enum.StrEnum):
 
     WAIT = "wait"  # poll again later
     READ_SIDECAR = "read_sidecar"  # read ``<path>.<algorithm>``, then call :func:`assess_sidecar`
+    READ_MANIFEST = "read_manifest"  # read ``<path>.manifest``, then call :func:`assess_manifest`
+    HASH_RANGES = "hash_ranges"  # hash the manifest's ranges, stat again, then call :func:`assess_ranges`
     HASH = "hash"  # read the content, stat again, then call :func:`assess_digest`
     FIRE = "fire"  # the file is complete
 
@@ -281,8 +302,8 @@ class Verdict:
     The outcome of one assessment: an action, the state to carry on, and a reason for the log.
 
     ``algorithm`` names the digest to read (``READ_SIDECAR``) or compute (``HASH``); ``expected_checksum``
-    is what a ``HASH`` must find, when it was resolved during this poll (from a sidecar); ``checksum`` is the
-    digest that fired.
+    is what a ``HASH`` must find, when it was resolved during this poll (from a sidecar); ``manifest`` is
+    what a ``HASH_RANGES`` must find; ``checksum`` is the digest that fired.
     """
 
     action: Action
@@ -291,6 +312,7 @@ class Verdict:
     algorithm: str | None = None
     checksum: str | None = None
     expected_checksum: str | None = None
+    manifest: Manifest | None = None
 
 
 def _describe(observation: Observation) -> str:
@@ -342,6 +364,13 @@ def assess(state: State, observation: Observation, policy: Policy) -> Verdict:
             f"{_describe(observation)} unchanged for {span:.1f}s, reading the {policy.algorithm} sidecar",
             algorithm=policy.algorithm,
         )
+    if policy.expected_checksum_from == "manifest":
+        return Verdict(
+            Action.READ_MANIFEST,
+            current,
+            f"{_describe(observation)} unchanged for {span:.1f}s, reading its manifest",
+            algorithm=policy.algorithm,
+        )
     return Verdict(
         Action.HASH,
         current,
@@ -374,6 +403,96 @@ def assess_sidecar(state: State, recorded: str | None, policy: Policy) -> Verdic
         f"the sidecar expects {expected}, hashing the content",
         algorithm=algorithm,
         expected_checksum=expected,
+    )
+
+
+def assess_manifest(state: State, raw: bytes | None, policy: Policy) -> Verdict:
+    """
+    Fold the manifest read beside the file into the state of a :attr:`Action.READ_MANIFEST` verdict.
+
+    A missing manifest is "not yet": the uploader writes it after the file. A malformed one fails at once
+    (:class:`~airflow_s3sftp.exceptions.VerificationError` naming the line): manifests are published by
+    rename, so a bad one will not mend itself. Otherwise the file's ranges are hashed next.
+
+    :param state: the state of the ``READ_MANIFEST`` verdict
+    :param raw: the bytes of ``<path>.manifest`` (at most
+        :data:`~airflow_s3sftp.core.manifest.MAX_MANIFEST_BYTES` and one more), or ``None`` when missing
+    :param policy: the policy the state was built with
+    """
+    if policy.expected_checksum_from != "manifest":
+        raise ValueError(f"{policy.target}: the policy takes no manifest")
+    if raw is None:
+        return Verdict(Action.WAIT, state, "stable, but it has no manifest yet")
+    try:
+        manifest = parse_manifest(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise VerificationError(f"{policy.target}: its manifest is malformed: {err}") from err
+    return Verdict(
+        Action.HASH_RANGES,
+        state,
+        f"the manifest expects {manifest.size} bytes in {len(manifest.ranges)} ranges of "
+        f"{manifest.range_size}, hashing the ranges",
+        algorithm=MANIFEST_ALGORITHM,
+        manifest=manifest,
+    )
+
+
+def ranges_to_hash(state: State, manifest: Manifest) -> int:
+    """Return how many bytes a ``HASH_RANGES`` reads: the file's stable size, at most the manifest's."""
+    before = state.last
+    size = before.size if before is not None and before.size is not None else 0
+    return min(size, manifest.size)
+
+
+def assess_ranges(
+    state: State,
+    observation: Observation,
+    answer: tuple[tuple[str, ...], str] | None,
+    policy: Policy,
+    manifest: Manifest,
+) -> Verdict:
+    """
+    Fold the file's range digests into the state of a :attr:`Action.HASH_RANGES` verdict.
+
+    :param state: the state of the ``HASH_RANGES`` verdict, whose ``last`` is the observation before hashing
+    :param observation: a fresh stat taken after the ranges were read
+    :param answer: ``(range digests, sha256 of the bytes read)`` of the first :func:`ranges_to_hash` bytes,
+        cut at the manifest's range bounds, or ``None`` when the read came up short
+    :param policy: the policy the state was built with
+    :param manifest: the ``HASH_RANGES`` verdict's manifest
+
+    Raises :class:`~airflow_s3sftp.exceptions.ManifestMismatchError` naming the first bad range when a stable
+    file differs from its manifest (also in size), :class:`~airflow_s3sftp.exceptions.VerificationError`
+    when every range matches but the manifest's whole-file digest does not.
+    """
+    before = state.last
+    if answer is None or before is None or not before.same_file_as(observation):
+        restarted = State(
+            since=observation if observation.exists else None, last=observation, polls=state.polls
+        )
+        return Verdict(Action.WAIT, restarted, "the file changed while it was being hashed")
+    size = int(before.size or 0)
+    ranges, whole = answer
+    try:
+        bad = compare_ranges(manifest, size, ranges, whole if size == manifest.size else None)
+    except ValueError as err:
+        raise VerificationError(f"{policy.target}: {err}") from err
+    if bad:
+        first = bad[0]
+        raise ManifestMismatchError(
+            policy.target,
+            first.describe(),
+            f"{MANIFEST_ALGORITHM}:{first.expected}" if first.expected else "-",
+            f"{MANIFEST_ALGORITHM}:{first.actual}" if first.actual else "-",
+            len(bad),
+        )
+    checksum = format_checksum(MANIFEST_ALGORITHM, whole)
+    current = dataclasses.replace(state, last=observation)
+    return Verdict(
+        Action.FIRE,
+        current,
+        f"all {len(manifest.ranges)} ranges match the manifest",
+        checksum=checksum,
     )
 
 

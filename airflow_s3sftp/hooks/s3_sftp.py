@@ -7,8 +7,11 @@
 
 from __future__ import annotations
 
+import errno
+import posixpath
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cached_property
@@ -27,15 +30,24 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import HTTPError as URLLib3HTTPError
 
-from airflow_s3sftp.core.delivery import BatchProgress, Delivery, LeftoverSweeper, Source
+from airflow_s3sftp.core.delivery import BatchProgress, Delivery, LeftoverSweeper, Source, extra_paths
 from airflow_s3sftp.core.options import DeliveryOptions
 from airflow_s3sftp.core.session import SessionPool, SFTPSession
-from airflow_s3sftp.exceptions import ConnectionLostError, SourceChangedError
-from airflow_s3sftp.hooks.sftp import bulk_sftp_hook, clear_connection_errors, close_sftp, connect_sftp
+from airflow_s3sftp.core.sftp import ensure_directory
+from airflow_s3sftp.exceptions import (
+    ConnectionConfigError,
+    ConnectionLostError,
+    CredentialsError,
+    MissingTargetError,
+    SourceChangedError,
+    is_final,
+)
+from airflow_s3sftp.hooks.sftp import bulk_sftp_hook, connection_not_found_errors
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+    import paramiko
     from airflow.providers.sftp.hooks.sftp import SFTPHook
     from mypy_boto3_s3.client import S3Client
 
@@ -51,6 +63,10 @@ _TRANSIENT_S3_ERRORS = (
     ConnectionError,
     TimeoutError,
 )
+
+
+# S3 refuses these for every request of the task, whatever the key.
+_REFUSED_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
 
 
 def _s3_error_code(err: ClientError) -> str:
@@ -107,8 +123,26 @@ class S3ToSFTPHook(BaseHook):
 
     @cached_property
     def s3_hook(self) -> S3Hook:
-        """Return the S3 hook for ``aws_conn_id``."""
+        """Return the S3 hook for ``aws_conn_id``; an id that names no connection is an error.
+
+        ``S3Hook`` would fall back to the worker's default credentials (an instance role) and drop
+        the connection's ``endpoint_url``: a typo would read from somewhere else. ``aws_conn_id=None``
+        asks for the default credentials on purpose.
+        """
+        if self.aws_conn_id is not None:
+            try:
+                self.get_connection(self.aws_conn_id)
+            except connection_not_found_errors() as err:
+                raise ConnectionConfigError(
+                    f"AWS connection {self.aws_conn_id!r} is not defined: create it, fix aws_conn_id, "
+                    "or pass aws_conn_id=None to use the worker's default AWS credentials"
+                ) from err
         return S3Hook(aws_conn_id=self.aws_conn_id)
+
+    def list_keys(self, bucket: str, prefix: str) -> list[str]:
+        """Return the keys under ``prefix``; missing bucket or credentials raise the errors reads raise."""
+        with self._reading(bucket, prefix, listing=True):
+            return list(self.s3_hook.list_keys(bucket_name=bucket, prefix=prefix) or [])
 
     @cached_property
     def sftp_hook(self) -> SFTPHook:
@@ -122,45 +156,51 @@ class S3ToSFTPHook(BaseHook):
         return f"{hook.username}@{hook.remote_host}:{hook.port}"
 
     def connect_session(self) -> SFTPSession:
-        """Open a new SFTP session tuned for bulk writes; connection failures name the host and cause."""
+        """Open a new SFTP session tuned for bulk writes, with one connection attempt.
+
+        A failure that cannot heal raises a :class:`~airflow_s3sftp.exceptions.TaskWideError` naming
+        the connection and the extra to fix; one that can raises
+        :class:`~airflow_s3sftp.exceptions.ConnectionLostError`, which the delivery retries.
+        """
         hook = bulk_sftp_hook(self.sftp_conn_id)
         endpoint = f"{hook.username}@{hook.remote_host}:{hook.port}"
-        try:
-            with clear_connection_errors(hook, self.sftp_conn_id):
-                sftp = connect_sftp(hook)
-        except (EOFError, ConnectionResetError, BrokenPipeError) as err:
-            # The server was reached and then the connection dropped: worth another attempt.
-            close_sftp(hook)
-            raise ConnectionLostError(
-                f"SSH connection to {endpoint} dropped while opening SFTP: {err!r}"
-            ) from err
+        sftp = hook.get_conn()
         sock = sftp.get_channel().get_transport().sock  # type: ignore[union-attr]
         if isinstance(sock, socket.socket):
             # paramiko never sets it: an unacknowledged small write would wait ~40 ms.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return SFTPSession(sftp, close=lambda: close_sftp(hook), endpoint=endpoint)
+        return SFTPSession(sftp, close=hook.close, endpoint=endpoint)
 
     def session_pool(self, size: int = 1) -> SessionPool:
         """Return a pool of up to ``size`` SFTP sessions, opened on demand and reused across objects."""
         return SessionPool(self.connect_session, size)
 
     @contextmanager
-    def _reading(self, bucket: str, key: str) -> Iterator[None]:
+    def _reading(self, bucket: str, key: str, *, listing: bool = False) -> Iterator[None]:
         """Turn S3's answers about a missing or forbidden object into builtin errors that name it."""
         uri = f"s3://{bucket}/{key}"
+        what = f"list {uri}" if listing else f"read {uri}"
         try:
             yield
         except NoCredentialsError as err:
-            raise PermissionError(
-                f"No AWS credentials to read {uri} (aws connection {self.aws_conn_id!r})"
+            raise CredentialsError(
+                f"No AWS credentials to {what} (aws connection {self.aws_conn_id!r}): set them in the "
+                "connection"
             ) from err
         except ClientError as err:
             code = _s3_error_code(err)
-            if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):  # HEAD says 404, GET names it
-                if not self.s3_hook.check_for_bucket(bucket):
-                    raise FileNotFoundError(f"S3 bucket {bucket!r} does not exist (reading {uri})") from err
+            if code == "NoSuchBucket" or (
+                code in ("404", "NoSuchKey", "NotFound") and not self.s3_hook.check_for_bucket(bucket)
+            ):  # HEAD says 404, GET and LIST name it
+                raise MissingTargetError(f"S3 bucket {bucket!r} does not exist (reading {uri})") from err
+            if code in ("404", "NoSuchKey", "NotFound"):
                 raise FileNotFoundError(f"S3 object {uri} does not exist") from err
-            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"):
+            if code in _REFUSED_CREDENTIALS:
+                raise CredentialsError(
+                    f"S3 refused the credentials of aws connection {self.aws_conn_id!r} ({code}) to {what}: "
+                    "check its access key and secret"
+                ) from err
+            if code in ("403", "AccessDenied", "Forbidden"):
                 raise PermissionError(
                     f"Access to {uri} denied: check the credentials and policy of aws connection "
                     f"{self.aws_conn_id!r}"
@@ -296,9 +336,14 @@ class S3ToSFTPHook(BaseHook):
     ) -> list[dict[str, Any]]:
         """Deliver ``(bucket, key, sftp_path)`` triples on a pool of reused sessions; return their records.
 
-        Up to ``max_concurrency`` objects move at once, each SFTP session serving one object after
-        another, and all share one S3 client. A failed object yields a record with an ``error``
-        (``s3_uri``, ``sftp_path``, ``error``) and does not stop the others.
+        The first SFTP session opens alone (retried with backoff if the connection drops or times
+        out), and the target directories are checked on it; only then do up to ``max_concurrency``
+        objects move at once, each SFTP session serving one object after another, all sharing one
+        S3 client. A failed object yields a record with an ``error`` (``s3_uri``, ``sftp_path``,
+        ``error``) and does not stop the others. A task-wide failure
+        (:func:`~airflow_s3sftp.exceptions.is_final`: refused login, host key, missing key file,
+        connection, bucket, directory or credentials) is raised once, at once: objects not yet
+        started are not attempted, and a note lists what was not delivered.
 
         :param planned: what to deliver where
         :param options: how to deliver; the defaults are safe
@@ -307,23 +352,169 @@ class S3ToSFTPHook(BaseHook):
         options = options or DeliveryOptions()
         workers = max(1, min(max_concurrency, len(planned)))
         self.s3_client  # noqa: B018 - built once here, then shared by the threads (boto3 clients are thread-safe)
-        sweeper = LeftoverSweeper(options.publishing.stale_temp_after, [path for _, _, path in planned])
+        finals = [path for _, _, path in planned]
+        # Every name the task writes, known before the first sweep: the first object runs alone.
+        sweeper = LeftoverSweeper(
+            options.publishing.stale_temp_after,
+            finals + [extra for path in finals for extra in extra_paths(path, options)],
+        )
         progress = BatchProgress(len(planned), options.streaming.progress_interval)
+        stop = _TaskStop(planned, atomic=options.publishing.atomic)
 
         def one(item: tuple[str, str, str]) -> dict[str, Any]:
             bucket, key, path = item
+            if stop.error is not None:
+                return stop.not_attempted(item)
             try:
                 record = self.stream_object(bucket, key, path, options, sessions=pool, sweeper=sweeper)
             except Exception as err:
-                self.log.error("Delivering s3://%s/%s to %s failed: %s", bucket, key, path, err)
+                if not stop.failed(item, err):
+                    self.log.error("Delivering s3://%s/%s to %s failed: %s", bucket, key, path, err)
                 progress.finished(0, failed=True)
-                return {
-                    "s3_uri": f"s3://{bucket}/{key}",
-                    "sftp_path": path,
-                    "error": f"{type(err).__name__}: {err}",
-                }
+                return _failure(item, err)
             progress.finished(0 if record["skipped"] else int(record["size"]))
             return record
 
-        with self.session_pool(workers) as pool, ThreadPoolExecutor(max_workers=workers) as threads:
-            return list(threads.map(one, planned))
+        with self.session_pool(workers) as pool:
+            try:
+                first = self._first_session(pool, options)
+            except Exception as err:
+                stop.ends_all(planned, err)
+                raise
+            try:
+                missing = _missing_directories(first.sftp, planned, create=options.publishing.create_dirs)
+            except BaseException:
+                pool.discard(first)
+                raise
+            pool.release(first)
+            for item in planned:
+                if posixpath.dirname(item[2]) in missing:
+                    stop.failed(item, missing[posixpath.dirname(item[2])])
+            stop.raise_if_task_wide()
+            with ThreadPoolExecutor(max_workers=workers) as threads:
+                records = list(threads.map(one, planned))
+        stop.raise_if_task_wide(records)
+        return records
+
+    def _first_session(self, pool: SessionPool, options: DeliveryOptions) -> SFTPSession:
+        """Open the task's first session alone: final failures at once, healable ones with backoff."""
+        attempts = options.retry.retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return pool.acquire()
+            except ConnectionLostError as err:
+                if attempt == attempts:
+                    raise ConnectionLostError(
+                        f"Could not connect to {self.sftp_endpoint} after {attempts} attempts; no object "
+                        f"was attempted: {err}"
+                    ) from err
+                delay = options.retry.backoff(attempt)
+                self.log.warning(
+                    "Connecting to SFTP failed (%s); trying again in %.1fs (attempt %s of %s)",
+                    err,
+                    delay,
+                    attempt + 1,
+                    attempts,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _failure(item: tuple[str, str, str], err: BaseException) -> dict[str, Any]:
+    bucket, key, path = item
+    return {"s3_uri": f"s3://{bucket}/{key}", "sftp_path": path, "error": f"{type(err).__name__}: {err}"}
+
+
+def _missing_directories(
+    sftp: paramiko.SFTPClient, planned: Sequence[tuple[str, str, str]], *, create: bool
+) -> dict[str, BaseException]:
+    """Return the target directories that are missing (or not directories), with the error for each.
+
+    Asked once per directory on the first session, before any object starts; with ``create_dirs``
+    the deliveries make missing directories themselves.
+    """
+    if create:
+        return {}
+    missing: dict[str, BaseException] = {}
+    for directory in sorted({posixpath.dirname(path) or "." for _, _, path in planned}):
+        try:
+            ensure_directory(sftp, directory, create=False)
+        except FileNotFoundError as err:
+            missing[directory] = MissingTargetError(str(err))
+        except NotADirectoryError as err:
+            missing[directory] = err
+    return missing
+
+
+class _TaskStop:
+    """Notice the first failure that every remaining object would share, and end the task with it once.
+
+    A final failure (:func:`~airflow_s3sftp.exceptions.is_final`) stops the task (a missing bucket or
+    directory only when every object needs it); so does a
+    permission denied on creating a temp file (``atomic=True``: the name is new, so it is the
+    directory that refuses) when every object goes to that directory.
+    """
+
+    def __init__(self, planned: Sequence[tuple[str, str, str]], *, atomic: bool) -> None:
+        self._total = len(planned)
+        self._directories = {posixpath.dirname(path) for _, _, path in planned}
+        self._buckets = {bucket for bucket, _, _ in planned}
+        self._atomic = atomic
+        self._lock = threading.Lock()
+        self.error: BaseException | None = None
+        self._hit: list[tuple[str, str, str]] = []
+
+    def _task_wide(self, item: tuple[str, str, str], err: BaseException) -> bool:
+        if is_final(err) and not isinstance(err, MissingTargetError):
+            return True
+        directory = posixpath.dirname(item[2])
+        if isinstance(err, MissingTargetError) and str(err).startswith("S3 bucket"):
+            return self._buckets == {item[0]}
+        shared = self._directories == {directory}
+        if isinstance(err, MissingTargetError):
+            return shared
+        return shared and self._atomic and isinstance(err, PermissionError) and err.errno == errno.EACCES
+
+    def failed(self, item: tuple[str, str, str], err: BaseException) -> bool:
+        """Record a failed object; return True when the failure was already reported for the task."""
+        with self._lock:
+            if self.error is not None and type(err) is type(self.error):
+                self._hit.append(item)
+                return True
+            if self.error is None and self._task_wide(item, err):
+                self.error = err
+                self._hit.append(item)
+                return True
+            return False
+
+    def ends_all(self, planned: Sequence[tuple[str, str, str]], err: Exception) -> None:
+        """Note on ``err`` that no object was attempted (the first connection failed, even after retries)."""
+        self.error = err
+        self._hit = list(planned)
+        self._note(err, delivered=0)
+
+    def not_attempted(self, item: tuple[str, str, str]) -> dict[str, Any]:
+        """Return the record of an object left out after a task-wide failure."""
+        with self._lock:
+            self._hit.append(item)
+        return _failure(item, RuntimeError("not attempted after a task-wide failure"))
+
+    def raise_if_task_wide(self, records: Sequence[dict[str, Any]] | None = None) -> None:
+        """Raise the task-wide failure once, with a note listing the objects it left undelivered."""
+        if self.error is None:
+            return
+        err = self.error
+        self._note(err, delivered=sum(1 for record in records or () if "error" not in record))
+        raise err
+
+    def _note(self, err: BaseException, *, delivered: int) -> None:
+        shown = "\n".join(f"  s3://{bucket}/{key} -> {path}" for bucket, key, path in self._hit[:_LISTED])
+        more = f"\n  ... and {len(self._hit) - _LISTED} more" if len(self._hit) > _LISTED else ""
+        err.add_note(
+            f"Task-wide failure, so the task stopped at once: {delivered} of {self._total} objects "
+            f"delivered, "
+            f"{self._total - delivered} not delivered:\n{shown}{more}"
+        )
+
+
+_LISTED = 20  # objects named in a task-wide failure's note; the rest are counted

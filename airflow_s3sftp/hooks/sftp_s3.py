@@ -25,7 +25,13 @@ from airflow_s3sftp.core.inbound import (
     split_glob,
     transfer_all,
 )
-from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook, _s3_error_code, is_transient_s3_error
+from airflow_s3sftp.exceptions import CredentialsError, MissingTargetError
+from airflow_s3sftp.hooks.s3_sftp import (
+    _REFUSED_CREDENTIALS,
+    S3ToSFTPHook,
+    _s3_error_code,
+    is_transient_s3_error,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -59,8 +65,9 @@ class S3ObjectStore:
         try:
             yield
         except NoCredentialsError as err:
-            raise PermissionError(
-                f"No AWS credentials to {action} {self.uri} (aws connection {self._conn_id!r})"
+            raise CredentialsError(
+                f"No AWS credentials to {action} {self.uri} (aws connection {self._conn_id!r}): set them in "
+                "the connection"
             ) from err
         except ClientError as err:
             code = _s3_error_code(err)
@@ -69,11 +76,16 @@ class S3ObjectStore:
                     f"S3 object {self.uri} appeared during the transfer (if_exists='fail'); "
                     "nothing was published"
                 ) from err
-            if code in ("NoSuchBucket",):
-                raise FileNotFoundError(
+            if code == "NoSuchBucket":
+                raise MissingTargetError(
                     f"S3 bucket {self.bucket!r} does not exist ({action} {self.uri})"
                 ) from err
-            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"):
+            if code in _REFUSED_CREDENTIALS:
+                raise CredentialsError(
+                    f"S3 refused the credentials of aws connection {self._conn_id!r} ({code}) to {action} "
+                    f"{self.uri}: check its access key and secret"
+                ) from err
+            if code in ("403", "AccessDenied", "Forbidden"):
                 raise PermissionError(
                     f"S3 denied {action} {self.uri}: check the credentials and policy of aws connection "
                     f"{self._conn_id!r}"

@@ -28,6 +28,7 @@ from airflow.providers.common.compat.connection import get_async_connection
 from airflow.providers.sftp.hooks.sftp import SFTPHookAsync
 
 from airflow_s3sftp.core.checksums import format_checksum, new_hasher
+from airflow_s3sftp.core.manifest import MAX_MANIFEST_BYTES, RangeHasher, manifest_path
 from airflow_s3sftp.core.poll import Claimed, matches
 from airflow_s3sftp.core.sftp import read_range, stat_or_none
 from airflow_s3sftp.core.sidecar import MAX_SIDECAR_BYTES, parse_sidecar, read_sidecar, sidecar_path
@@ -77,13 +78,19 @@ def _no_claim_directory(directory: str) -> NotADirectoryError:
     return NotADirectoryError(f"{directory}, the claim_to directory, does not exist or is not a directory")
 
 
-def _subject(args: tuple[Any, ...], sidecar: bool) -> str:
-    """Return the remote path a call is about: its first argument, or that file's sidecar."""
+def _subject(args: tuple[Any, ...], sidecar: bool, manifest: bool = False) -> str:
+    """Return the remote path a call is about: its first argument, or that file's sidecar or manifest."""
+    if manifest:
+        return manifest_path(args[0])
     return sidecar_path(args[0], args[1]) if sidecar else str(args[0])
 
 
 def sftp_errors(
-    action: str, *, missing: Callable[[], Any] | None = None, sidecar: bool = False
+    action: str,
+    *,
+    missing: Callable[[], Any] | None = None,
+    sidecar: bool = False,
+    manifest: bool = False,
 ) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """
     Map paramiko's errors of a :class:`SFTPSensingHook` method to errors that name server and path.
@@ -96,7 +103,7 @@ def sftp_errors(
     def decorate(method: Callable[..., R]) -> Callable[..., R]:
         @functools.wraps(method)
         def wrapper(self: SFTPSensingHook, *args: Any) -> R:
-            target = self.target(_subject(args, sidecar))
+            target = self.target(_subject(args, sidecar, manifest))
             try:
                 with clear_connection_errors(self.hook, self.conn_id):
                     return method(self, *args)
@@ -108,6 +115,14 @@ def sftp_errors(
                 if isinstance(err, AuthenticationError):
                     raise
                 raise PermissionError(f"Permission denied when {action} {target}") from err
+            except OSError as err:
+                if isinstance(err, ConnectionError) or self.connected():
+                    raise
+                # paramiko's "Socket is closed" and kin: the connection dropped under the request.
+                self.close()
+                raise ConnectionError(
+                    f"SSH connection to {self.where} dropped while {action} {target}: {err}"
+                ) from err
 
         return wrapper
 
@@ -139,11 +154,17 @@ class SFTPSensingHook:
         """Return how messages name ``path`` on this server."""
         return sftp_target(self.where, path)
 
+    def connected(self) -> bool:
+        """Return True while the SFTP session is open and its SSH connection is up."""
+        if self._sftp is None:
+            return False
+        channel = self._sftp.get_channel()
+        return channel is not None and not channel.closed and channel.get_transport().is_active()
+
     def client(self) -> paramiko.SFTPClient:
         """Return the open SFTP client, connecting (again) when needed."""
         if self._sftp is not None:
-            channel = self._sftp.get_channel()
-            if channel is not None and not channel.closed and channel.get_transport().is_active():
+            if self.connected():
                 return self._sftp
             self.close()  # the server or the network dropped the session: reconnect
         with clear_connection_errors(self.hook, self.conn_id):
@@ -170,6 +191,22 @@ class SFTPSensingHook:
     def read_sidecar(self, path: str, algorithm: str) -> str | None:
         """Return the hex digest in the sidecar ``<path>.<algorithm>``, or ``None`` while there is none."""
         return read_sidecar(self.client(), path, algorithm)
+
+    @sftp_errors("reading", missing=lambda: None, manifest=True)
+    def read_manifest(self, path: str) -> bytes | None:
+        """Return the bytes of ``<path>.manifest`` (one more than the format allows, at most), or ``None``."""
+        with self.client().open(manifest_path(path), "rb") as handle:
+            data: bytes = handle.read(MAX_MANIFEST_BYTES + 1)
+        return data
+
+    @sftp_errors("reading", missing=lambda: None)
+    def range_digests(self, path: str, range_size: int, size: int) -> tuple[tuple[str, ...], str] | None:
+        """Return the sha256 of each ``range_size`` range of the first ``size`` bytes and of all of them."""
+        log.info("Hashing %s (%d bytes, ranges of %d)", self.target(path), size, range_size)
+        hasher = RangeHasher(range_size)
+        for data in read_range(self.client(), path, size, block_size=self.chunk_size):
+            hasher.update(data)
+        return hasher.finish()
 
     @sftp_errors("listing")
     def list_files(self, directory: str, pattern: str) -> dict[str, Observation]:
@@ -206,14 +243,18 @@ class SFTPSensingHook:
 
 
 def async_sftp_errors(
-    action: str, *, missing: Callable[[], Any] | None = None, sidecar: bool = False
+    action: str,
+    *,
+    missing: Callable[[], Any] | None = None,
+    sidecar: bool = False,
+    manifest: bool = False,
 ) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
     """The asyncssh twin of :func:`sftp_errors`, for :class:`SFTPSensingHookAsync` methods."""
 
     def decorate(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
         @functools.wraps(method)
         async def wrapper(self: SFTPSensingHookAsync, *args: Any) -> R:
-            target = self.target(_subject(args, sidecar))
+            target = self.target(_subject(args, sidecar, manifest))
             try:
                 return await method(self, *args)
             except (asyncssh.SFTPNoSuchFile, EOFError):
@@ -232,7 +273,7 @@ def async_sftp_errors(
                     f"Host key of SFTP server {self.where} is unknown or does not match the one configured "
                     f"in connection {self.conn_id!r} (host_key extra or known_hosts): {err.reason}"
                 ) from err
-            except (asyncssh.DisconnectError, asyncssh.ConnectionLost) as err:
+            except (asyncssh.DisconnectError, asyncssh.ConnectionLost, asyncssh.SFTPConnectionLost) as err:
                 await self.close()
                 raise ConnectionError(f"SSH connection to {self.where} failed: {err.reason}") from err
             except (ConnectionRefusedError, TimeoutError, socket.gaierror) as err:
@@ -284,8 +325,23 @@ def asyncssh_options(extra: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
+#: sha256 of ``inspect.getsource(SFTPHookAsync._get_conn)`` that :class:`_ParityHookAsync` mirrors
+#: (apache-airflow-providers-sftp 7.0.0). A test fails when the installed provider's method changes:
+#: then bring the copy below up to date and record the new hash.
+UPSTREAM_GET_CONN_SHA256 = "7ac88f196fc7ca7ac62349133ea7ab040532c8f0ce2f622dab354d869cedc644"
+
+
+def _first_set(*values: Any) -> Any:
+    """Return the first value that is not None (the provider's ``_get_value``: 0 and "" count as set)."""
+    return next((value for value in values if value is not None), None)
+
+
 class _ParityHookAsync(SFTPHookAsync):
-    """``SFTPHookAsync`` that also honours the ``ciphers``, ``disabled_algorithms``, ``compress`` extras."""
+    """``SFTPHookAsync`` that also honours the ``ciphers``, ``disabled_algorithms``, ``compress`` extras.
+
+    asyncssh takes them only as arguments of ``connect``, which the provider's ``_get_conn`` builds
+    inside itself: this is a copy of it (pinned by :data:`UPSTREAM_GET_CONN_SHA256`) plus those options.
+    """
 
     extra_options: dict[str, Any]
 
@@ -294,10 +350,10 @@ class _ParityHookAsync(SFTPHookAsync):
         conn = await get_async_connection(self.sftp_conn_id)
         self._parse_extras(conn)  # host_key, known_hosts, no_host_key_check, key_file, private_key
         config: dict[str, Any] = {
-            "host": self.host or conn.host,
-            "port": self.port or conn.port or 22,
-            "username": self.username or conn.login,
-            "password": self.password or conn.password,
+            "host": _first_set(self.host, conn.host),
+            "port": _first_set(self.port, conn.port, 22),
+            "username": _first_set(self.username, conn.login),
+            "password": _first_set(self.password, conn.password),
         }
         if self.key_file:
             config["client_keys"] = self.key_file
@@ -396,6 +452,35 @@ class SFTPSensingHookAsync:
         """
         log.info("Hashing %s (%d bytes, %s)", self.target(path), size, algorithm)
         hasher = new_hasher(algorithm)
+        if not await self._feed(path, size, hasher.update):
+            return None  # truncated while we read
+        return format_checksum(algorithm, hasher.hexdigest())
+
+    @async_sftp_errors("reading", missing=lambda: None)
+    async def range_digests(
+        self, path: str, range_size: int, size: int
+    ) -> tuple[tuple[str, ...], str] | None:
+        """Return the sha256 of each ``range_size`` range of the first ``size`` bytes and of all of them."""
+        log.info("Hashing %s (%d bytes, ranges of %d)", self.target(path), size, range_size)
+        hasher = RangeHasher(range_size)
+        if not await self._feed(path, size, hasher.update):
+            return None
+        return hasher.finish()
+
+    @async_sftp_errors("reading", missing=lambda: None, manifest=True)
+    async def read_manifest(self, path: str) -> bytes | None:
+        """Return the bytes of ``<path>.manifest`` (one more than the format allows, at most), or ``None``."""
+        async with (await self.client()).open(manifest_path(path), "rb") as handle:
+            # Opened in binary mode: asyncssh returns bytes (it loops over short reads).
+            return cast("bytes", await handle.read(MAX_MANIFEST_BYTES + 1))
+
+    async def _feed(self, path: str, size: int, consume: Callable[[bytes], object]) -> bool:
+        """
+        Pass the first ``size`` bytes of ``path`` to ``consume`` in order; False if the file is shorter.
+
+        Keeps :data:`READ_AHEAD` chunk reads in flight so a long round trip does not bound the rate, and
+        consumes one chunk per await: memory stays at ``READ_AHEAD * chunk_size`` and the loop stays free.
+        """
         chunk = self.chunk_size
         async with (await self.client()).open(path, "rb") as remote:
 
@@ -412,15 +497,15 @@ class SFTPSensingHookAsync:
                 while pending:
                     length, data = await pending.popleft()
                     if len(data) != length:
-                        return None  # truncated while we read
+                        return False  # truncated while we read
                     for offset in itertools.islice(offsets, 1):
                         pending.append(asyncio.ensure_future(read(offset)))
-                    hasher.update(data)
+                    consume(data)
             finally:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-        return format_checksum(algorithm, hasher.hexdigest())
+        return True
 
     @async_sftp_errors("reading", missing=lambda: None, sidecar=True)
     async def read_sidecar(self, path: str, algorithm: str) -> str | None:
@@ -456,7 +541,8 @@ class SFTPSensingHookAsync:
             if not await sftp.exists(source):
                 return Claimed.GONE  # another watcher claimed it, or someone removed it
             raise _no_claim_directory(self.target(posixpath.dirname(target))) from None
-        except asyncssh.SFTPFailure as err:
+        except (asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists) as err:
+            # OpenSSH answers a taken name with a bare failure, ProFTPD with "file already exists".
             if not await sftp.exists(target):
                 raise OSError(f"SFTP rename {self.target(source)} -> {target} failed: {err.reason}") from err
             return Claimed.EXISTS

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
+from airflow_s3sftp.core import validate
 from airflow_s3sftp.core.options import Checks, DeliveryOptions, Publishing, RetryPolicy, Streaming
 from airflow_s3sftp.core.paths import (
     check_plan,
     glob_to_regex,
     parse_s3_location,
     parse_s3_prefix,
+    prefix_as_directory,
     remote_path_for,
     safe_name,
 )
@@ -61,8 +63,11 @@ class S3ToSFTPStreamOperator(BaseOperator):
     :param sftp_path: remote file path; a path ending in ``/`` is a directory and the key's base
         name (or, with ``s3_prefix``, its path below the prefix) is appended (templated)
     :param s3_bucket: bucket of the objects (templated)
-    :param s3_prefix: deliver every object under this prefix, keeping its relative path (templated)
-    :param s3_keys: deliver these keys, each under its base name (templated)
+    :param s3_prefix: deliver every object below this "directory", keeping its path below it; a prefix
+        not ending in ``/`` is read as a directory all the same (``px/day-1`` is ``px/day-1/`` and never
+        takes ``px/day-10/...``) (templated)
+    :param s3_keys: deliver these keys, each under its base name; a list (a string, e.g. a template
+        rendered as text, is refused) (templated)
     :param s3_glob: with ``s3_prefix``, only keys whose path below the prefix matches this glob
         (``*`` stays within a path segment, ``**`` crosses segments: ``**/*.csv``)
     :param s3_regex: with ``s3_prefix``, only keys whose path below the prefix matches this regex
@@ -108,7 +113,8 @@ class S3ToSFTPStreamOperator(BaseOperator):
     :param connection_retries: reconnect attempts after a lost SSH connection, per object
     :param connection_retry_delay: seconds before the first reconnect, doubled on every further one
     :param s3_retries: reopens of a broken S3 stream at the offset where it broke, per object
-    :param write_size: bytes per SFTP WRITE request; None asks the server (``limits@openssh.com``)
+    :param write_size: bytes per SFTP WRITE request (at most 256 KiB, capped with a warning to the
+        server's ``limits@openssh.com``); None asks the server
     :param max_in_flight: pipelined SFTP WRITE requests outstanding at most
     :param progress_interval: seconds between progress lines of a long transfer
     """
@@ -198,10 +204,35 @@ class S3ToSFTPStreamOperator(BaseOperator):
         self.write_size = write_size
         self.max_in_flight = max_in_flight
         self.progress_interval = progress_interval
-        if max_concurrency <= 0:
-            raise ValueError(f"max_concurrency must be positive (got {max_concurrency})")
-        self.delivery_options()  # a bad option fails the DAG at parse time
+        self._check_arguments()  # a bad argument fails the DAG at parse time
         self._delivered: list[tuple[str, str, str]] = []  # (bucket, key, sftp path), for lineage
+
+    def _check_arguments(self) -> None:
+        """Refuse bad non-templated arguments (types, ranges, patterns), naming the parameter."""
+        validate.integer("max_concurrency", self.max_concurrency, minimum=1)
+        validate.flag("allow_empty", self.allow_empty)
+        validate.text("s3_glob", self.s3_glob, optional=True)
+        validate.text("s3_regex", self.s3_regex, optional=True)
+        if self.s3_regex is not None:
+            try:
+                re.compile(self.s3_regex)
+            except re.error as err:
+                raise ValueError(
+                    f"s3_regex {self.s3_regex!r} is not a valid regular expression: {err}"
+                ) from err
+        self.delivery_options()
+
+    def _check_templated(self) -> None:
+        """Refuse bad templated arguments once rendered, naming the parameter."""
+        # Types here; the content (empty keys, NUL, '..') is checked where the paths are made.
+        validate.string("sftp_path", self.sftp_path)
+        validate.string("s3_key", self.s3_key, optional=True)
+        validate.string("s3_bucket", self.s3_bucket, optional=True)
+        validate.string("s3_prefix", self.s3_prefix, optional=True)
+        if self.s3_keys is not None:
+            validate.string_list("s3_keys", self.s3_keys)
+        validate.text("aws_conn_id", self.aws_conn_id, optional=True)
+        validate.text("sftp_conn_id", self.sftp_conn_id)
 
     def delivery_options(self) -> DeliveryOptions:
         """Return the validated delivery options (raises ``ValueError`` on a bad value)."""
@@ -213,6 +244,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
 
     def plan(self, hook: S3ToSFTPHook) -> list[tuple[str, str, str]]:
         """Return ``(bucket, key, remote path)`` for every object this task delivers."""
+        self._check_templated()
         chosen = [self.s3_key is not None, self.s3_prefix is not None, self.s3_keys is not None]
         if sum(chosen) != 1:
             raise ValueError("Set exactly one of s3_key, s3_prefix or s3_keys")
@@ -230,10 +262,11 @@ class S3ToSFTPStreamOperator(BaseOperator):
             planned = [(bucket, key, remote_path_for(self.sftp_path, key)) for bucket, key in pairs]
         else:
             bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix or "")
+            prefix = prefix_as_directory(prefix)  # "px/day-1" never takes "px/day-10/..."
             planned = []
             pattern = re.compile(self.s3_regex) if self.s3_regex else None
             glob = glob_to_regex(self.s3_glob) if self.s3_glob else None
-            for key in hook.s3_hook.list_keys(bucket_name=bucket, prefix=prefix) or []:
+            for key in hook.list_keys(bucket, prefix):
                 relative = key[len(prefix) :].lstrip("/")
                 if not relative or key.endswith("/"):
                     continue  # the prefix itself, or a "directory" marker

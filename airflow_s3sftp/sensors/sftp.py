@@ -8,15 +8,17 @@
 from __future__ import annotations
 
 import datetime
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue, conf
 
-from airflow_s3sftp.core import poll, stability
+from airflow_s3sftp.core import poll, stability, validate
 from airflow_s3sftp.exceptions import (
     AuthenticationError,
     ChecksumMismatchError,
     HostKeyVerificationError,
+    ManifestMismatchError,
     S3SFTPError,
     VerificationError,
 )
@@ -56,13 +58,16 @@ class SFTPFileStableSensor(BaseSensorOperator):
     the same across observations spanning ``stable_for`` seconds (plus one second, as SFTP mtimes are whole
     seconds). With ``checksum`` set it then reads the file and hashes it: the digest must equal
     ``expected_checksum`` when given, or the one in the sidecar ``<path>.<algorithm>`` with
-    ``expected_checksum_from="sidecar"``; otherwise two digests taken at least one poll apart, with size and
-    mtime unchanged in between, must agree. Size and mtime alone (``checksum=None``) is a weaker mode: an
+    ``expected_checksum_from="sidecar"``, or every range of the range manifest ``<path>.manifest`` with
+    ``expected_checksum_from="manifest"``; otherwise two digests taken at least one poll apart, with size
+    and mtime unchanged in between, must agree. Size and mtime alone (``checksum=None``) is a weaker mode: an
     uploader that writes out of order or preserves the source's mtime can look stable while incomplete.
 
     A stable file larger than ``expected_size`` or whose digest differs from ``expected_checksum`` (or from
-    the sidecar's) fails at once, without waiting for the timeout. A missing file is "not yet", and so is a
-    stable file whose sidecar does not exist yet or holds no valid digest (the uploader writes it last). A
+    the sidecar's) fails at once, without waiting for the timeout; a file that differs from its manifest
+    (in any range, or in size) fails at once with ``ManifestMismatchError`` naming the first bad range. A
+    missing file is "not yet", and so is a stable file whose sidecar or manifest does not exist yet, or
+    whose sidecar holds no valid digest (the uploader writes it last); a malformed manifest fails. A
     refused login, an unknown host key, a permission error, a directory, or a malformed ``expected_checksum``
     fail with a message that names the server and path.
 
@@ -85,7 +90,8 @@ class SFTPFileStableSensor(BaseSensorOperator):
         ``checksum``; its algorithm wins over ``checksum`` (templated)
     :param expected_checksum_from: ``"sidecar"`` to read the expected checksum from ``<path>.<checksum>``
         (``sha256sum -c`` format, as ``S3ToSFTPStreamOperator(sidecar=True)`` writes it) once the file is
-        stable, or ``None``; excludes ``expected_checksum`` and needs ``checksum``
+        stable; ``"manifest"`` to check the stable file range by range against ``<path>.manifest`` (sha256,
+        so ``checksum`` must be ``"sha256"``); or ``None``. Excludes ``expected_checksum``, needs ``checksum``
     :param min_size: smallest size in bytes that counts as a file worth firing for
     :param chunk_size: bytes per read while hashing
     :param deferrable: poll from the triggerer instead of a worker slot
@@ -103,15 +109,31 @@ class SFTPFileStableSensor(BaseSensorOperator):
         checksum: str | None = "sha256",
         expected_size: int | None = None,
         expected_checksum: str | None = None,
-        expected_checksum_from: Literal["sidecar"] | None = None,
+        expected_checksum_from: Literal["sidecar", "manifest"] | None = None,
         min_size: int = 1,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        validate.flag("deferrable", deferrable)
         if not deferrable:
             check_sensor_mode(self.mode)  # reschedule needs the task state store: fail at parse time
+        # Non-templated arguments are checked now: a bad DAG fails at parse time.
+        validate.number(
+            "stable_for",
+            stable_for.total_seconds() if isinstance(stable_for, datetime.timedelta) else stable_for,
+        )
+        validate.algorithm("checksum", checksum)
+        if expected_checksum_from not in (None, *stability.EXPECTED_CHECKSUM_SOURCES):
+            choices = ", ".join(map(repr, stability.EXPECTED_CHECKSUM_SOURCES))
+            raise ValueError(
+                f"expected_checksum_from for {path} must be one of {choices} or None, "
+                f"got {expected_checksum_from!r}"
+            )
+        validate.integer("min_size", min_size, minimum=0)
+        validate.integer("chunk_size", chunk_size, minimum=1)
+        validate.number("poke_interval", self.poke_interval)
         self.path = path
         self.sftp_conn_id = sftp_conn_id
         self.stable_for = stable_for
@@ -129,12 +151,11 @@ class SFTPFileStableSensor(BaseSensorOperator):
     def _open(self) -> tuple[SFTPSensingHook, stability.Policy]:
         """Return the sensing hook and the validated policy, building both on first use."""
         if self._io is None or self._policy is None:
-            if (
-                isinstance(self.chunk_size, bool)
-                or not isinstance(self.chunk_size, int)
-                or self.chunk_size < 1
-            ):
-                raise ValueError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
+            validate.integer("chunk_size", self.chunk_size, minimum=1)
+            # Templated arguments, as rendered:
+            validate.text("path", self.path)
+            validate.text("sftp_conn_id", self.sftp_conn_id)
+            validate.text("expected_checksum", self.expected_checksum, optional=True, empty=True)
             io = SFTPSensingHook(self.sftp_conn_id, chunk_size=self.chunk_size)
             self._policy = stability.Policy.build(
                 target=io.target(self.path),
@@ -194,7 +215,27 @@ class SFTPFileStableSensor(BaseSensorOperator):
     def _poll(self, state: stability.State) -> stability.Verdict:
         """Run one poll (:func:`airflow_s3sftp.core.poll.poll_file`) over the sync sensing hook."""
         io, policy = self._open()
-        verdict = poll.drive(poll.poll_file(self.path, state, policy), io)
+        attempt = 0
+        while True:
+            try:
+                verdict = poll.drive(poll.poll_file(self.path, state, policy), io)
+                break
+            except Exception as err:
+                # A dropped connection is healed by reconnecting; a refused login or host key is final.
+                attempt += 1
+                if not poll.is_healable(err) or attempt > poll.RECONNECT_ATTEMPTS:
+                    raise
+                delay = poll.reconnect_delay(attempt)
+                self.log.warning(
+                    "Sensing %s: %s; reconnecting in %.0fs (%s of %s)",
+                    policy.target,
+                    err,
+                    delay,
+                    attempt,
+                    poll.RECONNECT_ATTEMPTS,
+                )
+                io.close()
+                time.sleep(delay)
         if verdict.action is stability.Action.FIRE:
             self.log.info("%s is complete: %s (%s)", policy.target, verdict.reason, verdict.checksum)
         return verdict
@@ -238,6 +279,14 @@ class SFTPFileStableSensor(BaseSensorOperator):
             return event["result"]
         message = str(event.get("message", "unknown error"))
         error_type = event.get("error_type")
+        if error_type == ManifestMismatchError.__name__:
+            raise ManifestMismatchError(
+                str(event["what"]),
+                str(event["first"]),
+                str(event["expected"]),
+                str(event["actual"]),
+                int(event["bad_ranges"]),
+            )
         if error_type == ChecksumMismatchError.__name__:
             raise ChecksumMismatchError(str(event["what"]), str(event["expected"]), str(event["actual"]))
         error_class = _EVENT_ERRORS.get(str(error_type))

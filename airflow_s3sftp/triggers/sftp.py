@@ -11,12 +11,13 @@ import asyncio
 import dataclasses
 import logging
 import posixpath
+import time
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_s3sftp.core import poll, stability
-from airflow_s3sftp.exceptions import ChecksumMismatchError
+from airflow_s3sftp.core import poll, stability, validate
+from airflow_s3sftp.exceptions import ChecksumMismatchError, ManifestMismatchError
 from airflow_s3sftp.hooks.sftp_sensing import DEFAULT_CHUNK_SIZE, SFTPSensingHookAsync
 
 try:  # Airflow 3.0+: the base of triggers that may back an AssetWatcher
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two warnings about one file whose claim the server refuses for permission.
+BLOCKED_WARNING_INTERVAL = 300.0
+
 
 def error_event(error: BaseException, target: str) -> dict[str, Any]:
     """Return the payload of an error event; :meth:`SFTPFileStableSensor.execute_complete` raises it."""
@@ -48,6 +52,8 @@ def error_event(error: BaseException, target: str) -> dict[str, Any]:
     }
     if isinstance(error, ChecksumMismatchError):
         payload.update(expected=error.expected, actual=error.actual)
+    if isinstance(error, ManifestMismatchError):
+        payload.update(first=error.first, bad_ranges=error.bad_ranges)
     return payload
 
 
@@ -80,6 +86,11 @@ class SFTPFileStableTrigger(BaseTrigger):
         state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        validate.text("path", path)
+        validate.text("sftp_conn_id", sftp_conn_id)
+        validate.number("poll_interval", poll_interval, positive=True)
+        validate.integer("chunk_size", chunk_size, minimum=1)
+        # The policy and state come from the sensor, which validated them: a bad one is one error event.
         self.path = path
         self.sftp_conn_id = sftp_conn_id
         self.policy = policy
@@ -117,8 +128,28 @@ class SFTPFileStableTrigger(BaseTrigger):
         target = io.target(self.path)
         policy = dataclasses.replace(stability.Policy.from_dict(self.policy), target=target)
         state = stability.State.from_dict(self.state) if self.state else stability.State()
+        failures = 0
         while True:
-            verdict = await poll.adrive(poll.poll_file(self.path, state, policy), io)
+            try:
+                verdict = await poll.adrive(poll.poll_file(self.path, state, policy), io)
+            except Exception as err:
+                # A dropped connection is healed by reconnecting; a refused login or host key is final.
+                failures += 1
+                if not poll.is_healable(err) or failures > poll.RECONNECT_ATTEMPTS:
+                    raise
+                delay = poll.reconnect_delay(failures)
+                self.log.warning(
+                    "Sensing %s: %s; reconnecting in %.0fs (%s of %s)",
+                    target,
+                    err,
+                    delay,
+                    failures,
+                    poll.RECONNECT_ATTEMPTS,
+                )
+                await io.close()
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
             state = verdict.state
             if verdict.action is stability.Action.FIRE:
                 self.log.info("%s is complete: %s (%s)", target, verdict.reason, verdict.checksum)
@@ -135,6 +166,12 @@ class SFTPFileStableEventTrigger(_EventTriggerBase):
     pattern starting with ``.``). A file fires under the sensor's rule: size and mtime unchanged over
     ``stable_for`` seconds (plus one second of mtime resolution), then, with ``checksum``, two equal digests
     a poll apart. A growing or rewritten file never fires with a partial size.
+
+    With ``expected_checksum_from="manifest"`` a stable file is checked range by range against its
+    manifest ``<path>.manifest`` (see ``docs/manifest.md``): no manifest yet is "not yet", a match fires at
+    once (one read), and a file that differs is logged with its first bad range and skipped until its
+    size or mtime changes. Manifests themselves never fire, and with ``claim_to`` they stay where they
+    are. ``"sidecar"`` works the same with the sidecar ``<path>.<checksum>``.
 
     With ``claim_to`` (a directory on the same server) a complete file is first renamed into it with a
     plain SFTP rename, which refuses to overwrite (OpenSSH: link + unlink), and the event names the new
@@ -160,6 +197,8 @@ class SFTPFileStableEventTrigger(_EventTriggerBase):
     :param checksum: digest algorithm proving the content, or ``None`` for size and mtime only (weaker)
     :param claim_to: absolute directory to move complete files into before firing, or ``None``
     :param poke_interval: seconds between listings
+    :param expected_checksum_from: ``"manifest"`` (or ``"sidecar"``) to check each stable file against the
+        file the uploader writes beside it, or ``None`` for the two-digest rule
     """
 
     def __init__(
@@ -170,30 +209,38 @@ class SFTPFileStableEventTrigger(_EventTriggerBase):
         checksum: str | None = "sha256",
         claim_to: str | None = None,
         poke_interval: float = 5,
+        expected_checksum_from: str | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        # Every argument is checked now: a bad DAG fails at parse time.
+        validate.absolute_path("path", path)
         self.directory, self.pattern = poll.split_pattern(path)
-        # Validates stable_for and checksum now: a bad DAG fails at parse time.
-        stability.Policy.build(target=path, stable_for=stable_for, checksum=checksum)
+        validate.text("sftp_conn_id", sftp_conn_id)
+        validate.number("stable_for", stable_for)
+        validate.algorithm("checksum", checksum)
+        stability.Policy.build(
+            target=path,
+            stable_for=stable_for,
+            checksum=checksum,
+            expected_checksum_from=expected_checksum_from,
+        )
         if claim_to is not None:
-            if not claim_to.startswith("/"):
+            if not isinstance(claim_to, str) or not claim_to.startswith("/"):
                 raise ValueError(f"claim_to must be an absolute directory, got {claim_to!r}")
+            validate.absolute_path("claim_to", claim_to)
             if posixpath.normpath(claim_to) == posixpath.normpath(self.directory):
                 raise ValueError(
                     f"claim_to {claim_to!r} is the watched directory: claimed files would fire again"
                 )
-        if (
-            isinstance(poke_interval, bool)
-            or not isinstance(poke_interval, (int, float))
-            or poke_interval <= 0
-        ):
-            raise ValueError(f"poke_interval must be a positive number of seconds, got {poke_interval!r}")
+        validate.number("poke_interval", poke_interval, positive=True)
+        self._blocked_warned: dict[str, float] = {}  # source path -> when its refused claim was logged
         self.path = path
         self.sftp_conn_id = sftp_conn_id
         self.stable_for = stable_for
         self.checksum = checksum
         self.claim_to = claim_to
         self.poke_interval = poke_interval
+        self.expected_checksum_from = expected_checksum_from
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the classpath and exactly the constructor arguments."""
@@ -206,12 +253,16 @@ class SFTPFileStableEventTrigger(_EventTriggerBase):
                 "checksum": self.checksum,
                 "claim_to": self.claim_to,
                 "poke_interval": self.poke_interval,
+                "expected_checksum_from": self.expected_checksum_from,
             },
         )
 
     def _new_watch(self, io: SFTPSensingHookAsync) -> poll.Watch:
         policy = stability.Policy.build(
-            target=io.target(self.path), stable_for=self.stable_for, checksum=self.checksum
+            target=io.target(self.path),
+            stable_for=self.stable_for,
+            checksum=self.checksum,
+            expected_checksum_from=self.expected_checksum_from,
         )
         return poll.Watch(self.directory, self.pattern, policy, self.claim_to)
 
@@ -239,6 +290,7 @@ class SFTPFileStableEventTrigger(_EventTriggerBase):
             fired, refused = found.fired, found.refused
             for name, failure in found.failed:
                 self.log.error("Skipping %s until it changes: %s", name, failure)
+            self._warn_blocked(found.blocked)
         for held in refused:
             self.log.warning(
                 "%s is complete but %s already holds %s: not claimed, not fired; retrying each poll",
@@ -253,6 +305,24 @@ class SFTPFileStableEventTrigger(_EventTriggerBase):
             )
             events.append(TriggerEvent(complete.payload()))  # type: ignore[no-untyped-call]
         return events, error
+
+    def _warn_blocked(self, blocked: list[tuple[poll.Fired, OSError]]) -> None:
+        """Warn about claims refused for permission: once per file per :data:`BLOCKED_WARNING_INTERVAL`."""
+        warned = self._blocked_warned
+        now = time.monotonic()
+        for held, err in blocked:
+            last = warned.get(held.source_path)
+            if last is not None and now - last < BLOCKED_WARNING_INTERVAL:
+                continue
+            warned[held.source_path] = now
+            self.log.warning(
+                "%s is complete but the server refused to move it into %s (%s): not fired; retrying each "
+                "poll (this warning repeats at most every %.0fs)",
+                held.source_path,
+                self.claim_to,
+                err,
+                BLOCKED_WARNING_INTERVAL,
+            )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """List, assess, hash and claim every ``poke_interval`` seconds; one event per complete file."""

@@ -295,7 +295,7 @@ def test_many_objects_name_a_missing_bucket_or_key(s3, bucket, remote_dir):
         DeliveryOptions(),
     )
     assert [r["error"] for r in records] == [
-        "FileNotFoundError: S3 bucket 'no-such-bucket-s3sftp' does not exist (reading s3://no-such-bucket-s3sftp/a)",
+        "MissingTargetError: S3 bucket 'no-such-bucket-s3sftp' does not exist (reading s3://no-such-bucket-s3sftp/a)",
         f"FileNotFoundError: S3 object s3://{bucket}/missing does not exist",
     ]
     assert list(remote_dir.iterdir()) == []

@@ -211,6 +211,7 @@ def test_serialize_returns_exactly_the_constructor_arguments() -> None:
         "checksum": "sha512",
         "claim_to": "/claimed",
         "poke_interval": 10,
+        "expected_checksum_from": "sidecar",
     }
     trigger = SFTPFileStableEventTrigger(**kwargs)
     classpath, serialized = trigger.serialize()
@@ -324,7 +325,8 @@ class TestConnectionExtrasParity:
         if keep is not None:
             assert sync_observe().size == async_observe_size(async_observe) == 1
             return
-        with pytest.raises(ConnectionError):
+        # Final on both sides, a ValueError naming the extra (the sync side: ConnectionConfigError).
+        with pytest.raises(ValueError, match="share no algorithm: check its ciphers and disabled_algorithms"):
             sync_observe()
         with pytest.raises(ValueError, match="disabled_algorithms leaves no ciphers"):
             asyncio.run(async_observe())

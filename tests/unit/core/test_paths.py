@@ -132,3 +132,55 @@ def test_plan_refuses_keys_shaped_like_our_temp_files(name):
     planned = [("s3://b/x.bin", "/in/x.bin"), (f"s3://b/{name}", f"/in/{name}")]
     with pytest.raises(ValueError, match=rf"'s3://b/{name}' would land on .*reserved.*'s3://b/x\.bin'"):
         check_plan(planned, sidecar_suffix=None, done_marker=None)
+
+
+class TestNamesAtTheLimit:
+    @pytest.mark.parametrize("length", [1, 200, 229, 230, 255])
+    def test_every_legal_name_gets_a_temp_name_that_fits(self, length: int) -> None:
+        from airflow_s3sftp.core.paths import (
+            backup_path_for,
+            leftover_of,
+            name_bytes,
+            short_stem,
+            temp_path_for,
+        )
+
+        name = "é" * (length // 2) + "x" * (length % 2)  # two bytes per character: cuts fall mid-character
+        assert name_bytes(name) == length
+        for path in (
+            temp_path_for(f"/in/{name}", "0123456789ab"),
+            backup_path_for(f"/in/{name}", "0123456789ab"),
+        ):
+            hidden = path.rsplit("/", 1)[1]
+            assert name_bytes(hidden) <= 255
+            assert leftover_of(hidden) in (name, short_stem(name))
+        if length + 26 > 255:
+            assert short_stem(name).startswith("é") and short_stem(name) != short_stem(name + "x")
+
+    def test_too_long_names_are_refused_with_the_excess(self) -> None:
+        with pytest.raises(ValueError, match=r"too long: 300 bytes, 45 over the server's limit of 255"):
+            check_plan([("s3://b/k", "/in/" + "k" * 300)], sidecar_suffix=None, done_marker=None)
+        with pytest.raises(ValueError, match=r"the done marker .* too long: 256 bytes, 1 over"):
+            check_plan([("s3://b/k", "/in/" + "k" * 251)], sidecar_suffix=None, done_marker=".done")
+        check_plan([("s3://b/k", "/in/" + "k" * 255)], sidecar_suffix=None, done_marker=None)
+        with pytest.raises(ValueError, match=r"2 over the server's limit of 100"):
+            check_plan(
+                [("s3://b/k", "/in/" + "k" * 102)], sidecar_suffix=None, done_marker=None, name_max=100
+            )
+
+    def test_a_file_that_is_also_a_directory_clashes(self) -> None:
+        planned = [("s3://b/p/a", "/in/a"), ("s3://b/p/a/b/c", "/in/a/b/c")]
+        with pytest.raises(
+            ValueError, match=r"'s3://b/p/a' and 's3://b/p/a/b/c' clash: '/in/a' .* directory"
+        ):
+            check_plan(planned, sidecar_suffix=None, done_marker=None)
+        with pytest.raises(ValueError, match=r"clash"):
+            check_plan(list(reversed(planned)), sidecar_suffix=None, done_marker=None)
+
+    @pytest.mark.parametrize(
+        ("prefix", "expected"), [("", ""), ("px/day-1", "px/day-1/"), ("px/day-1/", "px/day-1/")]
+    )
+    def test_a_prefix_is_a_directory(self, prefix: str, expected: str) -> None:
+        from airflow_s3sftp.core.paths import prefix_as_directory
+
+        assert prefix_as_directory(prefix) == expected

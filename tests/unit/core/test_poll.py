@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 from airflow_s3sftp.core import poll, stability
+from airflow_s3sftp.core.manifest import RangeHasher, render_manifest
 from airflow_s3sftp.core.poll import Claim, Claimed, Hash, ListDir, ReadSidecar, Stat, Watch
+from airflow_s3sftp.exceptions import ManifestMismatchError
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
@@ -405,3 +407,144 @@ def test_the_poll_imports_nothing_from_airflow() -> None:
     )
     output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert output.stdout.strip() == "False"
+
+
+class TestClaimEdges:
+    """Claims refused for permission, appends racing the claim, and our own temp files."""
+
+    def test_a_claim_refused_for_permission_is_retried_each_round_until_it_succeeds(self) -> None:
+        fs = FakeSFTP()
+        fs.put("/in/a.csv", b"alpha")
+        watch = Watch("/in", "*.csv", policy(), claim_to="/claimed")
+
+        class Refusing(FakeSFTP):
+            allowed = False
+
+            def claim(self, source: str, target: str) -> Claimed:
+                if not self.allowed:
+                    self.asked.append(f"refused {source}")
+                    raise PermissionError(f"Permission denied when claiming {source}")
+                return super().claim(source, target)
+
+        io = Refusing()
+        io.files, io.asked = fs.files, fs.asked
+        rounds = []
+        for io.now in (0.0, 3.0, 4.0, 5.0, 6.0):
+            rounds.append(poll.drive(watch.round(), io))
+        assert not any(r.fired for r in rounds) and not any(r.failed for r in rounds)
+        blocked = [r.blocked for r in rounds if r.blocked]
+        assert len(blocked) >= 2  # retried every round, not frozen until the file changes
+        assert all(held.path == "/in/a.csv" for r in blocked for held, _ in r)
+        hashes = sum(asked.startswith("hash") for asked in fs.asked)
+        io.allowed, io.now = True, 7.0
+        done = poll.drive(watch.round(), io)
+        assert [f.path for f in done.fired] == ["/claimed/a.csv"] and done.blocked == []
+        assert sum(asked.startswith("hash") for asked in fs.asked) == hashes  # no re-hash to retry
+
+    def test_an_append_between_verdict_and_claim_is_rehashed(self) -> None:
+        fs = FakeSFTP()
+        fs.put("/in/a.csv", b"x" * 100, mtime=1000)
+        watch = Watch("/in", "*.csv", policy(), claim_to="/claimed")
+
+        class Appending(FakeSFTP):
+            def claim(self, source: str, target: str) -> Claimed:
+                content, _ = self.files[source]
+                self.files[source] = (content + b"tail", 1001)
+                return super().claim(source, target)
+
+        io = Appending()
+        io.files, io.asked = fs.files, fs.asked
+        fired = []
+        for io.now in (0.0, 3.0, 4.0, 5.0, 6.0):
+            fired += poll.drive(watch.round(), io).fired
+        assert len(fired) == 1
+        assert (fired[0].size, fired[0].mtime) == (104, 1001)
+        assert fired[0].checksum == sha(b"x" * 100 + b"tail")
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            ".a.csv.0123456789ab.s3sftp-part",
+            ".a.csv.0123456789ab.s3sftp-old",
+            ".x~0123.0123456789ab.s3sftp-part",
+        ],
+    )
+    def test_our_temp_files_never_match_any_pattern(self, name: str) -> None:
+        assert not poll.matches(name, ".*")
+        assert not poll.matches(name, "*")
+        assert poll.matches(".hidden", ".*")
+
+    def test_healable_errors(self) -> None:
+        from airflow_s3sftp.exceptions import (
+            AuthenticationError,
+            ConnectionLostError,
+            HostKeyVerificationError,
+        )
+
+        assert poll.is_healable(ConnectionError("dropped")) and poll.is_healable(ConnectionLostError("x"))
+        assert poll.is_healable(EOFError()) and poll.is_healable(TimeoutError())
+        assert not poll.is_healable(AuthenticationError("refused"))
+        assert not poll.is_healable(HostKeyVerificationError("changed"))
+        assert not poll.is_healable(PermissionError("denied"))
+        assert [poll.reconnect_delay(n) for n in (1, 2, 3, 7)] == [1.0, 2.0, 4.0, 30.0]
+
+
+class ManifestFakeSFTP(FakeSFTP):
+    """The fake file system answering the manifest requests, as both sensing hooks do."""
+
+    def read_manifest(self, path: str) -> bytes | None:
+        self.asked.append(f"manifest {path}")
+        found = self.files.get(f"{path}.manifest")
+        return None if found is None else found[0]
+
+    def range_digests(self, path: str, range_size: int, size: int) -> tuple[tuple[str, ...], str] | None:
+        self.asked.append(f"ranges {path} {range_size} {size}")
+        content = self.files.get(path, (b"", 0))[0]
+        if len(content) < size:
+            return None
+        hasher = RangeHasher(range_size)
+        hasher.update(content[:size])
+        return hasher.finish()
+
+
+class TestPollFileWithAManifest:
+    def deliver(self, fs: ManifestFakeSFTP, path: str, content: bytes) -> None:
+        hasher = RangeHasher(4)
+        hasher.update(content)
+        fs.put(path, content)
+        fs.put(f"{path}.manifest", render_manifest(hasher.manifest("f")).encode())
+
+    def test_stable_file_reads_the_manifest_then_hashes_its_ranges_once(self) -> None:
+        fs, p = ManifestFakeSFTP(), policy(expected_checksum_from="manifest")
+        self.deliver(fs, "/in/f", b"0123456789")
+        state = poll_once(fs, "/in/f", stability.State(), p).state
+        fs.now = 3.5
+        verdict = poll_once(fs, "/in/f", state, p)
+        assert verdict.action is stability.Action.FIRE
+        assert verdict.checksum == sha(b"0123456789")
+        assert fs.asked == ["stat /in/f", "stat /in/f", "manifest /in/f", "ranges /in/f 4 10", "stat /in/f"]
+
+    def test_missing_manifest_is_not_yet_and_a_flipped_byte_names_its_range(self) -> None:
+        fs, p = ManifestFakeSFTP(), policy(expected_checksum_from="manifest", stable_for=0)
+        fs.put("/in/f", b"0123456789")
+        state = poll_once(fs, "/in/f", stability.State(), p).state
+        fs.now = 1.5
+        waiting = poll_once(fs, "/in/f", state, p)
+        assert (waiting.action, waiting.reason) == (
+            stability.Action.WAIT,
+            "stable, but it has no manifest yet",
+        )
+        self.deliver(fs, "/in/f", b"0123456789")
+        fs.put("/in/f", b"0123x56789")
+        fs.now = 3.0
+        with pytest.raises(ManifestMismatchError, match=r"in 1 range\(s\), first range 1 bytes 4-7: "):
+            poll_once(fs, "/in/f", waiting.state, p)
+
+    def test_the_watch_never_fires_for_the_manifests(self) -> None:
+        fs = ManifestFakeSFTP()
+        watch = Watch("/in", "*", policy(expected_checksum_from="manifest", stable_for=0))
+        self.deliver(fs, "/in/a.csv", b"abcdef")
+        poll.drive(watch.round(), fs)
+        fs.now = 1.5
+        found = poll.drive(watch.round(), fs)
+        assert [fired.path for fired in found.fired] == ["/in/a.csv"]
