@@ -38,6 +38,8 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import paramiko
+
 from airflow_s3sftp.core.checksums import format_checksum, parse_checksum
 from airflow_s3sftp.core.delivery import Progress
 from airflow_s3sftp.core.options import RetryPolicy
@@ -396,6 +398,21 @@ def _for_path(value: Any, path: str, name: str) -> Any:
     return value
 
 
+def _lost(remote: Remote, err: BaseException) -> bool:
+    """Return True when ``err`` means the SSH connection is gone.
+
+    paramiko's SFTP client turns the transport's EOFError into ``SSHException("Server connection
+    dropped")`` at once, possibly before the transport is marked inactive: asking the port alone
+    (``alive()``) can then still say the connection is up.
+    """
+    return remote.lost(err) or isinstance(err, paramiko.SSHException)
+
+
+def _short_file(err: EOFError) -> bool:
+    """Return True when ``err`` says the file ended early (the read's own EOFError names the file)."""
+    return str(err).startswith("SFTP file ")
+
+
 class _SinkError(Exception):
     """Carries an error of the sink out of the read loop untouched (as its ``__cause__``)."""
 
@@ -610,7 +627,7 @@ class InboundTransfer:
             try:
                 return action(remote)
             except Exception as err:
-                if not remote.lost(err):
+                if not _lost(remote, err):
                     raise
                 self._reconnect(what, err)
 
@@ -789,12 +806,17 @@ class InboundTransfer:
             except _SinkError as err:
                 raise err.__cause__ from None  # type: ignore[misc]
             except EOFError as err:
+                if not _short_file(err):  # paramiko's bare EOFError: the connection dropped
+                    self._reconnect("reading", err)
+                    self.resumed_from = offset
+                    log.info("Resuming %s at byte %s of %s", self.item.sftp_path, offset, size)
+                    continue
                 raise SFTPSourceChangedError(
                     f"SFTP file {self.item.sftp_path} shrank while it was read ({err}); "
                     f"nothing was published to {self.item.s3_uri}"
                 ) from err
             except Exception as err:
-                if not remote.lost(err):
+                if not _lost(remote, err):
                     raise
                 self._reconnect("reading", err)
                 self.resumed_from = offset

@@ -102,7 +102,7 @@ class Remote:
                     raise ConnectionLostError("cut")
             chunk = self.disk.files[path][offset : min(offset + 256 * 1024, end)]
             if len(chunk) < min(256 * 1024, end - offset):
-                raise EOFError(f"{path} ended early")
+                raise EOFError(f"SFTP file {path!r} ended early")
             sent += len(chunk)
             yield chunk
             if self.disk.during_read is not None:
