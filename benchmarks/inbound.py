@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         scenarios = set(args.scenarios.split(","))
         if "loopback" in scenarios:
-            one_file("loopback", args.size, [m.name for m in METHODS], None)
+            one_file("loopback", args.size, args.loopback_methods.split(","), None)
         rows.append(
             launch(
                 bench,
