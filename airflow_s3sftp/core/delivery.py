@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import posixpath
 import threading
@@ -18,13 +19,27 @@ from typing import TYPE_CHECKING, Any
 from airflow_s3sftp.core.checksums import format_checksum, new_hasher
 from airflow_s3sftp.core.digests import Checkpoints, Digests
 from airflow_s3sftp.core.integrity import weigh_source_integrity
+from airflow_s3sftp.core.journal import (
+    MAX_JOURNAL_BYTES,
+    Identity,
+    Journal,
+    JournalKeeper,
+    journal_path_for,
+    journal_temp_path_for,
+)
+from airflow_s3sftp.core.manifest import Manifest, RangeHasher, manifest_path, render_manifest
 from airflow_s3sftp.core.ordered import OrderedWriter
 from airflow_s3sftp.core.parts import StripedFile, Striping, part_token
-from airflow_s3sftp.core.paths import backup_path_for, leftover_of, new_token, short_stem, temp_path_for
+from airflow_s3sftp.core.paths import (
+    backup_path_for,
+    new_token,
+    temp_path_for,
+)
 from airflow_s3sftp.core.ranged import RangedReader
 from airflow_s3sftp.core.reader import ChunkReader
 from airflow_s3sftp.core.sftp import is_dir
 from airflow_s3sftp.core.sidecar import read_recorded, sidecar_path, sidecar_text, write_small_file
+from airflow_s3sftp.core.sweep import LeftoverSweeper
 from airflow_s3sftp.exceptions import (
     ChecksumMismatchError,
     ConnectionLostError,
@@ -33,7 +48,7 @@ from airflow_s3sftp.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Mapping
 
     from paramiko import SFTPAttributes
 
@@ -143,123 +158,17 @@ class Progress:
             log.info("%s: %s bytes, %.1f MB/s", self._what, done, rate / 1e6)
 
 
-class BatchProgress:
-    """Throttled progress of many deliveries: objects done of the total, bytes, MB/s, ETA.
-
-    Thread-safe: every worker reports its finished objects; at most one line per ``interval``.
-
-    :param total: objects in the batch
-    :param interval: seconds between progress lines
-    """
-
-    def __init__(self, total: int, interval: float) -> None:
-        self._total, self._interval = total, interval
-        self._done = self._failed = self._bytes = 0
-        self._start = self._last = time.monotonic()
-        self._lock = threading.Lock()
-
-    def finished(self, size: int, *, failed: bool = False) -> None:
-        """Count one finished object (``size`` bytes moved) and log a line when one is due."""
-        with self._lock:
-            self._done += 1
-            self._failed += failed
-            self._bytes += size
-            now = time.monotonic()
-            if now - self._last < self._interval or self._done == self._total:
-                return
-            self._last = now
-            elapsed = max(now - self._start, 1e-9)
-            done, moved, failures = self._done, self._bytes, self._failed
-        eta = (self._total - done) * elapsed / done
-        log.info(
-            "%s of %s objects done (%s failed), %s bytes, %.1f MB/s, %.1f objects/s, ETA %.0fs",
-            done,
-            self._total,
-            failures,
-            moved,
-            moved / elapsed / 1e6,
-            done / elapsed,
-            eta,
-        )
-
-
 def extra_paths(path: str, options: DeliveryOptions) -> list[str]:
     """Return the sidecar and done marker paths a delivery to ``path`` writes (by temp file and rename)."""
     publishing, algorithm = options.publishing, options.checks.checksum
     extras = []
     if publishing.sidecar and algorithm:
         extras.append(sidecar_path(path, algorithm))
+    if publishing.manifest:
+        extras.append(manifest_path(path))
     if publishing.done_marker:
         extras.append(path + publishing.done_marker)
     return extras
-
-
-class LeftoverSweeper:
-    """Removes temp files that crashed workers left behind, once per directory per task.
-
-    Only files shaped like our temp or backup files of a final name this task delivers are
-    candidates, and only when their mtime is more than ``older_than`` seconds behind the
-    server's clock, read from the mtime of a file we just created (so client clock skew
-    does not matter). A file being written, even slowly, keeps a fresh mtime and is never taken.
-
-    :param older_than: seconds without change after which a leftover counts as abandoned
-    :param final_paths: the final remote paths of the task
-    """
-
-    def __init__(self, older_than: float, final_paths: Iterable[str]) -> None:
-        self._older_than = older_than
-        self._names: dict[str, dict[str, str]] = {}  # directory -> {what leftover_of says: final name}
-        self._swept: set[str] = set()
-        self._lock = threading.Lock()
-        self.include(final_paths)
-
-    def include(self, paths: Iterable[str]) -> None:
-        """Also sweep the leftovers of ``paths`` (e.g. a delivery's sidecar and done marker)."""
-        with self._lock:
-            for path in paths:
-                directory, name = posixpath.split(path)
-                names = self._names.setdefault(directory, {})
-                names[name] = name
-                names[short_stem(name)] = name  # the temp names of a long name use its short form
-
-    def pending(self, directory: str) -> bool:
-        """Return True when ``directory`` has not been swept yet."""
-        with self._lock:
-            return directory not in self._swept
-
-    def sweep(self, remote: Remote, directory: str, server_now: float) -> list[str]:
-        """Remove the abandoned leftovers in ``directory`` (the first time it is asked) and list them."""
-        with self._lock:
-            if directory in self._swept:
-                return []
-            self._swept.add(directory)
-        with self._lock:
-            names = dict(self._names.get(directory, {}))
-        removed: list[str] = []
-        try:
-            entries = remote.listdir(directory or ".")
-        except OSError as err:
-            log.warning("Could not list %s to look for abandoned temp files: %s", directory, err)
-            return removed
-        for attrs in entries:
-            stem = leftover_of(attrs.filename)
-            owner = names.get(stem) if stem is not None else None
-            if owner is None or attrs.st_mtime is None:
-                continue
-            age = server_now - attrs.st_mtime
-            if age > self._older_than:
-                path = posixpath.join(directory, attrs.filename)
-                log.warning(
-                    "Removing %s (%s bytes), a temp file of %s abandoned %.0fs ago (stale_temp_after=%.0fs)",
-                    path,
-                    attrs.st_size,
-                    owner,
-                    age,
-                    self._older_than,
-                )
-                if remote.remove(path):
-                    removed.append(path)
-        return removed
 
 
 class Delivery:
@@ -296,7 +205,9 @@ class Delivery:
         self.options = options
         self.sessions = sessions
         self._sleep = sleep
-        self._sweeper = sweeper or LeftoverSweeper(options.publishing.stale_temp_after, [path])
+        self._sweeper = sweeper or LeftoverSweeper(
+            options.publishing.stale_temp_after, [path], earlier_tries_after=options.retry.resume_after
+        )
         self._sweeper.include(extra_paths(path, options))  # sidecars and markers go via temp files too
         self._token = new_token()
         self.write_path = temp_path_for(path, self._token) if options.publishing.atomic else path
@@ -310,6 +221,18 @@ class Delivery:
         self._looked = False  # the target was looked at (it rides with our file's first create)
         self._created = False  # write_path is a file this delivery created and has not published
         self._parts: list[str] = []  # part files this delivery created and has not removed
+        self.identity = Identity(
+            path=path,
+            source=source.uri,
+            etag=source.etag,
+            version_id=source.version_id,
+            size=source.size,
+            checksum=options.checks.checksum,
+        )
+        self._journal = self._journaling()  # None: no durable checkpoints for this delivery
+        self._keeper: JournalKeeper | None = None
+        self._proven = 0  # bytes the journal on the server says are fsynced
+        self._adoption_checked = False
         self._started = time.monotonic()
         self._endpoint = ""  # "user@host:port:" once a session was had, for messages
 
@@ -328,7 +251,14 @@ class Delivery:
                     self.sessions.discard(session)
                 if self.attempts > self.options.retry.retries:
                     note = self._lost_note()
-                    self._clean_up_on_new_session()
+                    self._stop_journal()
+                    if self._proven:
+                        note += (
+                            f". The first {self._proven} bytes of {self.write_path!r} are proven by its "
+                            "journal and kept: the next try of the task resumes from them"
+                        )
+                    else:
+                        self._clean_up_on_new_session()
                     raise ConnectionLostError(
                         f"Giving up on {self.source.uri} -> {self._endpoint}{self.path} after "
                         f"{self.attempts} attempts: {err}{note}"
@@ -369,8 +299,10 @@ class Delivery:
                 raise VerificationError(f"{self.source.uri} changed or was corrupted in transit: {problem}")
             checksum = digests.checksum()
             verified = self._verify(remote, landed, checksum)
+            self._stop_journal()
             published_with = self._publish(remote)
-            sidecar, marker = self._write_extras(remote, checksum)
+            self._drop_journal(remote)
+            sidecar, marker = self._write_extras(remote, checksum, digests)
         except Exception as err:
             if session.lost(err):
                 raise ConnectionLostError(
@@ -417,7 +349,7 @@ class Delivery:
         if identical is None:
             return None
         log.info("%s already holds %s (%s): skipped", self.path, self.source.uri, identical)
-        sidecar, marker = self._write_extras(remote, identical, only_missing=True)
+        sidecar, marker = self._write_extras(remote, identical, None, only_missing=True)
         return self._record(
             size=self.source.size,
             checksum=identical,
@@ -440,10 +372,11 @@ class Delivery:
 
     def _open(self, remote: Remote) -> tuple[RemoteFile, Digests]:
         """Return the file to write (positioned where to write) and the digests of the bytes before it."""
-        fresh = Digests.fresh(self.options.checks.checksum, self.check)
+        fresh = self._fresh_digests()
         if self._created:
             resumed = self._resume(remote, fresh)
             if resumed is not None:
+                self._keep_journal(remote)
                 return resumed
         self.checkpoints = Checkpoints()
         self.resumed_from = 0
@@ -455,11 +388,197 @@ class Delivery:
             remote, exclusive=publishing.atomic or (publishing.if_exists == "fail" and not self._created)
         )
         directory = posixpath.dirname(self.path)
-        if publishing.atomic and self._sweeper.pending(directory):
-            server_now = file.server_time()  # the server's clock, whatever ours says
-            if server_now is not None:
-                self._sweeper.sweep(remote, directory, server_now)
+        server_now = file.server_time() if publishing.atomic else None  # the server's clock, not ours
+        if server_now is not None and self._sweeper.pending(directory):
+            self._sweeper.sweep(remote, directory, server_now)
+        if self._journal is not None and not self._adoption_checked:
+            self._adoption_checked = True
+            adopted = self._adopt(remote, file, server_now)
+            if adopted is not None:
+                file, fresh = adopted
+        self._keep_journal(remote)
         return file, fresh
+
+    # -- durable checkpoints: the journal beside the temp file (core/journal.py) -----------------
+
+    def _journaling(self) -> Journal | None:
+        """Return the journal this delivery keeps on the server, or None when it keeps none.
+
+        Only atomic deliveries of objects larger than one checkpoint keep one: a small object is
+        sent again faster than its journal is written.
+        """
+        every, checks = self._checkpoint_every, self.options.checks
+        if not self.options.publishing.atomic or every == 0 or self.source.size <= every:
+            return None
+        return Journal(identity=self.identity, temp=self.write_path, range_size=checks.range_size)
+
+    @property
+    def _checkpoint_every(self) -> int:
+        """Return the bytes between checkpoints: the option, or 1/32 of the object in whole ranges."""
+        every = self.options.retry.checkpoint_every
+        if every is not None:
+            return every
+        range_size = self.options.checks.range_size
+        return max(range_size, self.source.size // 32 // range_size * range_size)
+
+    def _fresh_digests(self) -> Digests:
+        keep_ranges = self._journal is not None or self.options.publishing.manifest
+        range_size = self.options.checks.range_size if keep_ranges else None
+        return Digests.fresh(self.options.checks.checksum, self.check, range_size)
+
+    def _keep_journal(self, remote: Remote) -> None:
+        """Publish the journal from this attempt's session on, on a channel off the writer's path."""
+        journal = self._journal
+        if journal is None:
+            return
+        if self._keeper is not None:
+            self._keeper.close()
+        side = remote.side()
+        path = journal_path_for(self.path)
+
+        def write(content: bytes) -> None:
+            temp, backup = journal_temp_path_for(self.path), backup_path_for(self.path, new_token())
+            side.write_small(path, content, None, temp=temp, backup=backup, exclusive=False)
+
+        journal.temp, journal.parts = self.write_path, list(self._parts)
+        self._keeper = JournalKeeper(write, f"{self.source.uri} -> {self.path}")
+        self._keeper.submit(journal.to_bytes())
+
+    def _checkpoint(self, file: RemoteFile, digests: Digests) -> None:
+        """Have the server flush what was written; once it confirms, the journal says so."""
+        journal, keeper, ranges = self._journal, self._keeper, digests.ranges
+        if journal is None or keeper is None or ranges is None:
+            return
+
+        def synced(offset: int) -> None:  # on the writer's thread, while it collects replies
+            done = ranges.completed  # a copy: the reader thread appends
+            proven = min(offset // journal.range_size, len(done)) * journal.range_size
+            if proven > self._proven:
+                self._proven = journal.proven = proven
+                journal.ranges = list(done[: proven // journal.range_size])
+                keeper.submit(journal.to_bytes())
+
+        file.checkpoint(synced)
+
+    def _stop_journal(self) -> None:
+        if self._keeper is not None:
+            self._keeper.close()
+            self._keeper = None
+
+    def _drop_journal(self, remote: Remote) -> None:
+        """Stop writing the journal and remove it (the delivery is published, or nothing is kept)."""
+        self._stop_journal()
+        if self._journal is not None:
+            remote.remove(journal_path_for(self.path))
+            remote.remove(journal_temp_path_for(self.path))  # left there by a write cut short
+            self._proven = 0
+
+    def _adopt(
+        self, remote: Remote, fresh: RemoteFile, server_now: float | None
+    ) -> tuple[RemoteFile, Digests] | None:
+        """Take over what an earlier try (another process) proved, or remove what it left; None: start fresh.
+
+        Trusted, and only together: a journal of ours at this path for the same object, version and
+        checksum; its temp file idle for ``resume_after`` by the server's clock (a live writer keeps
+        it fresh) and at least as long as the journal says; the S3 bytes it claims, read again
+        (in-region) and hashed per range, giving the journal's digests; and the ranges read back
+        from the server giving them too (every proven range; only the last with ``verify="none"``).
+        The longest prefix of whole ranges passing all of it is adopted; anything else is never
+        trusted: what the journal names is removed and the delivery starts clean.
+        """
+        path = journal_path_for(self.path)
+        try:
+            data = remote.read_small(path, MAX_JOURNAL_BYTES)
+        except OSError as err:
+            log.warning("Could not read %s (%s): not resuming", path, err)
+            return None
+        if data is None or server_now is None:
+            return None
+        try:
+            earlier = Journal.from_bytes(data)
+        except ValueError as err:
+            log.warning("%s is not a journal of ours (%s): ignored", path, err)
+            return None
+        temp = remote.stat(earlier.temp)
+        if temp is not None and temp.st_mtime is not None:
+            age = server_now - temp.st_mtime
+            if age < self.options.retry.resume_after:
+                log.info(
+                    "%s was written %.0fs ago: another try may be alive; not touching it", earlier.temp, age
+                )
+                return None
+        proven, why = self._provable(remote, earlier, temp)
+        digests = self._prefix_digests(proven) if proven else None
+        if (
+            digests is not None
+            and digests.ranges is not None
+            and list(digests.ranges.completed) != earlier.ranges[: proven // earlier.range_size]
+        ):
+            proven, digests, why = 0, None, f"{self.source.uri} no longer gives its digests"
+        if digests is None:
+            log.info("Not resuming from %s (%s): removing what it names", path, why)
+            for leftover in (earlier.temp, *earlier.parts):
+                if leftover != self.write_path:
+                    remote.remove(leftover)
+            return None
+        fresh.abort()
+        remote.remove(self.write_path)  # ours, just created, empty
+        file = remote.reopen(earlier.temp, proven, size=self.source.size)
+        self.write_path = earlier.temp
+        self._proven = self.resumed_from = proven
+        assert self._journal is not None
+        self._journal.proven, self._journal.ranges = proven, earlier.ranges[: proven // earlier.range_size]
+        self.checkpoints = Checkpoints()
+        self.checkpoints.record(proven, digests)
+        log.info(
+            "Resuming %s at byte %s of %s: an earlier try left them in %s, proven by its journal%s",
+            self.path,
+            proven,
+            self.source.size,
+            earlier.temp,
+            f" ({why})" if why else "",
+        )
+        return file, digests
+
+    def _provable(self, remote: Remote, earlier: Journal, temp: SFTPAttributes | None) -> tuple[int, str]:
+        """Return how many bytes of the earlier try's temp file may be adopted, and why not more."""
+        if not earlier.adoptable(self.identity):
+            return 0, "it describes another object, version or checksum"
+        if earlier.parts:
+            return 0, "its bytes were in part files, which are joined only when complete"
+        if earlier.range_size != self.options.checks.range_size:
+            return 0, "its ranges differ from this try's"
+        if temp is None or (temp.st_size or 0) < earlier.proven:
+            return (
+                0,
+                f"its temp file holds {None if temp is None else temp.st_size} bytes, not {earlier.proven}",
+            )
+        size, count = earlier.range_size, earlier.proven // earlier.range_size
+        if count == 0:
+            return 0, "it proves no whole range"
+        first = count - 1 if self.options.checks.verify == "none" else 0
+        for index in range(first, count):
+            hasher = hashlib.sha256()
+            for data in remote.read(earlier.temp, (index + 1) * size, start=index * size):
+                hasher.update(data)
+            if hasher.hexdigest() != earlier.ranges[index]:
+                why = f"range {index} (bytes {index * size}-{(index + 1) * size - 1}) reads back otherwise"
+                return (index * size if first == 0 else 0), why
+        return count * size, ""
+
+    def _prefix_digests(self, end: int) -> Digests | None:
+        """Return the digests of the object's first ``end`` bytes, read again from S3."""
+        digests = self._fresh_digests()
+        stream = self.source.open(0, end - 1)
+        read = 0
+        try:
+            while read < end and (chunk := stream.read(min(4 * 1024 * 1024, end - read))):
+                for hasher in digests.hashers:
+                    hasher.update(chunk)
+                read += len(chunk)
+        finally:
+            stream.close()
+        return digests if read == end else None
 
     def _create(self, remote: Remote, *, exclusive: bool) -> RemoteFile:
         """Create our file; the target's STAT rides along the first time; a missing directory is seen to.
@@ -616,11 +735,16 @@ class Delivery:
             self.write_path,
         )
         reader = self._reader(file.position, digests)
+        every = self._checkpoint_every or self.source.size + 1
+        next_checkpoint = (file.position // every + 1) * every
         try:
             with reader:
                 for chunk in reader:  # S3's errors come from here, unchanged
                     writer.write(chunk)
                     progress.update(writer.position)
+                    if writer.position >= next_checkpoint:
+                        self._checkpoint(file, digests)
+                        next_checkpoint = (writer.position // every + 1) * every
                 landed = file.finish(sync=streaming.fsync)
         finally:
             self.s3_retries += reader.retries
@@ -676,9 +800,9 @@ class Delivery:
         return how
 
     def _write_extras(
-        self, remote: Remote, checksum: str | None, *, only_missing: bool = False
+        self, remote: Remote, checksum: str | None, digests: Digests | None, *, only_missing: bool = False
     ) -> tuple[str | None, str | None]:
-        """Write the checksum sidecar, then the done marker, after the file itself is published."""
+        """Write the checksum sidecar, the range manifest, then the done marker, after the publish."""
         publishing, algorithm = self.options.publishing, self.options.checks.checksum
         sidecar = marker = None
         if publishing.sidecar and algorithm and checksum:
@@ -687,11 +811,35 @@ class Delivery:
             if not (only_missing and read_recorded(remote, self.path, algorithm) == hexdigest):
                 text = sidecar_text(self.path, hexdigest).encode()
                 write_small_file(remote, sidecar, text, publishing.file_mode)
+        if publishing.manifest and not (only_missing and remote.stat(manifest_path(self.path)) is not None):
+            write_small_file(
+                remote, manifest_path(self.path), self._manifest(remote, digests), publishing.file_mode
+            )
         if publishing.done_marker:
             marker = self.path + publishing.done_marker
             if not (only_missing and remote.stat(marker) is not None):
                 write_small_file(remote, marker, b"", publishing.file_mode)
         return sidecar, marker
+
+    def _manifest(self, remote: Remote, digests: Digests | None) -> bytes:
+        """Return the range manifest of the delivered bytes (read again from the server when skipped)."""
+        range_size = self.options.checks.range_size
+        ranges = digests.ranges if digests is not None else None
+        if ranges is None or ranges.size != self.source.size:  # skipped: the file is there, ours to read
+            ranges = RangeHasher(range_size, whole=False)
+            for data in remote.read(self.path, self.source.size):
+                ranges.update(data)
+        whole = digests.checksum() if digests is not None else None
+        if whole is None or not whole.startswith("sha256:"):
+            hasher = hashlib.sha256()
+            for data in remote.read(self.path, self.source.size):
+                hasher.update(data)
+            whole = "sha256:" + hasher.hexdigest()
+        completed, _ = ranges.finish()
+        name = posixpath.basename(self.path)
+        return render_manifest(
+            Manifest(name, self.source.size, range_size, whole.split(":", 1)[1], completed)
+        ).encode()
 
     def _identical(self, remote: Remote) -> str | None:
         """Return ``"<algorithm>:<hex>"`` when the final file provably holds the object's bytes."""
@@ -796,12 +944,14 @@ class Delivery:
 
     def _clean_up(self, session: SFTPSession) -> None:
         """Remove the file this delivery created and did not publish (never anything else)."""
+        self._stop_journal()
         if not self._created and not self._parts:
             return
         try:
             remote = self._port(session)
             removed = self._created and remote.remove(self.write_path)
             self._remove_parts(remote)
+            self._drop_journal(remote)
         except Exception as err:  # cleanup after a failure must not mask that failure
             log.warning("Could not remove %s after the failure: %s", self.write_path, err)
             removed = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from airflow_s3sftp.core.checksums import format_checksum, new_hasher
+from airflow_s3sftp.core.manifest import RangeHasher
 
 if TYPE_CHECKING:
     from airflow_s3sftp.core.integrity import SourceCheck
@@ -25,47 +26,57 @@ class Digests:
     """
 
     def __init__(
-        self, algorithm: str | None, source_check: SourceCheck | None, states: tuple[Any, Any]
+        self,
+        algorithm: str | None,
+        source_check: SourceCheck | None,
+        states: tuple[Any, Any],
+        ranges: RangeHasher | None = None,
     ) -> None:
         self.algorithm = algorithm
         self.source_check = source_check
         self._ours, self._source = states
+        self.ranges = ranges
 
     @classmethod
-    def fresh(cls, algorithm: str | None, source_check: SourceCheck | None) -> Digests:
-        """Return digests of zero bytes."""
+    def fresh(
+        cls, algorithm: str | None, source_check: SourceCheck | None, range_size: int | None = None
+    ) -> Digests:
+        """Return digests of zero bytes (with a sha256 per ``range_size`` range when asked)."""
         ours = new_hasher(algorithm) if algorithm else None
         shared = source_check is not None and ours is not None and source_check.algorithm == algorithm
         source = None if source_check is None or shared else source_check.new_hasher()
-        return cls(algorithm, source_check, (ours, source))
+        ranges = RangeHasher(range_size, whole=False) if range_size else None
+        return cls(algorithm, source_check, (ours, source), ranges)
 
     @property
     def hashers(self) -> list[Hasher]:
         """Return the distinct hashers to feed."""
-        return [hasher for hasher in (self._ours, self._source) if hasher is not None]
+        return [hasher for hasher in (self._ours, self._source, self.ranges) if hasher is not None]
 
     @property
     def resumable(self) -> bool:
         """Return True when a prefix on the server can be proven against these digests."""
         return self._ours is not None
 
-    def snapshot(self) -> tuple[Any, Any]:
-        """Return copies of the hasher states (a few hundred bytes)."""
+    def snapshot(self) -> tuple[Any, ...]:
+        """Return copies of the hasher states (a few hundred bytes, and a digest per range)."""
         return (
             self._ours.copy() if self._ours is not None else None,
             self._source.copy() if self._source is not None else None,
+            self.ranges.snapshot() if self.ranges is not None else None,
         )
 
-    def restored(self, states: tuple[Any, Any]) -> Digests:
+    def restored(self, states: tuple[Any, ...]) -> Digests:
         """Return digests continuing from ``states`` (copies, so the snapshot stays reusable)."""
-        ours, source = states
+        ours, source, ranges = states
         return Digests(
             self.algorithm,
             self.source_check,
             (ours.copy() if ours is not None else None, source.copy() if source is not None else None),
+            RangeHasher.restored(self.ranges.range_size, ranges) if self.ranges and ranges else None,
         )
 
-    def prefix_digest(self, states: tuple[Any, Any]) -> bytes | None:
+    def prefix_digest(self, states: tuple[Any, ...]) -> bytes | None:
         """Return our digest of the bytes up to a snapshot, or None without a checksum."""
         ours = states[0]
         return ours.copy().digest() if ours is not None else None
@@ -93,7 +104,7 @@ class Checkpoints:
     """
 
     def __init__(self, keep: int = 64) -> None:
-        self._points: dict[int, tuple[Any, Any]] = {}
+        self._points: dict[int, tuple[Any, ...]] = {}
         self._keep = keep
 
     def record(self, offset: int, digests: Digests) -> None:
@@ -102,7 +113,7 @@ class Checkpoints:
         if len(self._points) > self._keep:
             del self._points[min(self._points)]
 
-    def best_at_or_below(self, size: int) -> tuple[int, tuple[Any, Any]] | None:
+    def best_at_or_below(self, size: int) -> tuple[int, tuple[Any, ...]] | None:
         """Return ``(offset, states)`` for the largest recorded offset ``<= size``, or None."""
         offsets = [offset for offset in self._points if 0 < offset <= size]
         if not offsets:

@@ -32,7 +32,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 MAGIC = "# airflow-s3sftp manifest 1"
 SUFFIX = ".manifest"
@@ -223,11 +223,12 @@ class RangeHasher:
     """Hash a stream fed in order: one sha256 per ``range_size`` bytes and one of the whole.
 
     :param range_size: the length of every range but the last, in bytes (at least 1).
+    :param whole: also hash the whole stream (a delivery that hashes it already says False)
     """
 
-    def __init__(self, range_size: int) -> None:
+    def __init__(self, range_size: int, *, whole: bool = True) -> None:
         self.range_size = _check_int("range_size", range_size, 1)
-        self._whole = hashlib.sha256()
+        self._whole: Any = hashlib.sha256() if whole else None
         self._range = hashlib.sha256()
         self._in_range = 0
         self._ranges: list[str] = []
@@ -249,7 +250,8 @@ class RangeHasher:
         if self._finished is not None:
             raise ValueError("RangeHasher is finished: it takes no more bytes")
         view = memoryview(data).cast("B")
-        self._whole.update(view)
+        if self._whole is not None:
+            self._whole.update(view)
         self._size += len(view)
         while view:
             take = min(len(view), self.range_size - self._in_range)
@@ -267,8 +269,28 @@ class RangeHasher:
             if self._in_range:
                 self._ranges.append(self._range.hexdigest())
                 self._in_range = 0
-            self._finished = (tuple(self._ranges), self._whole.hexdigest())
+            whole = self._whole.hexdigest() if self._whole is not None else ""
+            self._finished = (tuple(self._ranges), whole)
         return self._finished
+
+    def snapshot(self) -> tuple[Any, ...]:
+        """Return a copy of the state, to continue from later with :meth:`restored`."""
+        whole = self._whole.copy() if self._whole is not None else None
+        return tuple(self._ranges), self._range.copy(), self._in_range, self._size, whole
+
+    @classmethod
+    def restored(cls, range_size: int, state: tuple[Any, ...]) -> RangeHasher:
+        """Return a hasher continuing from a :meth:`snapshot`."""
+        ranges, current, in_range, size, whole = state
+        hasher = cls(range_size, whole=whole is not None)
+        hasher._ranges, hasher._range, hasher._in_range, hasher._size = (
+            list(ranges),
+            current.copy(),
+            in_range,
+            size,
+        )
+        hasher._whole = whole.copy() if whole is not None else None
+        return hasher
 
     def manifest(self, name: str) -> Manifest:
         """Finish and return the manifest of what was fed, for the file published as ``name``."""

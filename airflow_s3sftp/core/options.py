@@ -35,6 +35,9 @@ class Publishing:
     :param done_marker: suffix of an empty marker file written last, e.g. ``".done"``
     :param stale_temp_after: seconds after which a leftover temp file of the same final name
         (left by a crashed worker) counts as abandoned and is removed, measured on the server's clock
+    :param manifest: write ``<name>.manifest`` after publishing (before the done marker): the sha256
+        of every ``range_size`` range, so a partner can name the bytes that differ
+        (:mod:`airflow_s3sftp.core.manifest`, ``python -m airflow_s3sftp.verify``)
     """
 
     atomic: bool = True
@@ -44,9 +47,11 @@ class Publishing:
     sidecar: bool = False
     done_marker: str | None = None
     stale_temp_after: float = 86400.0
+    manifest: bool = False
 
     def __post_init__(self) -> None:
         validate.flag("atomic", self.atomic)
+        validate.flag("manifest", self.manifest)
         validate.choice("if_exists", self.if_exists, ("replace", "fail", "skip_identical"))
         validate.flag("create_dirs", self.create_dirs)
         validate.file_mode("file_mode", self.file_mode)
@@ -69,13 +74,17 @@ class Checks:
     :param skip_identical_by: with ``if_exists="skip_identical"``, prove identity by re-reading the
         remote file (``"content"``), or trust a sidecar that equals S3's own full-object checksum
         (``"sidecar"``: faster, but blind to a remote file changed behind its sidecar)
+    :param range_size: bytes per range of the durable checkpoints and of the range manifest (each
+        range gets its own sha256)
     """
 
     checksum: str | None = "sha256"
     verify: Verify = "size"
     skip_identical_by: SkipIdenticalBy = "content"
+    range_size: int = 8 * MiB
 
     def __post_init__(self) -> None:
+        validate.integer("range_size", self.range_size, minimum=64 * 1024)
         validate.choice("verify", self.verify, ("none", "size", "checksum"))
         validate.choice("skip_identical_by", self.skip_identical_by, ("content", "sidecar"))
         if self.checksum is not None:
@@ -144,16 +153,28 @@ class RetryPolicy:
     :param retries: reconnects after a lost SSH connection, per object
     :param s3_retries: reopens of a broken S3 stream at the offset where it broke, per object
     :param delay: first wait in seconds, doubled on every further attempt (at most a minute)
+    :param checkpoint_every: bytes between durable checkpoints of an object on the server (a journal
+        beside the temp file, see :mod:`airflow_s3sftp.core.journal`) from which the next try of
+        the task, a new process, resumes; None picks 1/32 of the object, at least ``range_size``;
+        0 keeps no journal
+    :param resume_after: seconds a leftover of an earlier try must have been idle (by the server's
+        clock) before a new try adopts or removes it: a younger one may still be written by a live
+        worker. Keep it above ``io_timeout``: a live writer whose file stays idle that long has
+        given up on it
     """
 
     retries: int = 3
     s3_retries: int = 5
     delay: float = 1.0
+    checkpoint_every: int | None = None
+    resume_after: float = 180.0
 
     def __post_init__(self) -> None:
         validate.integer("connection_retries", self.retries, minimum=0)
         validate.integer("s3_retries", self.s3_retries, minimum=0)
         validate.number("connection_retry_delay", self.delay)
+        validate.integer("checkpoint_every", self.checkpoint_every, minimum=0, optional=True)
+        validate.number("resume_after", self.resume_after)
 
     def backoff(self, attempt: int) -> float:
         """Return the wait before retry number ``attempt`` (1-based): doubling, at most a minute."""

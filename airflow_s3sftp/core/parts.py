@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from paramiko import SFTPAttributes
 
@@ -202,6 +202,9 @@ class StripedFile:
                 raise OSError(f"SFTP part file {lane.file.path!r} holds {got} bytes, expected {wanted}")
         self._remote.join(self._target, self.part_paths, self._striping.pieces(self._size))
         return self._target.finish(sync=sync)
+
+    def checkpoint(self, on_synced: Callable[[int], None]) -> None:
+        """Take no checkpoint: parts are joined only once complete, so a new process starts them again."""
 
     def server_time(self) -> float | None:
         return self._target.server_time()

@@ -13,6 +13,7 @@ import re
 import secrets
 
 TEMP_SUFFIX = ".s3sftp-part"
+MANIFEST_SUFFIX = ".manifest"  # core.manifest.manifest_path: <name>.manifest
 BACKUP_SUFFIX = ".s3sftp-old"
 #: The longest file name (one path segment, in bytes) servers take unless they say otherwise:
 #: NAME_MAX of ext4, xfs, btrfs and most other filesystems.
@@ -179,6 +180,7 @@ def check_plan(
     *,
     sidecar_suffix: str | None,
     done_marker: str | None,
+    manifest: bool = False,
     name_max: int = NAME_MAX,
 ) -> None:
     """Refuse, before a byte is written, a plan in which two names that the task creates collide.
@@ -208,6 +210,8 @@ def check_plan(
         names = [(path, "the file")]
         if sidecar_suffix:
             names.append((path + sidecar_suffix, "the checksum sidecar"))
+        if manifest:
+            names.append((path + MANIFEST_SUFFIX, "the range manifest"))
         if done_marker:
             names.append((path + done_marker, "the done marker"))
         for name, role in names:

@@ -27,7 +27,7 @@ import errno
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-from paramiko.sftp import CMD_EXTENDED, SFTP_FLAG_READ, int64
+from paramiko.sftp import CMD_EXTENDED, SFTP_FLAG_READ, SFTP_OK, int64
 
 from airflow_s3sftp.core.sftp import (
     PipelinedWriter,
@@ -41,6 +41,7 @@ from airflow_s3sftp.core.sftp import (
     publish,
     read_range,
     remove_quietly,
+    reply_status,
     sftp_error,
     stat_or_none,
     status_error,
@@ -50,7 +51,7 @@ from airflow_s3sftp.core.sftp import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from paramiko import SFTPAttributes, SFTPClient, SFTPFile
+    from paramiko import Message, SFTPAttributes, SFTPClient, SFTPFile
 
     from airflow_s3sftp.core.session import SFTPSession
 
@@ -71,6 +72,13 @@ class RemoteFile(Protocol):
 
     def finish(self, *, sync: bool) -> SFTPAttributes | None:
         """Flush every write (and fsync with ``sync``), close, and return what landed (None: gone)."""
+
+    def checkpoint(self, on_synced: Callable[[int], None]) -> None:
+        """Ask the server to flush what was written so far; once it confirms, call ``on_synced(offset)``.
+
+        Pipelined, the fsync travels with the writes and its answer is read with theirs (no wait);
+        strict, it is waited for. Where the server has no fsync, ``on_synced`` is never called.
+        """
 
     def server_time(self) -> float | None:
         """Return the server's clock as the mtime of this freshly written file (None: unknown)."""
@@ -127,8 +135,19 @@ class Remote(Protocol):
     def chmod(self, path: str, mode: int) -> None:
         """Set the permissions of ``path``; a refusal is a warning, a missing file an error."""
 
-    def write_small(self, path: str, content: bytes, mode: int | None, *, temp: str, backup: str) -> None:
-        """Write a small file under ``temp`` and publish it onto ``path`` (never half-written)."""
+    def write_small(
+        self, path: str, content: bytes, mode: int | None, *, temp: str, backup: str, exclusive: bool = True
+    ) -> None:
+        """Write a small file under ``temp`` and publish it onto ``path`` (never half-written).
+
+        ``exclusive=False`` reuses a ``temp`` left by an earlier write (a name only we use).
+        """
+
+    def read_small(self, path: str, limit: int) -> bytes | None:
+        """Return the content of a small file (None when missing or larger than ``limit``)."""
+
+    def side(self) -> Remote:
+        """Return a port on a channel of its own, for small writes beside a stream (the journal)."""
 
     def listdir(self, directory: str) -> list[SFTPAttributes]:
         """Return the entries of ``directory`` with their attributes."""
@@ -168,6 +187,7 @@ class _File:
         self.path = path
         self._size = size
         self._remote = remote
+        self._pending_syncs: list[_WhenSynced] = []
         self._handle = handle
         self._replies = replies
         self._writes = PipelinedWriter(
@@ -212,6 +232,22 @@ class _File:
             replies.settle()
             return replies.attrs(probe, self.path)
 
+    def checkpoint(self, on_synced: Callable[[int], None]) -> None:
+        offset = self.position
+        if self._replies is None:
+            with self._remote.naming_write_errors(self.path, self._size):
+                self._writes.flush()
+                if fsync(self._remote.sftp, self._handle):
+                    on_synced(offset)
+            return
+        owner = _WhenSynced(offset, on_synced, self.path)
+        # paramiko keeps the owners of pending requests in a WeakValueDictionary: hold on to it.
+        self._pending_syncs = [pending for pending in self._pending_syncs if not pending.answered]
+        self._pending_syncs.append(owner)
+        self._remote.sftp._async_request(  # type: ignore[attr-defined]
+            owner, CMD_EXTENDED, "fsync@openssh.com", self._handle.handle
+        )
+
     def server_time(self) -> float | None:
         mtime = self._handle.stat().st_mtime
         return None if mtime is None else float(mtime)
@@ -223,6 +259,23 @@ class _File:
             self._handle.close()
         except Exception:  # the connection may be gone; the error that got us here matters more
             log.debug("Closing %s after a failure failed", self.path, exc_info=True)
+
+
+class _WhenSynced:
+    """The owner of a pipelined fsync's answer: calls back with the offset it covers once confirmed."""
+
+    def __init__(self, offset: int, on_synced: Callable[[int], None], path: str) -> None:
+        self._offset, self._on_synced, self._path = offset, on_synced, path
+        self.answered = False
+
+    def _async_response(self, kind: int, msg: Message, num: int) -> None:
+        """Called by paramiko with the reply (while a write collects replies: never blocks)."""
+        self.answered = True
+        code, text = reply_status(kind, msg)
+        if code == SFTP_OK:
+            self._on_synced(self._offset)
+        else:
+            log.debug("fsync of %s at %s not confirmed (%s): no checkpoint", self._path, self._offset, text)
 
 
 class _ParamikoRemote:
@@ -330,14 +383,36 @@ class _ParamikoRemote:
                 raise sftp_error(err, "chmod", path) from err
             log.warning("Server refused chmod %o on %s: %s", mode, path, err)
 
-    def write_small(self, path: str, content: bytes, mode: int | None, *, temp: str, backup: str) -> None:
+    def write_small(
+        self, path: str, content: bytes, mode: int | None, *, temp: str, backup: str, exclusive: bool = True
+    ) -> None:
         try:
-            with self.sftp.open(temp, "wbx") as handle:
+            with self.sftp.open(temp, "wbx" if exclusive else "wb") as handle:
                 handle.write(content)
             self.publish(temp, path, replace=True, backup=backup, mode=mode)
         except BaseException:
             self.remove(temp)
             raise
+
+    def read_small(self, path: str, limit: int) -> bytes | None:
+        attrs = stat_or_none(self.sftp, path)
+        if attrs is None or (attrs.st_size or 0) > limit:
+            return None
+        try:
+            return b"".join(read_range(self.sftp, path, attrs.st_size or 0))
+        except FileNotFoundError:
+            return None
+
+    def side(self) -> Remote:
+        if self._session is None:
+            return self
+        return type(self)(
+            self._session.side_channel(),
+            endpoint=self.endpoint,
+            lost=self._lost,
+            write_size=self.write_size,
+            max_in_flight=self.max_in_flight,
+        )
 
     def listdir(self, directory: str) -> list[SFTPAttributes]:
         try:

@@ -56,6 +56,7 @@ class SFTPSession:
         self._close = close
         self._writes_in_order = writes_in_order
         self._lanes: list[SFTPClient] = []
+        self._side: SFTPClient | None = None
         self._lanes_refused = False
         self._timeout: float | None = None
         self.closed = False
@@ -88,6 +89,19 @@ class SFTPSession:
             self.sftp.normalize(".")
             samples.append(time.monotonic() - begin)
         return min(samples)
+
+    def side_channel(self) -> SFTPClient:
+        """Return an SFTP channel of its own for small writes beside a stream (opened once, kept)."""
+        if self._side is None:
+            transport = self.sftp.get_channel().get_transport()  # type: ignore[union-attr]
+            side = paramiko.SFTPClient.from_transport(transport)
+            if side is None:
+                raise OSError(f"{self.endpoint} refused one more SFTP channel")
+            channel = side.get_channel()
+            if channel is not None and self._timeout is not None:
+                channel.settimeout(self._timeout)
+            self._side = side
+        return self._side
 
     def lanes(self, count: int) -> list[SFTPClient]:
         """Return up to ``count`` SFTP channels of their own on this connection, opened once and kept.
@@ -174,7 +188,7 @@ class SFTPSession:
     def set_timeout(self, seconds: float) -> None:
         """Make a request that stalls longer than ``seconds`` fail instead of hanging."""
         self._timeout = seconds
-        for sftp in (self.sftp, *self._lanes):
+        for sftp in (self.sftp, *self._lanes, *([self._side] if self._side else [])):
             channel = sftp.get_channel()
             if channel is not None:
                 channel.settimeout(seconds)

@@ -3,6 +3,7 @@ full disks, vanished directories, killed workers, and many transfers at once."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -13,6 +14,7 @@ import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -213,6 +215,23 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
+def holders_of(path: Path) -> list[int]:
+    """Return the pids of the processes that have ``path`` open (read from /proc: the server is local)."""
+    pids = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == str(path) for fd in fd_dir.iterdir()):
+                pids.append(int(fd_dir.parent.name))
+    return pids
+
+
+def wait_until_nobody_has_open(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while holders := holders_of(path):
+        assert time.monotonic() < deadline, f"{path} still open in processes {holders} after {timeout}s"
+        time.sleep(0.05)
+
+
 def test_worker_killed_mid_transfer_leaves_final_name_intact_and_next_try_recovers(s3, bucket, remote_dir):
     final = remote_dir / "k"
     final.write_bytes(b"previous version")
@@ -229,10 +248,14 @@ def test_worker_killed_mid_transfer_leaves_final_name_intact_and_next_try_recove
     assert worker.returncode == -signal.SIGKILL
     assert final.read_bytes() == b"previous version"
     assert temp.exists() and temp.stat().st_size < len(data)
-    time.sleep(2.5)  # let sshd's sftp-server notice its client is gone, and the leftover age (1 s mtimes)
+    # The killed worker's sftp-server may still apply requests it had read: wait until no process
+    # holds the temp file open, then age it on the server's disk (instead of sleeping past 1 s mtimes).
+    wait_until_nobody_has_open(temp)
+    an_hour_ago = time.time() - 3600
+    os.utime(temp, (an_hour_ago, an_hour_ago))
 
     result = S3ToSFTPHook().stream_object(
-        bucket, "k", str(final), DeliveryOptions.from_flat(stale_temp_after=1)
+        bucket, "k", str(final), DeliveryOptions.from_flat(stale_temp_after=60)
     )
     assert final.read_bytes() == data
     assert result["checksum"] == f"sha256:{sha(data)}"

@@ -8,7 +8,8 @@
 (a) the delivery DAG's deferrable sensor really defers to the triggerer and succeeds; (b) every file dropped
 into a watched directory reaches exactly one run of the asset-scheduled DAG, claimed, with its checksum, and
 lands in S3 as exactly one object equal to it, then archived; (c) a triggerer restart mid-watch neither loses
-nor duplicates a file; (d) a file replaced after its event lands nothing and fails its run clearly.
+nor duplicates a file; (d) a triggerer killed between a claim and its event loses no file; (e) a file
+replaced after its event lands nothing and fails its run clearly.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import threading
 import time
 import uuid
@@ -142,6 +144,16 @@ def events_per_file(deployment: Deployment) -> Counter[str]:
     return Counter(Path(payload["source_path"]).name for payload in payloads)
 
 
+def watcher_owner(deployment: Deployment) -> int | None:
+    """Return the id of the triggerer job running the inbound watcher, None while nobody runs it."""
+    rows = deployment.query(
+        "SELECT triggerer_id FROM trigger WHERE classpath LIKE '%SFTPFileStableEventTrigger'"
+    )
+    owners = {owner for (owner,) in rows if owner is not None}
+    assert len(owners) <= 1, rows
+    return owners.pop() if owners else None
+
+
 def settled(deployment: Deployment, names: set[str]) -> bool:
     """Return whether every named file was processed and no inbound run is still going."""
     done = {item["name"] for item in processed(deployment)}
@@ -251,11 +263,20 @@ def test_c_a_triggerer_restart_neither_loses_nor_duplicates_a_file(
     inbound = inbound_dirs["inbound"]
     before = Counter(item["name"] for item in processed(deployment))
     during = random_bytes(600_000)
-    writer = SlowWriter(sshd, str(inbound / "during.csv"), during, pieces=8, pause=0.5)
+    # 12 s of upload: a graceful stop of the triggerer takes seconds, and it must end before the upload does.
+    writer = SlowWriter(sshd, str(inbound / "during.csv"), during, pieces=24, pause=0.5)
     writer.start()
-    time.sleep(1.0)  # mid-upload, mid-watch
+    deployment.wait_for(
+        "the upload under way while a triggerer runs the watcher",
+        lambda: len(writer.sizes_seen) >= 2 and watcher_owner(deployment) is not None,
+        timeout=30,
+    )
+    owner = watcher_owner(deployment)
     deployment.stop("triggerer")
     stopped = time.monotonic()
+    # Mid-watch and mid-upload: the triggerer was gone while the file was still being written.
+    assert writer.finished_at is None, "the upload ended before the triggerer did"
+    assert (inbound / "during.csv").exists() and events_per_file(deployment)["during.csv"] == 0
     down = random_bytes(1000)
     (inbound / "down.csv").write_bytes(down)  # arrives while no triggerer runs
     writer.join_checked()
@@ -267,6 +288,7 @@ def test_c_a_triggerer_restart_neither_loses_nor_duplicates_a_file(
         timeout=150,
     )
     recovered = time.monotonic() - stopped
+    assert watcher_owner(deployment) not in (None, owner)  # the new triggerer took the watcher over
 
     counts = Counter(item["name"] for item in processed(deployment))
     assert counts["during.csv"] == counts["down.csv"] == 1
@@ -285,7 +307,47 @@ def test_c_a_triggerer_restart_neither_loses_nor_duplicates_a_file(
     )
 
 
-def test_d_a_file_replaced_after_its_event_lands_nothing_and_fails_clearly(
+def test_d_a_triggerer_killed_between_a_claim_and_its_event_loses_no_file(
+    deployment: Deployment, sshd: SSHDServer, inbound_dirs: dict[str, Path]
+) -> None:
+    """SIGKILL the triggerer the moment a file lands in ``claim_to``, before its event is stored (the
+    window the docs name): the next run takes the file from ``claim_to``, exactly once."""
+    started = time.monotonic()
+    inbound, claimed = inbound_dirs["inbound"], inbound_dirs["claimed"]
+    before = Counter(item["name"] for item in processed(deployment))
+    deployment.wait_for("a triggerer running the watcher", lambda: watcher_owner(deployment) is not None)
+    orphan = random_bytes(5000)
+    (inbound / "orphan.csv").write_bytes(orphan)
+    deadline = time.monotonic() + 60
+    while not (claimed / "orphan.csv").exists():  # polled fast: the window is about one second
+        assert time.monotonic() < deadline, "the watcher never claimed orphan.csv"
+        time.sleep(0.005)
+    deployment.stop("triggerer", signal.SIGKILL)
+    assert events_per_file(deployment)["orphan.csv"] == 0, "the event was stored before the kill"
+    deployment.start("triggerer")
+    later = random_bytes(700)
+    (inbound / "later.csv").write_bytes(later)  # its run also takes what waits in claim_to
+
+    deployment.wait_for(
+        "both files processed after the kill",
+        lambda: settled(deployment, {"orphan.csv", "later.csv"}),
+        timeout=150,
+    )
+    counts = Counter(item["name"] for item in processed(deployment))
+    assert counts - Counter({"orphan.csv": 1, "later.csv": 1}) == before
+    landed = {item["name"]: item for item in processed(deployment)}
+    took = {item["name"]: item for item in taken(deployment)}
+    assert landed["orphan.csv"]["checksum"] == sha256(orphan) and not took["orphan.csv"]["from_event"]
+    assert events_per_file(deployment)["orphan.csv"] == 0
+    assert (inbound_dirs["archive"] / "orphan.csv").read_bytes() == orphan
+    assert (
+        deployment_s3().get_object(Bucket=INBOUND_BUCKET, Key="partner/orphan.csv")["Body"].read() == orphan
+    )
+    assert sorted(inbound.iterdir()) == [] and sorted(claimed.iterdir()) == []
+    print(f"(d) triggerer killed between a claim and its event: {time.monotonic() - started:.1f}s")
+
+
+def test_e_a_file_replaced_after_its_event_lands_nothing_and_fails_clearly(
     deployment: Deployment, sshd: SSHDServer, inbound_dirs: dict[str, Path]
 ) -> None:
     started = time.monotonic()
@@ -338,5 +400,5 @@ def test_d_a_file_replaced_after_its_event_lands_nothing_and_fails_clearly(
     assert (inbound_dirs["processed"] / "replaced.csv").read_bytes() == swapped
     assert not (inbound_dirs["archive"] / "replaced.csv").exists()
     print(
-        f"(d) replaced after its event: nothing landed, run failed clearly: {time.monotonic() - started:.1f}s"
+        f"(e) replaced after its event: nothing landed, run failed clearly: {time.monotonic() - started:.1f}s"
     )

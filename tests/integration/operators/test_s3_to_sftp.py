@@ -7,7 +7,6 @@ import os
 import random
 import stat
 import threading
-import time
 from pathlib import Path
 
 import paramiko
@@ -56,6 +55,7 @@ class Observer(threading.Thread):
         self.temp_sizes: list[int] = []
         self.transient_errors: list[str] = []
         self.crashed: str | None = None
+        self.seen = threading.Condition()  # notified whenever final_seen grows
         self.polls = 0
         self.rng = random.Random(7)
 
@@ -75,7 +75,9 @@ class Observer(threading.Thread):
         if digest not in self.allowed:
             self.violations.append(f"final name held content {digest} that was never complete")
         elif not self.final_seen or self.final_seen[-1] != digest:
-            self.final_seen.append(digest)
+            with self.seen:
+                self.final_seen.append(digest)
+                self.seen.notify_all()
 
     def run(self) -> None:
         try:
@@ -83,6 +85,9 @@ class Observer(threading.Thread):
         except BaseException as err:
             self.crashed = repr(err)
             raise
+        finally:
+            with self.seen:
+                self.seen.notify_all()  # a waiter must not outlive the poller
 
     def _poll(self) -> None:
         while not self.stop.is_set():
@@ -97,13 +102,15 @@ class Observer(threading.Thread):
             except (OSError, EOFError) as err:
                 self.transient_errors.append(repr(err))  # renamed away mid-read: look again
                 continue
-            time.sleep(0.002)
+            self.stop.wait(0.002)  # pacing, not synchronisation
 
     def wait_for_final(self, content: bytes, timeout: float = 60.0) -> None:
         """Wait until the observer has read ``content`` under the final name."""
-        deadline = time.monotonic() + timeout
-        while (not self.final_seen or self.final_seen[-1] != sha256(content)) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        with self.seen:
+            self.seen.wait_for(
+                lambda: (self.final_seen and self.final_seen[-1] == sha256(content)) or not self.is_alive(),
+                timeout,
+            )
         assert self.final_seen and self.final_seen[-1] == sha256(content), (
             f"the observer did not see the expected content within {timeout}s: {self.transient_errors}, {self.crashed}"
         )
@@ -127,7 +134,7 @@ def test_observer_never_sees_partial_final_and_temp_is_always_a_prefix(sshd, s3,
         result = run(
             s3_bucket=bucket, s3_key="daily/big.bin", sftp_path=f"{remote_dir}/", chunk_size=256 * 1024
         )
-        time.sleep(0.3)
+        observer.wait_for_final(data)
     assert observer.violations == []
     assert observer.temp_sizes, "the observer never caught the transfer in progress"
     assert min(observer.temp_sizes) < len(data)
@@ -149,7 +156,7 @@ def test_replace_shows_old_or_new_complete_file_only(sshd, s3, bucket, remote_di
             sftp_path=str(remote_dir / "report.csv"),
             chunk_size=256 * 1024,
         )
-        time.sleep(0.3)
+        observer.wait_for_final(new)
     assert observer.violations == []
     assert observer.final_seen == [sha256(old), sha256(new)], (observer.transient_errors, observer.crashed)
     assert (remote_dir / "report.csv").read_bytes() == new

@@ -75,28 +75,40 @@ def sidecar_for(target: Path, data: bytes, algorithm: str = "sha256") -> str:
     return sidecar_text(str(target), hashlib.new(algorithm, data).hexdigest())
 
 
-class LateSidecar(threading.Thread):
-    """Write the sidecar ``delay`` seconds from now, recording when it appeared."""
+class SidecarVerdicts(list):  # type: ignore[type-arg]
+    """What :func:`stability.assess_sidecar` decided; ``waited`` is set at the first WAIT (stable file,
+    no sidecar yet)."""
 
-    def __init__(self, target: Path, text: str, delay: float, algorithm: str = "sha256") -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = threading.Event()
+
+
+class LateSidecar(threading.Thread):
+    """Write the sidecar once the sensor (or trigger) has found the file stable without it."""
+
+    def __init__(self, target: Path, text: str, verdicts: SidecarVerdicts, algorithm: str = "sha256") -> None:
         super().__init__(daemon=True)
-        self.target, self.text, self.delay, self.algorithm = target, text, delay, algorithm
+        self.target, self.text, self.verdicts, self.algorithm = target, text, verdicts, algorithm
         self.written_at: float | None = None
 
     def run(self) -> None:
-        time.sleep(self.delay)
+        if not self.verdicts.waited.wait(30):
+            return  # the test fails on written_at; the sensor's own timeout ends it
         write_sidecar(self.target, self.text, self.algorithm)
         self.written_at = time.monotonic()
 
 
-def spy_on_sidecar_verdicts(monkeypatch: pytest.MonkeyPatch) -> list[stability.Verdict]:
+def spy_on_sidecar_verdicts(monkeypatch: pytest.MonkeyPatch) -> SidecarVerdicts:
     """Record what :func:`stability.assess_sidecar` decided, to prove the sidecar was consulted."""
-    verdicts: list[stability.Verdict] = []
+    verdicts = SidecarVerdicts()
     real = stability.assess_sidecar
 
     def recording(*args: Any, **kwargs: Any) -> stability.Verdict:
         verdict = real(*args, **kwargs)
         verdicts.append(verdict)
+        if verdict.action is stability.Action.WAIT:
+            verdicts.waited.set()
         return verdict
 
     monkeypatch.setattr(stability, "assess_sidecar", recording)
@@ -262,8 +274,8 @@ class TestExpectedChecksumFromSidecar:
         target = remote_dir / "report.csv"
         write_file(target, data)
         verdicts = spy_on_sidecar_verdicts(monkeypatch)
-        # Later than one stable span (stable_for + 1 s): the sensor finds the file stable, sidecar missing.
-        late = LateSidecar(target, sidecar_for(target, data, algorithm), delay=2.5, algorithm=algorithm)
+        # Once the sensor found the file stable and the sidecar missing.
+        late = LateSidecar(target, sidecar_for(target, data, algorithm), verdicts, algorithm=algorithm)
         late.start()
 
         result = make_sensor(target, checksum=algorithm, expected_checksum_from="sidecar").execute(NO_CONTEXT)
@@ -355,7 +367,9 @@ class TestExpectedChecksumFromSidecar:
         with pytest.raises(ValueError, match=r"expected_checksum_from for .* must be one of 'sidecar'"):
             make_sensor(remote_dir / "report.csv", expected_checksum_from="s3").execute(NO_CONTEXT)
 
-    def test_deferrable_hands_the_source_to_the_trigger(self, remote_dir: Path) -> None:
+    def test_deferrable_hands_the_source_to_the_trigger(
+        self, remote_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         data = random_bytes(200_000)
         target = remote_dir / "report.csv"
         write_file(target, data)
@@ -370,7 +384,7 @@ class TestExpectedChecksumFromSidecar:
             trigger.policy["expected_checksum_from"] == "sidecar"
             and trigger.policy["expected_checksum"] is None
         )
-        late = LateSidecar(target, sidecar_for(target, data), delay=2.5)
+        late = LateSidecar(target, sidecar_for(target, data), spy_on_sidecar_verdicts(monkeypatch))
         late.start()
         events = run_trigger(trigger)
         fired_at = time.monotonic()

@@ -210,8 +210,10 @@ class TestExpectedChecksumFromSidecar:
 
         async def main() -> tuple[list[dict[str, Any]], float, float]:
             async def late_sidecar() -> float:
-                # After the first stable span (1 s of mtime resolution): the trigger meets no sidecar first.
-                await asyncio.sleep(2.0)
+                # Once the trigger found the file stable and no sidecar (the recorded WAIT): the
+                # trigger and this task share the loop, so the check runs between its polls.
+                while stability.Action.WAIT not in sidecar_actions:
+                    await asyncio.sleep(0.01)
                 write_sidecar(target, sha256(data).split(":")[1])
                 return time.monotonic()
 
@@ -378,6 +380,8 @@ def test_serialize_returns_exactly_the_constructor_arguments(expected: dict[str,
             checksum_poll=3,
             polls=4,
         ).to_dict(),
+        "timeout": 3600.0,
+        "started_at": "2026-12-06T14:00:00+00:00",
     }
     classpath, serialized = SFTPFileStableTrigger(**kwargs).serialize()
 

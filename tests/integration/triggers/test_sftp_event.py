@@ -45,7 +45,12 @@ def make_trigger(path: Path | str, **kwargs: Any) -> SFTPFileStableEventTrigger:
 async def collect(
     events: AsyncIterator[Any], seconds: float, stop_after: int | None = None
 ) -> list[dict[str, Any]]:
-    """Return the payloads an event stream yields within ``seconds`` (or once ``stop_after`` arrived)."""
+    """Return the payloads an event stream yields within ``seconds`` (or once ``stop_after`` arrived).
+
+    Fewer than ``stop_after`` events in time is a failure, not a short list. A plain window (no
+    ``stop_after``) may end empty: a caller asserting that something never fires must also prove
+    that the trigger kept polling (a file that does fire in the same window, say), or a hang passes.
+    """
     payloads: list[dict[str, Any]] = []
 
     async def gather() -> None:
@@ -54,8 +59,13 @@ async def collect(
             if stop_after is not None and len(payloads) >= stop_after:
                 return
 
-    with contextlib.suppress(TimeoutError):
+    try:
         await asyncio.wait_for(gather(), seconds)
+    except TimeoutError:
+        if stop_after is not None:
+            raise AssertionError(
+                f"{len(payloads)} of {stop_after} events within {seconds}s: {payloads}"
+            ) from None
     with contextlib.suppress(AttributeError):
         await events.aclose()  # type: ignore[attr-defined]
     return payloads
@@ -80,8 +90,10 @@ def test_every_file_fires_once_claimed_with_its_checksum(sshd: SSHDServer, remot
     events = watch(trigger, 30, stop_after=2)
     fired_at = time.monotonic()
     writer.join_checked()
-    # Nothing else fires afterwards: both files are gone from the watched directory.
-    assert watch(trigger, 2.0) == []
+    # Nothing else fires afterwards (both files are gone from the watched directory), while a new
+    # file in the same window proves the trigger kept polling.
+    (inbound / "canary.csv").write_bytes(b"canary")
+    assert [e["path"] for e in watch(trigger, 3.0)] == [str(claimed / "canary.csv")]
 
     by_name = {Path(event["source_path"]).name: event for event in events}
     assert set(by_name) == {"slow.csv", "quick.csv"}
@@ -99,10 +111,11 @@ def test_a_claim_never_overwrites(sshd: SSHDServer, remote_dir: Path) -> None:
     inbound, claimed = owned_dir(remote_dir, "inbound", sshd), owned_dir(remote_dir, "claimed", sshd)
     (inbound / "a.csv").write_bytes(b"today")
     (claimed / "a.csv").write_bytes(b"yesterday, still being processed")
+    (inbound / "b.csv").write_bytes(b"stable as long as a.csv: proves the trigger polled")
 
     events = watch(make_trigger(inbound / "*.csv", claim_to=str(claimed)), 4.0)
 
-    assert events == []
+    assert [e["path"] for e in events] == [str(claimed / "b.csv")]
     assert (claimed / "a.csv").read_bytes() == b"yesterday, still being processed"
     assert (inbound / "a.csv").read_bytes() == b"today"
 
@@ -132,21 +145,27 @@ def test_without_claim_to_a_file_fires_again_only_after_it_changed(
     async def scenario() -> list[dict[str, Any]]:
         # One generator for the whole test (a new one would be a trigger restart), consumed in the background.
         events: list[dict[str, Any]] = []
+        arrived = asyncio.Condition()
 
         async def consume() -> None:
             async for event in trigger.run():
-                events.append(event.payload)
+                async with arrived:
+                    events.append(event.payload)
+                    arrived.notify_all()
+
+        async def until(count: int, seconds: float = 10) -> None:
+            async with arrived:
+                await asyncio.wait_for(arrived.wait_for(lambda: len(events) >= count), seconds)
 
         consumer = asyncio.create_task(consume())
-        deadline = time.monotonic() + 10
-        while not events and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(2.5)  # ten polls with the file unchanged: nothing more
-        assert len(events) == 1
+        await until(1)
+        # A window of ten polls with the file unchanged: nothing more (the second event below proves
+        # the trigger kept polling through it).
+        with contextlib.suppress(TimeoutError):
+            await until(2, seconds=2.5)
+            raise AssertionError(f"fired again for an unchanged file: {events}")
         target.write_bytes(b"version 2, longer")
-        deadline = time.monotonic() + 10
-        while len(events) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await until(2)
         consumer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await consumer

@@ -18,6 +18,10 @@ from typing import Any
 from airflow_s3sftp.exceptions import ConnectionLostError
 
 
+class Killed(BaseException):
+    """The worker process died (what kill -9 does): nothing it does afterwards reaches the server."""
+
+
 @dataclass
 class Attrs:
     st_size: int
@@ -45,6 +49,9 @@ class FakeFS:
     round_trip: float = 0.0
     free: int | None = None  # bytes free (statvfs); None: the server does not say
     joins: int = 0
+    syncs: int = 0
+    kill_after_bytes: int | None = None  # the worker dies here (kill -9): no cleanup reaches the server
+    killed: bool = False
 
     def step(self, name: str, path: str) -> None:
         if self.on_step is not None:
@@ -78,12 +85,21 @@ class FakeFile:
         if fs.cut_after_bytes and fs.written >= fs.cut_after_bytes[0]:
             fs.cut_after_bytes.pop(0)
             self.remote.dead = True
+        if fs.kill_after_bytes is not None and fs.written >= fs.kill_after_bytes:
+            fs.kill_after_bytes = None
+            fs.killed = True
+            raise Killed(f"killed after {fs.written} bytes")
         return len(data)
 
     def finish(self, *, sync: bool) -> Attrs | None:
         self.remote.check()
         self.closed = True
         return self.remote.stat(self.path)
+
+    def checkpoint(self, on_synced: Any) -> None:
+        self.remote.check()
+        self.remote.fs.syncs += 1
+        on_synced(self._position)
 
     def server_time(self) -> float | None:
         return float(self.remote.fs.now)
@@ -105,6 +121,8 @@ class FakeRemote:
 
     # -- faults ------------------------------------------------------------------------------
     def check(self, step: str | None = None) -> None:
+        if self.fs.killed:
+            raise Killed("the worker is dead")
         if self.dead:
             raise ConnectionLostError("connection is gone")
         if step is not None and step in self.fs.cut_at:
@@ -195,11 +213,25 @@ class FakeRemote:
         if path not in self.fs.files:
             raise FileNotFoundError(errno.ENOENT, f"SFTP chmod {path!r} failed: No such file")
 
-    def write_small(self, path: str, content: bytes, mode: int | None, *, temp: str, backup: str) -> None:
-        file, _ = self.create(temp, exclusive=True)
-        file.write(content)
-        file.finish(sync=True)
-        self.publish(temp, path, replace=True, backup=backup, mode=mode)
+    def write_small(
+        self, path: str, content: bytes, mode: int | None, *, temp: str, backup: str, exclusive: bool = True
+    ) -> None:
+        try:
+            file, _ = self.create(temp, exclusive=exclusive)
+            file.write(content)
+            file.finish(sync=True)
+            self.publish(temp, path, replace=True, backup=backup, mode=mode)
+        except BaseException:
+            self.remove(temp)
+            raise
+
+    def read_small(self, path: str, limit: int) -> bytes | None:
+        self.check()
+        data = self.fs.files.get(path)
+        return None if data is None or len(data) > limit else bytes(data)
+
+    def side(self) -> FakeRemote:
+        return self  # one more channel of the same connection: the same faults
 
     def listdir(self, directory: str) -> list[Attrs]:
         self.check()
@@ -211,7 +243,7 @@ class FakeRemote:
         return out
 
     def remove(self, path: str) -> bool:
-        if self.dead:
+        if self.dead or self.fs.killed:
             return False
         return self.fs.files.pop(path, None) is not None
 

@@ -9,12 +9,13 @@ import zlib
 
 import pytest
 
-from airflow_s3sftp.core.delivery import Delivery, LeftoverSweeper, Source
+from airflow_s3sftp.core.delivery import Delivery, Source
 from airflow_s3sftp.core.options import DeliveryOptions
 from airflow_s3sftp.core.parts import Striping, part_token
 from airflow_s3sftp.core.session import SessionPool
+from airflow_s3sftp.core.sweep import LeftoverSweeper
 from airflow_s3sftp.exceptions import ConnectionLostError, SupersededError
-from tests.unit.core.fake_sftp import FakeFS, FakeRemote, session_factory
+from tests.unit.core.fake_sftp import FakeFS, FakeRemote, Killed, session_factory
 
 KiB = 1024
 DATA = bytes(range(256)) * 4 * 300  # 300 KiB
@@ -244,4 +245,119 @@ def test_a_cut_in_a_part_or_the_join_recovers_and_removes_every_part(cut):
     record = deliver(fs, data=BIG, head={}, channels=4, stripe_size=1024 * KiB)
     assert record.attempts == 2
     assert bytes(fs.files["/in/k"]) == BIG
+    assert names(fs) == ["/in/k"]
+
+
+# --- durable checkpoints: a new process adopts what an earlier try proved (core/journal.py) --------------
+
+RESUMABLE = {
+    "checkpoint_every": 1024 * KiB,
+    "range_size": 1024 * KiB,
+    "resume_after": 30,
+    "chunk_size": 256 * KiB,
+}
+
+
+def killed_after(fs: FakeFS, nbytes: int, data: bytes = BIG, **flat):  # type: ignore[no-untyped-def]
+    """A try whose connection dies for good after ``nbytes``: what a killed worker leaves behind."""
+    fs.cut_after_bytes.extend([nbytes, 1, 1, 1])
+    with pytest.raises(ConnectionLostError, match="kept: the next try of the task resumes"):
+        deliver(fs, data=data, head={}, connection_retries=0, **(RESUMABLE | flat))
+    fs.cut_after_bytes.clear()
+    fs.now += 60  # the next try comes later; the leftovers have been idle since
+
+
+def ours(fs: FakeFS) -> list[str]:
+    return [name for name in names(fs) if name.endswith(".s3sftp-part")]
+
+
+def test_a_new_process_resumes_from_the_journal_and_leaves_only_the_file():
+    fs = FakeFS()
+    killed_after(fs, 6 * 1024 * KiB)
+    assert len(ours(fs)) == 2  # the temp file and its journal, kept on purpose
+    written = fs.written
+    record = deliver(fs, data=BIG, head={}, **RESUMABLE)  # a new Delivery: nothing in memory
+    assert 4 * 1024 * KiB <= record.resumed_from <= 6 * 1024 * KiB
+    journals = fs.written - written - (len(BIG) - record.resumed_from)
+    assert 0 <= journals < 16 * KiB  # only the rest was sent, and a few small journals
+    assert bytes(fs.files["/in/k"]) == BIG
+    assert names(fs) == ["/in/k"]
+    assert record.checksum == "sha256:" + hashlib.sha256(BIG).hexdigest()
+
+
+def test_a_changed_object_is_never_mixed_with_an_earlier_try_and_nothing_of_it_remains():
+    fs = FakeFS()
+    killed_after(fs, 6 * 1024 * KiB)
+    changed = BIG[:100] + b"X" + BIG[101:]
+    record = deliver(fs, data=changed, head={}, **RESUMABLE)
+    assert record.resumed_from == 0
+    assert bytes(fs.files["/in/k"]) == changed
+    assert names(fs) == ["/in/k"]
+
+
+@pytest.mark.parametrize(("verify", "flip", "adopted"), [
+    ("size", 100, 0),  # range 0 reads back otherwise: nothing adopted
+    ("size", 3 * 1024 * KiB + 5, 3 * 1024 * KiB),  # ranges 0-2 still prove themselves
+    ("checksum", 3 * 1024 * KiB + 5, 3 * 1024 * KiB),
+])  # fmt: skip
+def test_a_flipped_byte_in_a_leftover_is_never_published(verify, flip, adopted):
+    fs = FakeFS()
+    killed_after(fs, 6 * 1024 * KiB, verify=verify)
+    (temp,) = [p for p in ours(fs) if len(fs.files[p]) > 1 << 20]
+    fs.files[temp][flip] ^= 0xFF
+    record = deliver(fs, data=BIG, head={}, verify=verify, **RESUMABLE)
+    assert record.resumed_from == adopted
+    assert bytes(fs.files["/in/k"]) == BIG
+    assert names(fs) == ["/in/k"]
+
+
+def test_a_leftover_written_moments_ago_is_left_to_its_writer():
+    fs = FakeFS()
+    killed_after(fs, 6 * 1024 * KiB)
+    fs.now -= 59  # written a second ago: maybe a live worker
+    leftovers = {p: bytes(fs.files[p]) for p in ours(fs)}
+    record = deliver(fs, data=BIG, head={}, **RESUMABLE)
+    assert record.resumed_from == 0
+    assert bytes(fs.files["/in/k"]) == BIG
+    assert {p: bytes(fs.files[p]) for p in leftovers if p in fs.files}.keys() <= leftovers.keys()
+    temp = max(leftovers, key=lambda p: len(leftovers[p]))
+    assert bytes(fs.files[temp]) == leftovers[temp]  # never touched
+
+
+def test_small_objects_keep_no_journal():
+    fs = FakeFS()
+    deliver(fs, **RESUMABLE)  # 300 KiB: below one checkpoint
+    assert fs.syncs == 0
+    assert names(fs) == ["/in/k"]
+
+
+@pytest.mark.parametrize("striped", [False, True], ids=["one-channel", "striped"])
+def test_after_a_kill_9_the_next_try_adopts_or_removes_every_leftover(striped):
+    fs = striped_fs() if striped else FakeFS()
+    fs.kill_after_bytes = 6 * 1024 * KiB
+    flat = RESUMABLE | ({"channels": 4, "stripe_size": 1024 * KiB} if striped else {})
+    with pytest.raises(Killed):
+        deliver(fs, data=BIG, head={}, **flat)
+    fs.killed = False
+    leftovers = ours(fs)
+    assert len(leftovers) == (6 if striped else 2)  # temp (+ 4 parts) + journal: nothing cleaned up
+    fs.now += 60
+    record = deliver(fs, data=BIG, head={}, **flat)
+    assert (record.resumed_from > 0) is not striped  # parts are never adopted: joined only when complete
+    assert bytes(fs.files["/in/k"]) == BIG
+    assert names(fs) == ["/in/k"]
+
+
+def test_a_killed_small_delivery_leaves_nothing_once_the_next_try_comes():
+    fs = FakeFS()
+    fs.kill_after_bytes = 100 * KiB
+    with pytest.raises(Killed):
+        deliver(fs, **RESUMABLE)  # 300 KiB: no journal, just a temp file
+    fs.killed = False
+    assert len(ours(fs)) == 1
+    fs.now += 10  # too recent: maybe a live writer; left alone
+    deliver(fs, **RESUMABLE)
+    assert len(ours(fs)) == 1
+    fs.now += 60  # idle past resume_after: an earlier try's
+    deliver(fs, path="/in/k", **RESUMABLE)
     assert names(fs) == ["/in/k"]
