@@ -1044,7 +1044,7 @@ def transfer_all(
     A task-wide failure (:func:`~airflow_s3sftp.exceptions.is_final`: a refused login, a missing
     bucket) is raised once the files in flight are done; the files not yet started are not attempted.
     """
-    from airflow_s3sftp.core.delivery import BatchProgress
+    from airflow_s3sftp.core.batch import BatchProgress
 
     planned = list(items)
     progress = BatchProgress(len(planned), options.progress_interval)
