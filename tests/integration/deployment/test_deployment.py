@@ -14,10 +14,12 @@ replaced after its event lands nothing and fails its run clearly.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -355,10 +357,18 @@ def test_e_a_file_replaced_after_its_event_lands_nothing_and_fails_clearly(
     proven, swapped = random_bytes(300_000), random_bytes(300_000)
     done = threading.Event()
 
+    def event_stored() -> bool:
+        with contextlib.suppress(sqlite3.OperationalError):  # the scheduler may hold the write lock
+            return events_per_file(deployment)["replaced.csv"] >= 1
+        return False
+
     def replace_once_claimed() -> None:
-        # The moment the trigger has claimed it (and fired its event with the proven checksum), the
-        # partner overwrites it, wherever it is by then: claimed, or already taken by the run.
+        # The moment its event (with the proven checksum) is stored, the partner overwrites the file,
+        # wherever it is by then: claimed, or already taken by the run (the upload is a later task).
         while not done.is_set():
+            if not event_stored():
+                done.wait(0.02)
+                continue
             for where in (inbound_dirs["claimed"], inbound_dirs["processed"]):
                 if (where / "replaced.csv").exists():
                     temp = where / ".replaced.csv.tmp"
