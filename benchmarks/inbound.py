@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmark-results")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
+        "--loopback-methods", default=",".join(m.name for m in METHODS), help="methods on loopback"
+    )
+    parser.add_argument(
         "--scenarios", default="loopback,latency,many", help="comma-separated: loopback, latency, many"
     )
     return parser
