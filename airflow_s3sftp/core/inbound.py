@@ -100,7 +100,7 @@ class InboundOptions:
     move_to: str | None = None
     if_exists: IfExists = "replace"
     part_size: int = 8 * MiB
-    upload_concurrency: int = 4
+    upload_concurrency: int = 3
     connection_retries: int = 3
     connection_retry_delay: float = 1.0
     s3_retries: int = 3

@@ -76,7 +76,7 @@ class SFTPToS3StreamOperator(BaseOperator):
     :param max_concurrency: files brought in at once (each on its own SFTP session)
     :param allow_empty: with a glob, succeed when nothing matches instead of failing
     :param tuning: ``part_size`` (bytes, >= 5 MiB; default 8 MiB), ``upload_concurrency``
-        (parts in flight, default 4), ``connection_retries`` (3), ``connection_retry_delay`` (1 s),
+        (parts in flight, default 3), ``connection_retries`` (3), ``connection_retry_delay`` (1 s),
         ``s3_retries`` (per part, 3), ``io_timeout`` (60 s), ``progress_interval`` (30 s),
         ``channels`` (SFTP channels reading one file; None: 8 on a link with a round trip of 10 ms or
         more, else 1), ``stripe_size`` (bytes each channel reads in turn, 8 MiB)
