@@ -20,6 +20,10 @@ class SourceChangedError(S3SFTPError):
     """The S3 object changed (new ETag or version) while it was being read."""
 
 
+class SFTPSourceChangedError(SourceChangedError):
+    """The SFTP file changed (size, mtime or length read) while it was being brought into S3."""
+
+
 class TransferInProgressError(S3SFTPError):
     """Another transfer is writing the same target right now."""
 

@@ -30,13 +30,16 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {
                 "integration-name": "S3 to SFTP streaming",
-                "python-modules": ["airflow_s3sftp.hooks.s3_sftp"],
+                "python-modules": ["airflow_s3sftp.hooks.s3_sftp", "airflow_s3sftp.hooks.sftp_s3"],
             }
         ],
         "operators": [
             {
                 "integration-name": "S3 to SFTP streaming",
-                "python-modules": ["airflow_s3sftp.operators.s3_to_sftp"],
+                "python-modules": [
+                    "airflow_s3sftp.operators.s3_to_sftp",
+                    "airflow_s3sftp.operators.sftp_to_s3",
+                ],
             }
         ],
         "sensors": [

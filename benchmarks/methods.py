@@ -386,6 +386,98 @@ def _unchecked_source_hook() -> type:
     return UncheckedSourceHook
 
 
+# -- inbound (SFTP -> S3) ----------------------------------------------------------------------
+
+
+def _s3_client(job: Job) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=job["s3_endpoint"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+
+def in_openssh_get(job: Job) -> dict[str, Any]:
+    """OpenSSH ``sftp -b get`` of the remote file(s) to local disk: the read-side limit."""
+    target = Path(job["local_target"])
+    batch = target.parent / f"{target.name}.batch"
+    remote = (
+        job["remote_path"] if job.get("files") else f'"{job["remote_path"]}"'
+    )  # a glob must stay unquoted
+    batch.write_text(f'get {remote} "{target}"\n')
+    subprocess.run(_sftp_command(job, batch), check=True, stdout=subprocess.DEVNULL)
+    batch.unlink()
+    return {}
+
+
+def in_boto3_upload(job: Job) -> dict[str, Any]:
+    """boto3 ``upload_file`` of a local copy to the same S3: the write-side limit."""
+    _s3_client(job).upload_file(job["local_source"], job["bucket"], job["key"])
+    return {}
+
+
+def in_stock(job: Job) -> dict[str, Any]:
+    """The amazon provider's ``SFTPToS3Operator`` (``use_temp_file`` from the variant)."""
+    from airflow.providers.amazon.aws.transfers.sftp_to_s3 import SFTPToS3Operator
+
+    variant = job.get("variant", {})
+    for remote, key in job.get("files") or [(job["remote_path"], job["key"])]:
+        SFTPToS3Operator(
+            task_id="stock",
+            sftp_conn_id=SFTP_CONN_ID,
+            sftp_path=remote,
+            s3_conn_id=AWS_CONN_ID,
+            s3_bucket=job["bucket"],
+            s3_key=key,
+            use_temp_file=variant.get("use_temp_file", True),
+        ).execute(context={})  # type: ignore[arg-type]
+    return {}
+
+
+def in_rclone(job: Job) -> dict[str, Any]:
+    """``rclone copyto`` (one file) or ``rclone copy`` (a directory) from SFTP to S3."""
+    command = (
+        ["copy", f"dst:{job['remote_dir']}", f"src:{job['bucket']}/{job['prefix']}"]
+        if job.get("files")
+        else ["copyto", f"dst:{job['remote_path']}", f"src:{job['bucket']}/{job['key']}"]
+    )
+    subprocess.run([shutil.which("rclone") or "rclone", *command], check=True, env=_rclone_env(job))
+    return {}
+
+
+def in_ours(job: Job) -> dict[str, Any]:
+    """``SFTPToS3StreamOperator``: one file with its expected checksum, or a glob into a prefix."""
+    from airflow_s3sftp.operators.sftp_to_s3 import SFTPToS3StreamOperator
+
+    variant = job.get("variant", {})
+    where = (
+        {"sftp_path": job["remote_dir"] + "/*", "s3_prefix": job["prefix"]}
+        if job.get("files")
+        else {
+            "sftp_path": job["remote_path"],
+            "s3_key": job["key"],
+            "expected_checksum": "sha256:" + job["sha256"],
+        }
+    )
+    operator = SFTPToS3StreamOperator(
+        task_id="ours",
+        s3_bucket=job["bucket"],
+        aws_conn_id=AWS_CONN_ID,
+        sftp_conn_id=SFTP_CONN_ID,
+        **where,
+        **variant.get("op", {}),
+    )
+    counter = RequestCounter().install()
+    record = operator.execute(context={})  # type: ignore[arg-type]
+    if job.get("files"):
+        record = {k: v for k, v in record.items() if k != "objects"}
+    return {"record": record, "sftp": counter.report()}
+
+
 METHODS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "openssh-sftp": openssh_sftp,
     "stock": stock_operator,
@@ -397,20 +489,39 @@ METHODS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "many-rclone": many_rclone,
     "many-stock": many_stock,
     "many-ours": many_ours,
+    "in-openssh-get": in_openssh_get,
+    "in-boto3-upload": in_boto3_upload,
+    "in-stock": in_stock,
+    "in-rclone": in_rclone,
+    "in-ours": in_ours,
 }
 
 
 def _warm_up(kind: str) -> None:
     """Import what the method will use before the clock starts, so RSS growth is the transfer's own."""
-    if kind in ("putfo", "stock", "ours", "imports", "many-stock", "many-ours"):
+    if kind in (
+        "putfo",
+        "stock",
+        "ours",
+        "imports",
+        "many-stock",
+        "many-ours",
+        "in-boto3-upload",
+        "in-stock",
+        "in-ours",
+    ):
         import boto3
         import paramiko  # noqa: F401
 
         boto3.session.Session().client("s3", region_name="us-east-1")  # loads the S3 service model
     if kind in ("stock", "many-stock"):
-        import airflow.providers.amazon.aws.transfers.s3_to_sftp  # noqa: F401
+        import airflow.providers.amazon.aws.transfers.s3_to_sftp
     if kind in ("ours", "imports", "many-ours"):
-        import airflow_s3sftp.operators.s3_to_sftp  # noqa: F401
+        import airflow_s3sftp.operators.s3_to_sftp
+    if kind == "in-stock":
+        import airflow.providers.amazon.aws.transfers.sftp_to_s3  # noqa: F401
+    if kind == "in-ours":
+        import airflow_s3sftp.operators.sftp_to_s3  # noqa: F401
 
 
 def main() -> int:

@@ -39,6 +39,14 @@ Delivery (S3 object -> SFTP file):
   the file as ``<name>.manifest``): render, strict parse, ``RangeHasher``, ``check_file`` naming
   the bad ranges; stdlib only, it is also ``python -m airflow_s3sftp.verify``.
 
+Inbound (SFTP file -> S3 object):
+
+- :mod:`~airflow_s3sftp.core.inbound` -- ``InboundTransfer`` owns one file from its first stat to
+  the publish in S3 and the ``after`` step: pipelined in-order reads through the SFTP port (striped
+  over several channels on a long link), SHA-256 and CRC-32 in order, a ``PutObject`` or a parallel
+  multipart upload through the ``ObjectStore`` port (the hook adapts boto3), published only once the
+  file is proven unchanged and equal to ``expected_checksum``; aborted on every failure.
+
 Detection (is a remote file provably complete?):
 
 - :mod:`~airflow_s3sftp.core.poll` -- the one poll sequence, sans I/O: asks for stats, sidecars,

@@ -25,6 +25,7 @@ _BY_MESSAGE: dict[str, type[Exception]] = {
         exceptions.S3SFTPError,
         exceptions.VerificationError,
         exceptions.SourceChangedError,
+        exceptions.SFTPSourceChangedError,
         exceptions.TransferInProgressError,
         exceptions.SupersededError,
         exceptions.TaskWideError,

@@ -20,8 +20,10 @@ import pytest
 from airflow.providers.common.compat.sdk import conf
 
 from airflow_s3sftp.core.delivery import DeliveryRecord
+from airflow_s3sftp.core.inbound import InboundRecord
 from airflow_s3sftp.core.options import TUNING, DeliveryOptions
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
+from airflow_s3sftp.operators.sftp_to_s3 import SFTPToS3StreamOperator
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -30,6 +32,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 SECTIONS = {
     "## Delivering: `S3ToSFTPStreamOperator`": S3ToSFTPStreamOperator,
     "## Waiting for a complete file: `SFTPFileStableSensor`": SFTPFileStableSensor,
+    "## Bringing files in: `SFTPToS3StreamOperator`": SFTPToS3StreamOperator,
 }
 
 REQUIRED = object()  # a documented "required": the parameter has no default
@@ -172,6 +175,18 @@ def test_readme_record_example_has_the_record_keys() -> None:
     example = re.search(r"```json\n(\{\"s3_uri\".*?\})\n```", text, re.DOTALL)
     assert example, "the README's XCom record example is missing"
     assert list(json.loads(example[1])) == RECORD_KEYS
+
+
+INBOUND_RECORD_KEYS = [field.name for field in dataclasses.fields(InboundRecord)]
+
+
+def test_inbound_operator_docstring_and_readme_name_every_record_key() -> None:
+    named = re.findall(r"``(\w+)``", (SFTPToS3StreamOperator.__doc__ or "").split(":param ")[0])
+    assert not set(INBOUND_RECORD_KEYS) - set(named), sorted(set(INBOUND_RECORD_KEYS) - set(named))
+    text = README.read_text(encoding="utf-8")
+    example = re.search(r"```json\n(\{\"s3_uri\": \"s3://landing.*?\})\n```", text, re.DOTALL)
+    assert example, "the README's inbound record example is missing"
+    assert list(json.loads(example[1])) == INBOUND_RECORD_KEYS
 
 
 @pytest.mark.parametrize(

@@ -6,16 +6,21 @@
 """Sensing under a real scheduler, triggerer, dag-processor and api-server (LocalExecutor, sqlite).
 
 (a) the delivery DAG's deferrable sensor really defers to the triggerer and succeeds; (b) every file dropped
-into a watched directory reaches exactly one run of the asset-scheduled DAG, claimed, with its checksum;
-(c) a triggerer restart mid-watch neither loses nor duplicates a file.
+into a watched directory reaches exactly one run of the asset-scheduled DAG, claimed, with its checksum, and
+lands in S3 as exactly one object equal to it, then archived; (c) a triggerer restart mid-watch neither loses
+nor duplicates a file; (d) a triggerer killed between a claim and its event loses no file; (e) a file
+replaced after its event lands nothing and fails its run clearly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import signal
+import sqlite3
+import threading
 import time
 import uuid
 from collections import Counter
@@ -43,13 +48,18 @@ def owned(sshd: SSHDServer, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def inbound_dirs(sshd: SSHDServer) -> dict[str, Path]:
     base = sshd.root / f"deployment-{uuid.uuid4().hex[:8]}"
-    return {name: owned(sshd, base / name) for name in ("inbound", "claimed", "processed", "delivered")}
+    names = ("inbound", "claimed", "processed", "archive", "delivered")
+    return {name: owned(sshd, base / name) for name in names}
+
+
+INBOUND_BUCKET = f"landing-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
 def deployment(sshd: SSHDServer, moto: MotoServer, inbound_dirs: dict[str, Path]) -> Iterator[Deployment]:
     """One deployment for the module: the delivery and the inbound asset example DAGs, fast timings."""
     started = time.monotonic()
+    moto.client().create_bucket(Bucket=INBOUND_BUCKET)
     env = {
         "S3SFTP_STABLE_FOR_SECONDS": "1",
         "S3SFTP_POKE_INTERVAL_SECONDS": "1",
@@ -57,6 +67,9 @@ def deployment(sshd: SSHDServer, moto: MotoServer, inbound_dirs: dict[str, Path]
         "S3SFTP_INBOUND_DIR": str(inbound_dirs["inbound"]),
         "S3SFTP_INBOUND_CLAIM_DIR": str(inbound_dirs["claimed"]),
         "S3SFTP_INBOUND_PROCESSED_DIR": str(inbound_dirs["processed"]),
+        "S3SFTP_INBOUND_ARCHIVE_DIR": str(inbound_dirs["archive"]),
+        "S3SFTP_INBOUND_BUCKET": INBOUND_BUCKET,
+        "S3SFTP_INBOUND_PREFIX": "partner/",
         "S3SFTP_INBOUND_STABLE_FOR_SECONDS": "1",
         "S3SFTP_INBOUND_POKE_INTERVAL_SECONDS": "0.5",
     }
@@ -86,16 +99,43 @@ def deployment(sshd: SSHDServer, moto: MotoServer, inbound_dirs: dict[str, Path]
 TERMINAL = ("success", "failed")
 
 
+def deployment_s3() -> Any:
+    """A boto3 client on the tests' moto (the ``aws_default`` connection the deployment uses)."""
+    conn = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=conn["extra"]["endpoint_url"],
+        aws_access_key_id=conn["login"],
+        aws_secret_access_key=conn["password"],
+        region_name="us-east-1",
+    )
+
+
 def runs(deployment: Deployment, dag_id: str) -> list[tuple[str, str]]:
     return deployment.query("SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id", dag_id)
 
 
+def taken(deployment: Deployment) -> list[dict[str, Any]]:
+    """Every file the inbound DAG's runs took (``take``'s ``files``), over all runs so far."""
+    files: list[dict[str, Any]] = []
+    for (value,) in deployment.query(
+        "SELECT value FROM xcom WHERE dag_id=? AND task_id='take' AND key='files'", INBOUND
+    ):
+        files += json.loads(value) or []
+    return files
+
+
 def processed(deployment: Deployment) -> list[dict[str, Any]]:
-    """Every file the inbound DAG's runs took, over all runs so far."""
-    taken: list[dict[str, Any]] = []
+    """Every file the inbound DAG's runs landed in S3 (``land``'s records, with ``name``), over all runs."""
+    landed: list[dict[str, Any]] = []
     for run_id, _ in runs(deployment, INBOUND):
-        taken += deployment.xcom(INBOUND, run_id, "process") or []
-    return taken
+        summary = deployment.xcom(INBOUND, run_id, "land") or {}
+        landed += [
+            {**record, "name": Path(record["sftp_path"]).name} for record in summary.get("objects", [])
+        ]
+    return landed
 
 
 def events_per_file(deployment: Deployment) -> Counter[str]:
@@ -184,16 +224,25 @@ def test_b_every_dropped_file_reaches_exactly_one_run(
     files = {"slow.csv": slow, "quick.csv": quick, **burst}
     deployment.wait_for("every file processed", lambda: settled(deployment, set(files)), timeout=120)
 
-    taken = {item["name"]: item for item in processed(deployment)}
+    landed = {item["name"]: item for item in processed(deployment)}
+    took = {item["name"]: item for item in taken(deployment)}
     counts = Counter(item["name"] for item in processed(deployment))
     assert all(counts[name] == 1 for name in files), counts
+    assert all(Counter(item["name"] for item in taken(deployment))[name] == 1 for name in files)
     # The trigger itself fired exactly one event per file (however the scheduler batched them into runs).
     assert all(events_per_file(deployment)[name] == 1 for name in files), events_per_file(deployment)
+    s3 = deployment_s3()
     for name, data in files.items():
-        assert taken[name]["checksum"] == sha256(data)
-        assert taken[name]["claimed_path"] == str(claimed / name)
-        assert (inbound_dirs["processed"] / name).read_bytes() == data
+        assert landed[name]["checksum"] == sha256(data)
+        assert took[name]["claimed_path"] == str(claimed / name)
+        if took[name]["from_event"]:  # the payload's checksum was the proof the upload was checked against
+            assert took[name]["checksum"] == sha256(data)
+        # Exactly one object, equal to the file, then the file archived.
+        assert s3.get_object(Bucket=INBOUND_BUCKET, Key=f"partner/{name}")["Body"].read() == data
+        assert (inbound_dirs["archive"] / name).read_bytes() == data
     assert sorted(inbound.iterdir()) == [] and sorted(claimed.iterdir()) == []
+    assert sorted(inbound_dirs["processed"].iterdir()) == []
+    assert s3.list_multipart_uploads(Bucket=INBOUND_BUCKET).get("Uploads", []) == []
     # The events carried the claimed path and the checksum the trigger proved.
     payloads = [
         json.loads(extra)["payload"] for (extra,) in deployment.query("SELECT extra FROM asset_event")
@@ -202,7 +251,7 @@ def test_b_every_dropped_file_reaches_exactly_one_run(
     assert by_source["slow.csv"]["checksum"] == sha256(slow) and by_source["slow.csv"]["size"] == len(slow)
     assert by_source["slow.csv"]["path"] == str(claimed / "slow.csv")
     assert all(state == "success" for _, state in runs(deployment, INBOUND))
-    swept = sum(not item["from_event"] for item in processed(deployment))
+    swept = sum(not item["from_event"] for item in taken(deployment))
     print(
         f"(b) {len(files)} files in {len(runs(deployment, INBOUND))} run(s), {swept} taken by a sweep "
         f"rather than their own event: {time.monotonic() - started:.1f}s"
@@ -248,10 +297,12 @@ def test_c_a_triggerer_restart_neither_loses_nor_duplicates_a_file(
     assert events_per_file(deployment)["during.csv"] == events_per_file(deployment)["down.csv"] == 1
     assert max(events_per_file(deployment).values()) == 1  # no file of (b) fired again after the restart
     assert counts - Counter({"during.csv": 1, "down.csv": 1}) == before  # nothing earlier came back
-    taken = {item["name"]: item for item in processed(deployment)}
-    assert taken["during.csv"]["checksum"] == sha256(during)
-    assert taken["down.csv"]["checksum"] == sha256(down)
-    assert (inbound_dirs["processed"] / "during.csv").read_bytes() == during
+    landed = {item["name"]: item for item in processed(deployment)}
+    assert landed["during.csv"]["checksum"] == sha256(during)
+    assert landed["down.csv"]["checksum"] == sha256(down)
+    assert (inbound_dirs["archive"] / "during.csv").read_bytes() == during
+    s3 = deployment_s3()
+    assert s3.get_object(Bucket=INBOUND_BUCKET, Key="partner/during.csv")["Body"].read() == during
     assert sorted(inbound.iterdir()) == []
     print(
         f"(c) triggerer restart: files processed {recovered:.1f}s after the stop, test {time.monotonic() - started:.1f}s"
@@ -286,9 +337,78 @@ def test_d_a_triggerer_killed_between_a_claim_and_its_event_loses_no_file(
     )
     counts = Counter(item["name"] for item in processed(deployment))
     assert counts - Counter({"orphan.csv": 1, "later.csv": 1}) == before
-    taken = {item["name"]: item for item in processed(deployment)}
-    assert taken["orphan.csv"]["checksum"] == sha256(orphan) and not taken["orphan.csv"]["from_event"]
+    landed = {item["name"]: item for item in processed(deployment)}
+    took = {item["name"]: item for item in taken(deployment)}
+    assert landed["orphan.csv"]["checksum"] == sha256(orphan) and not took["orphan.csv"]["from_event"]
     assert events_per_file(deployment)["orphan.csv"] == 0
-    assert (inbound_dirs["processed"] / "orphan.csv").read_bytes() == orphan
+    assert (inbound_dirs["archive"] / "orphan.csv").read_bytes() == orphan
+    assert (
+        deployment_s3().get_object(Bucket=INBOUND_BUCKET, Key="partner/orphan.csv")["Body"].read() == orphan
+    )
     assert sorted(inbound.iterdir()) == [] and sorted(claimed.iterdir()) == []
     print(f"(d) triggerer killed between a claim and its event: {time.monotonic() - started:.1f}s")
+
+
+def test_e_a_file_replaced_after_its_event_lands_nothing_and_fails_clearly(
+    deployment: Deployment, sshd: SSHDServer, inbound_dirs: dict[str, Path]
+) -> None:
+    started = time.monotonic()
+    inbound = inbound_dirs["inbound"]
+    proven, swapped = random_bytes(300_000), random_bytes(300_000)
+    done = threading.Event()
+
+    def event_stored() -> bool:
+        with contextlib.suppress(sqlite3.OperationalError):  # the scheduler may hold the write lock
+            return events_per_file(deployment)["replaced.csv"] >= 1
+        return False
+
+    def replace_once_claimed() -> None:
+        # The moment its event (with the proven checksum) is stored, the partner overwrites the file,
+        # wherever it is by then: claimed, or already taken by the run (the upload is a later task).
+        while not done.is_set():
+            if not event_stored():
+                done.wait(0.02)
+                continue
+            for where in (inbound_dirs["claimed"], inbound_dirs["processed"]):
+                if (where / "replaced.csv").exists():
+                    temp = where / ".replaced.csv.tmp"
+                    temp.write_bytes(swapped)
+                    os.chown(temp, sshd.root.stat().st_uid, sshd.root.stat().st_gid)
+                    os.replace(temp, where / "replaced.csv")
+                    done.set()
+                    return
+            done.wait(0.005)
+
+    watcher = threading.Thread(target=replace_once_claimed, daemon=True)
+    watcher.start()
+    (inbound / "replaced.csv").write_bytes(proven)
+    deployment.wait_for("the file to be claimed and replaced", done.is_set, timeout=60)
+
+    def failed_run() -> str | None:
+        for value, run_id in deployment.query(
+            "SELECT value, run_id FROM xcom WHERE dag_id=? AND task_id='take' AND key='files'", INBOUND
+        ):
+            if any(item["name"] == "replaced.csv" for item in json.loads(value)):
+                state = dict(runs(deployment, INBOUND)).get(run_id)
+                return run_id if state in TERMINAL else None
+        return None
+
+    run_id = deployment.wait_for("the run that took the replaced file to finish", failed_run, timeout=120)
+    assert dict(runs(deployment, INBOUND))[run_id] == "failed"
+    states = dict(deployment.query("SELECT task_id, state FROM task_instance WHERE run_id = ?", run_id))
+    assert states == {"take": "success", "land": "failed"}, states
+    log = "\n".join(
+        path.read_text(errors="replace")
+        for path in (deployment.home / "logs").rglob("*")
+        if path.is_file() and "task_id=land" in str(path)
+    )
+    assert "ChecksumMismatchError" in log and "replaced.csv" in log and "expected_checksum" in log
+    s3 = deployment_s3()
+    assert "Contents" not in s3.list_objects_v2(Bucket=INBOUND_BUCKET, Prefix="partner/replaced.csv")
+    assert s3.list_multipart_uploads(Bucket=INBOUND_BUCKET).get("Uploads", []) == []
+    # Not archived: the replaced file waits in the processed directory for someone to look at it.
+    assert (inbound_dirs["processed"] / "replaced.csv").read_bytes() == swapped
+    assert not (inbound_dirs["archive"] / "replaced.csv").exists()
+    print(
+        f"(e) replaced after its event: nothing landed, run failed clearly: {time.monotonic() - started:.1f}s"
+    )
