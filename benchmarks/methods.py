@@ -87,6 +87,7 @@ class RequestCounter:
         import threading
 
         self.requests: collections.Counter[str] = collections.Counter()
+        self.trace: list[str] = []  # the first requests in order, "+" where a round trip starts
         self.round_trips = 0
         self.handshakes = 0
         self._lock = threading.Lock()
@@ -105,8 +106,11 @@ class RequestCounter:
                 name = f"extended:{args[0]}"
             with counter._lock:
                 counter.requests[name] += 1
-                if not len(client._expecting):
+                waits = not len(client._expecting)
+                if waits:
                     counter.round_trips += 1
+                if len(counter.trace) < 200:
+                    counter.trace.append(("+" if waits else "") + name.removeprefix("extended:"))
             return send(client, fileobj, kind, *args)
 
         def counted_start_client(transport: Any, *args: Any, **kwargs: Any) -> Any:
@@ -123,6 +127,7 @@ class RequestCounter:
             "requests": dict(self.requests),
             "round_trips": self.round_trips,
             "ssh_handshakes": self.handshakes,
+            "trace": self.trace,
         }
 
 
@@ -187,6 +192,7 @@ def many_ours(job: Job) -> dict[str, Any]:
         sftp_conn_id=SFTP_CONN_ID,
         **job.get("variant", {}).get("op", {}),
     )
+    _set_attrs(operator, job.get("variant", {}))
     summary = operator.execute(context={})  # type: ignore[arg-type]
     records = summary["objects"]
     return {
@@ -362,6 +368,7 @@ def ours(job: Job) -> dict[str, Any]:
         sftp_conn_id=SFTP_CONN_ID,
         **variant.get("op", {}),
     )
+    _set_attrs(operator, variant)
     counter = RequestCounter().install()
     if variant.get("no_source_check"):
         # The operator's own path with a hook whose sources carry none of S3's integrity data.
@@ -371,6 +378,15 @@ def ours(job: Job) -> dict[str, Any]:
     else:
         record = operator.execute(context={})  # type: ignore[arg-type]
     return {"record": record, "sftp": counter.report()}
+
+
+def _set_attrs(operator: Any, variant: dict[str, Any]) -> None:
+    """Set delivery options the operator does not take as arguments (``channels``, ``stripe_size``).
+
+    ``delivery_options()`` reads every option the operator has as an attribute.
+    """
+    for name, value in variant.get("attrs", {}).items():
+        setattr(operator, name, value)
 
 
 def _unchecked_source_hook() -> type:
