@@ -44,7 +44,10 @@ LONG_VARIANTS = (
         Method(f"ours-8ch-{n}MiB", "ours", {"attrs": {"channels": 8, "stripe_size": n * MiB}}, f"8 x {n} MiB")
         for n in (1, 2, 4, 8)
     ),
-    Method("ours-4ch-2MiB", "ours", {"attrs": {"channels": 4, "stripe_size": 2 * MiB}}, "4 x 2 MiB"),
+    *(
+        Method(f"ours-4ch-{n}MiB", "ours", {"attrs": {"channels": 4, "stripe_size": n * MiB}}, f"4 x {n} MiB")
+        for n in (2, 8)
+    ),
     Method("ours-16ch-2MiB", "ours", {"attrs": {"channels": 16, "stripe_size": 2 * MiB}}, "16 x 2 MiB"),
 )
 LONG_DEFAULT = "openssh-sftp,ours,ours-1-channel,rclone"

@@ -557,7 +557,7 @@ def apply_quick(args: argparse.Namespace) -> None:
     args.latency_size = min(args.latency_size, 8 * MiB)
     args.many = "20x64KiB"
     args.memory_sizes = ""
-    args.long_ms, args.long_sizes, args.long_many, args.long_rounds = "20", "8MiB", "10x64KiB", 1
+    args.long_ms, args.long_sizes, args.long_many, args.long_rounds = "20", "8MiB", "5x64KiB", 1
     args.long_methods += "," + LONG_FORCED_STRIPES.name  # below the auto threshold: stripes must not rot
 
 
