@@ -3,7 +3,11 @@
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 # Unless required by applicable law or agreed to in writing, software distributed under the License
 # is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
-"""Run the partner-delivery example DAG end to end on embedded S3 and SFTP servers: ``python -m demo``."""
+"""Run the partner-delivery example DAG end to end on embedded S3 and SFTP servers: ``python -m demo``.
+
+``python -m demo --serve`` starts only the embedded servers and prints the connections for them
+(:mod:`demo.serve`).
+"""
 
 from __future__ import annotations
 
@@ -83,6 +87,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="absolute directory on the SFTP server (default: /inbound/partner)",
     )
     parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="only start the embedded S3 and SFTP servers, seed a few small objects, print the "
+        "`export AIRFLOW_CONN_...` lines for the README's examples and serve until Ctrl-C",
+    )
+    parser.add_argument("--s3-port", type=int, default=0, help="with --serve: S3 port (default: a free one)")
+    parser.add_argument(
+        "--sftp-port", type=int, default=0, help="with --serve: SFTP port (default: a free one)"
+    )
+    parser.add_argument(
         "--seed",
         action="store_true",
         help="with --real: upload a random sample object of --size-mib first (otherwise it must exist)",
@@ -110,6 +124,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--date must be YYYY-MM-DD, got {args.date!r}")
     if not args.target_dir.startswith("/"):
         parser.error("--target-dir must be an absolute path")
+    if args.serve and args.real:
+        parser.error("--serve starts the embedded servers; it does not go with --real")
+    if not args.serve and (args.s3_port or args.sftp_port):
+        parser.error("--s3-port and --sftp-port only apply to --serve")
     if args.seed and not args.real:
         parser.error("--seed only applies to --real (the embedded S3 is always seeded)")
     if args.file_name is None:
@@ -190,8 +208,8 @@ def seed_real(args: argparse.Namespace, key: str, size: int, workdir: Path, airf
 
 def run_demo(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Start the servers (unless ``--real``), seed, run the DAG, stop everything; return the summary."""
-    from demo.s3_server import EmbeddedS3Server
-    from demo.sftp_server import EmbeddedSFTPServer
+    from testservers.embedded_s3 import EmbeddedS3Server
+    from testservers.embedded_sftp import EmbeddedSFTPServer
 
     airflow_home = workdir / "airflow-home"
     airflow_home.mkdir()
@@ -377,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for noisy in ("asyncssh", "werkzeug", "botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.serve:
+        from demo.serve import serve
+
+        return serve(args, say)
     if args.real:
         problem = check_real_connections(args)
         if problem:

@@ -5,7 +5,7 @@
 # is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
 """Daily folder delivery: every CSV under the day's S3 prefix to the partner's SFTP inbox, in one task.
 
-Two tasks:
+Three steps:
 
 1. ``deliver`` lists ``s3://<bucket>/<prefix>/<ds>/``, keeps the keys ending in ``.csv`` (nested ones
    too) and streams them to ``<target_dir>/<ds>/`` with
@@ -13,7 +13,12 @@ Two tasks:
    its path below the prefix. Every file is published atomically (temp name, verify, rename), then gets
    a ``<name>.sha256`` sidecar (``sha256sum -c`` format) and last an empty ``<name>.done`` marker, so
    the partner can pick up a file as soon as its marker appears.
-2. ``summarize`` logs and returns how many objects were found, transferred and skipped, and the bytes
+2. ``confirm`` waits, with one :class:`~airflow_s3sftp.sensors.sftp.SFTPFileStableSensor` per
+   delivered file (dynamic task mapping over ``deliver``'s XCom: each record of its ``objects`` list
+   gives the ``sftp_path`` and the ``checksum`` computed while streaming), until the file on the server
+   reads back to that checksum. Each file gets its own task instance, log and state; mapping is capped
+   by ``[core] max_map_length`` (1024 by default).
+3. ``summarize`` logs and returns how many objects were found, transferred and skipped, and the bytes
    sent.
 
 Re-running a day is cheap and safe: ``if_exists="skip_identical"`` skips every file the server already
@@ -38,6 +43,7 @@ import pendulum
 from airflow.providers.common.compat.sdk import DAG, Param, task
 
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
+from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,9 @@ SFTP_CONN_ID = os.environ.get("S3SFTP_SFTP_CONN_ID", "sftp_default")
 GLOB = os.environ.get("S3SFTP_EXPORTS_GLOB", "**.csv")
 # A retry re-sends only what is not already there, thanks to skip_identical; tests set 0 to fail fast.
 RETRIES = int(os.environ.get("S3SFTP_DELIVERY_RETRIES", "2"))
+# How long each file must stay unchanged before the sensor reads it back; demos and tests shorten them.
+STABLE_FOR_SECONDS = float(os.environ.get("S3SFTP_STABLE_FOR_SECONDS", "30"))
+POKE_INTERVAL_SECONDS = float(os.environ.get("S3SFTP_POKE_INTERVAL_SECONDS", "10"))
 
 with DAG(
     dag_id="example_s3_to_sftp_prefix",
@@ -100,6 +109,25 @@ with DAG(
     )
 
     @task
+    def files_to_confirm(delivered: dict[str, Any]) -> list[dict[str, str]]:
+        """Return one sensor's arguments per delivered (or identical, skipped) file."""
+        return [
+            {"path": record["sftp_path"], "expected_checksum": record["checksum"]}
+            for record in delivered["objects"]
+        ]
+
+    # One sensor per file, each proving that the published file reads back to the checksum the delivery
+    # computed. (The sidecar route works too: expected_checksum_from="sidecar" with just the paths.)
+    confirm = SFTPFileStableSensor.partial(
+        task_id="confirm",
+        sftp_conn_id=SFTP_CONN_ID,
+        stable_for=STABLE_FOR_SECONDS,
+        poke_interval=POKE_INTERVAL_SECONDS,
+        timeout=60 * 60,
+        deferrable=True,
+    ).expand_kwargs(files_to_confirm(deliver.output))
+
+    @task
     def summarize(delivered: dict[str, Any]) -> dict[str, Any]:
         """Log and return the totals of the delivery, and where each file landed."""
         summary = {
@@ -118,4 +146,4 @@ with DAG(
         )
         return summary
 
-    summarize(deliver.output)
+    confirm >> summarize(deliver.output)

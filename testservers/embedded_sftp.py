@@ -12,13 +12,20 @@ import contextlib
 import shutil
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import asyncssh
+from cryptography.utils import CryptographyDeprecationWarning
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+# As in airflow_s3sftp/hooks/__init__.py: asyncssh's algorithm tables touch names some cryptography
+# releases deprecate (DSA, ARC4, TripleDES) while it loads; the demo's first lines should not be that.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning, module=r"asyncssh(\.|$)")
+    import asyncssh
 
 __all__ = ["EmbeddedSFTPServer"]
 

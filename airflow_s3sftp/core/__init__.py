@@ -13,7 +13,13 @@ Delivery (S3 object -> SFTP file):
 - :mod:`~airflow_s3sftp.core.delivery` -- ``Delivery`` owns one delivery from plan to publish:
   attempts and reconnects, digests, resume checkpoints, its unique temp file, cleanup, verify,
   publish, sidecar and done marker, the skip check. ``Source`` is the S3 side as the hook adapts it;
-  ``DeliveryRecord`` is what it returns; ``LeftoverSweeper`` removes abandoned temp files.
+  ``DeliveryRecord`` is what it returns.
+- :mod:`~airflow_s3sftp.core.batch` -- ``Batch`` delivers many objects: the first session alone,
+  then worker threads on a pool of reused sessions, ``BatchProgress``, one stop for a task-wide
+  failure, a record (or an ``error``) per object. The hook hands it adapters only: where sources
+  and sessions come from.
+- :mod:`~airflow_s3sftp.core.sweep` -- ``LeftoverSweeper`` removes abandoned temp files (shared by
+  the deliveries of one task).
 - :mod:`~airflow_s3sftp.core.options` -- ``DeliveryOptions`` in four groups (``Publishing``,
   ``Checks``, ``Streaming``, ``RetryPolicy``); the operator's defaults come from them.
 - :mod:`~airflow_s3sftp.core.session` -- ``SFTPSession`` (one connection, reused by many

@@ -30,11 +30,16 @@ from airflow_s3sftp.core.journal import (
 from airflow_s3sftp.core.manifest import Manifest, RangeHasher, manifest_path, render_manifest
 from airflow_s3sftp.core.ordered import OrderedWriter
 from airflow_s3sftp.core.parts import StripedFile, Striping, part_token
-from airflow_s3sftp.core.paths import backup_path_for, leftover_of, new_token, short_stem, temp_path_for
+from airflow_s3sftp.core.paths import (
+    backup_path_for,
+    new_token,
+    temp_path_for,
+)
 from airflow_s3sftp.core.ranged import RangedReader
 from airflow_s3sftp.core.reader import ChunkReader
 from airflow_s3sftp.core.sftp import is_dir
 from airflow_s3sftp.core.sidecar import read_recorded, sidecar_path, sidecar_text, write_small_file
+from airflow_s3sftp.core.sweep import LeftoverSweeper
 from airflow_s3sftp.exceptions import (
     ChecksumMismatchError,
     ConnectionLostError,
@@ -43,7 +48,7 @@ from airflow_s3sftp.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Mapping
 
     from paramiko import SFTPAttributes
 
@@ -160,46 +165,6 @@ class Progress:
             log.info("%s: %s bytes, %.1f MB/s", self._what, done, rate / 1e6)
 
 
-class BatchProgress:
-    """Throttled progress of many deliveries: objects done of the total, bytes, MB/s, ETA.
-
-    Thread-safe: every worker reports its finished objects; at most one line per ``interval``.
-
-    :param total: objects in the batch
-    :param interval: seconds between progress lines
-    """
-
-    def __init__(self, total: int, interval: float) -> None:
-        self._total, self._interval = total, interval
-        self._done = self._failed = self._bytes = 0
-        self._start = self._last = time.monotonic()
-        self._lock = threading.Lock()
-
-    def finished(self, size: int, *, failed: bool = False) -> None:
-        """Count one finished object (``size`` bytes moved) and log a line when one is due."""
-        with self._lock:
-            self._done += 1
-            self._failed += failed
-            self._bytes += size
-            now = time.monotonic()
-            if now - self._last < self._interval or self._done == self._total:
-                return
-            self._last = now
-            elapsed = max(now - self._start, 1e-9)
-            done, moved, failures = self._done, self._bytes, self._failed
-        eta = (self._total - done) * elapsed / done
-        log.info(
-            "%s of %s objects done (%s failed), %s bytes, %.1f MB/s, %.1f objects/s, ETA %.0fs",
-            done,
-            self._total,
-            failures,
-            moved,
-            moved / elapsed / 1e6,
-            done / elapsed,
-            eta,
-        )
-
-
 def extra_paths(path: str, options: DeliveryOptions) -> list[str]:
     """Return the sidecar and done marker paths a delivery to ``path`` writes (by temp file and rename)."""
     publishing, algorithm = options.publishing, options.checks.checksum
@@ -211,74 +176,6 @@ def extra_paths(path: str, options: DeliveryOptions) -> list[str]:
     if publishing.done_marker:
         extras.append(path + publishing.done_marker)
     return extras
-
-
-class LeftoverSweeper:
-    """Removes temp files that crashed workers left behind, once per directory per task.
-
-    Only files shaped like our temp or backup files of a final name this task delivers are
-    candidates, and only when their mtime is more than ``older_than`` seconds behind the
-    server's clock, read from the mtime of a file we just created (so client clock skew
-    does not matter). A file being written, even slowly, keeps a fresh mtime and is never taken.
-
-    :param older_than: seconds without change after which a leftover counts as abandoned
-    :param final_paths: the final remote paths of the task
-    """
-
-    def __init__(self, older_than: float, final_paths: Iterable[str]) -> None:
-        self._older_than = older_than
-        self._names: dict[str, dict[str, str]] = {}  # directory -> {what leftover_of says: final name}
-        self._swept: set[str] = set()
-        self._lock = threading.Lock()
-        self.include(final_paths)
-
-    def include(self, paths: Iterable[str]) -> None:
-        """Also sweep the leftovers of ``paths`` (e.g. a delivery's sidecar and done marker)."""
-        with self._lock:
-            for path in paths:
-                directory, name = posixpath.split(path)
-                names = self._names.setdefault(directory, {})
-                names[name] = name
-                names[short_stem(name)] = name  # the temp names of a long name use its short form
-
-    def pending(self, directory: str) -> bool:
-        """Return True when ``directory`` has not been swept yet."""
-        with self._lock:
-            return directory not in self._swept
-
-    def sweep(self, remote: Remote, directory: str, server_now: float) -> list[str]:
-        """Remove the abandoned leftovers in ``directory`` (the first time it is asked) and list them."""
-        with self._lock:
-            if directory in self._swept:
-                return []
-            self._swept.add(directory)
-        with self._lock:
-            names = dict(self._names.get(directory, {}))
-        removed: list[str] = []
-        try:
-            entries = remote.listdir(directory or ".")
-        except OSError as err:
-            log.warning("Could not list %s to look for abandoned temp files: %s", directory, err)
-            return removed
-        for attrs in entries:
-            stem = leftover_of(attrs.filename)
-            owner = names.get(stem) if stem is not None else None
-            if owner is None or attrs.st_mtime is None:
-                continue
-            age = server_now - attrs.st_mtime
-            if age > self._older_than:
-                path = posixpath.join(directory, attrs.filename)
-                log.warning(
-                    "Removing %s (%s bytes), a temp file of %s abandoned %.0fs ago (stale_temp_after=%.0fs)",
-                    path,
-                    attrs.st_size,
-                    owner,
-                    age,
-                    self._older_than,
-                )
-                if remote.remove(path):
-                    removed.append(path)
-        return removed
 
 
 class Delivery:
@@ -315,7 +212,9 @@ class Delivery:
         self.options = options
         self.sessions = sessions
         self._sleep = sleep
-        self._sweeper = sweeper or LeftoverSweeper(options.publishing.stale_temp_after, [path])
+        self._sweeper = sweeper or LeftoverSweeper(
+            options.publishing.stale_temp_after, [path], earlier_tries_after=options.retry.resume_after
+        )
         self._sweeper.include(extra_paths(path, options))  # sidecars and markers go via temp files too
         self._token = new_token()
         self.write_path = temp_path_for(path, self._token) if options.publishing.atomic else path
@@ -542,15 +441,17 @@ class Delivery:
         if self._keeper is not None:
             self._keeper.close()
         side = remote.side()
+        port = side if side is not None else remote
         path = journal_path_for(self.path)
 
         def write(content: bytes) -> None:
             temp, backup = journal_temp_path_for(self.path), backup_path_for(self.path, new_token())
-            side.write_small(path, content, None, temp=temp, backup=backup, exclusive=False)
+            port.write_small(path, content, None, temp=temp, backup=backup, exclusive=False)
 
         journal.temp, journal.parts = self.write_path, list(self._parts)
-        self._keeper = JournalKeeper(write, f"{self.source.uri} -> {self.path}")
+        self._keeper = JournalKeeper(write, f"{self.source.uri} -> {self.path}", inline=side is None)
         self._keeper.submit(journal.to_bytes())
+        self._keeper.drain()
 
     def _checkpoint(self, file: RemoteFile, digests: Digests) -> None:
         """Have the server flush what was written; once it confirms, the journal says so."""
@@ -853,6 +754,8 @@ class Delivery:
                     if writer.position >= next_checkpoint:
                         self._checkpoint(file, digests)
                         next_checkpoint = (writer.position // every + 1) * every
+                    if self._keeper is not None:
+                        self._keeper.drain()  # an inline keeper writes here, between two writes
                 landed = file.finish(sync=streaming.fsync)
         finally:
             self.s3_retries += reader.retries

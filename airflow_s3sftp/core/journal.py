@@ -116,16 +116,21 @@ class Journal:
 
 
 class JournalKeeper:
-    """Publishes a delivery's journal on a channel of its own, off the writer's path.
+    """Publishes a delivery's journal, off the writer's path where the server allows it.
 
-    The writer hands over the newest state (:meth:`submit`, never blocks); a thread writes it by
-    temp file and rename, skipping states that a newer one replaced before their turn. Failures
-    to write a journal are logged: they cost only the resume of a later try, never the delivery.
+    The writer hands over the newest state (:meth:`submit`, never blocks). With a channel of its
+    own (``inline=False``) a thread writes it by temp file and rename, skipping states that a newer
+    one replaced before their turn. ``inline=True`` is for servers that must not see two SFTP
+    channels at once (ProFTPD mixes up their handles): the writer's own thread writes the newest
+    state when it calls :meth:`drain` between two writes. Failures to write a journal are logged:
+    they cost only the resume of a later try, never the delivery.
 
     :param write: publishes ``content`` at the journal's path (by temp file and rename)
+    :param describe: names the delivery in messages
+    :param inline: write on the caller's thread, in :meth:`drain`
     """
 
-    def __init__(self, write: Callable[[bytes], None], describe: str) -> None:
+    def __init__(self, write: Callable[[bytes], None], describe: str, *, inline: bool = False) -> None:
         self._write = write
         self._describe = describe
         self._pending: bytes | None = None
@@ -133,8 +138,10 @@ class JournalKeeper:
         self._closed = False
         self._busy = False
         self.written = 0
-        self._thread = threading.Thread(target=self._run, name="s3sftp-journal", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if not inline:
+            self._thread = threading.Thread(target=self._run, name="s3sftp-journal", daemon=True)
+            self._thread.start()
 
     def submit(self, content: bytes) -> None:
         """Have ``content`` written as soon as the previous write is done (the newest state wins)."""
@@ -143,8 +150,18 @@ class JournalKeeper:
                 self._pending = content
                 self._cond.notify()
 
+    def drain(self) -> None:
+        """Write the newest submitted state now (inline keepers; a threaded one writes on its own)."""
+        if self._thread is not None:
+            return
+        with self._cond:
+            content, self._pending = self._pending, None
+        if content is not None:
+            self._publish(content)
+
     def flush(self, timeout: float = 120.0) -> None:
         """Wait until every submitted state is written (or failed)."""
+        self.drain()
         with self._cond:
             self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout=timeout)
 
@@ -154,7 +171,8 @@ class JournalKeeper:
             self._closed = True
             self._pending = None
             self._cond.notify_all()
-        self._thread.join(timeout=timeout)
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
 
     def _run(self) -> None:
         while True:
@@ -164,11 +182,15 @@ class JournalKeeper:
                     return
                 content, self._pending, self._busy = self._pending, None, True
             try:
-                self._write(content or b"")
-                self.written += 1
-            except BaseException as err:  # a lost journal costs a later try's resume, not this delivery
-                log.warning("Could not write the journal of %s: %s", self._describe, err)
+                self._publish(content or b"")
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+    def _publish(self, content: bytes) -> None:
+        try:
+            self._write(content)
+            self.written += 1
+        except BaseException as err:  # a lost journal costs a later try's resume, not this delivery
+            log.warning("Could not write the journal of %s: %s", self._describe, err)

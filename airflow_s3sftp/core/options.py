@@ -158,14 +158,16 @@ class RetryPolicy:
         the task, a new process, resumes; None picks 1/32 of the object, at least ``range_size``;
         0 keeps no journal
     :param resume_after: seconds a leftover of an earlier try must have been idle (by the server's
-        clock) before a new try adopts it: a younger one may still be written by a live worker
+        clock) before a new try adopts or removes it: a younger one may still be written by a live
+        worker. Keep it above ``io_timeout``: a live writer whose file stays idle that long has
+        given up on it
     """
 
     retries: int = 3
     s3_retries: int = 5
     delay: float = 1.0
     checkpoint_every: int | None = None
-    resume_after: float = 60.0
+    resume_after: float = 180.0
 
     def __post_init__(self) -> None:
         validate.integer("connection_retries", self.retries, minimum=0)

@@ -146,8 +146,11 @@ class Remote(Protocol):
     def read_small(self, path: str, limit: int) -> bytes | None:
         """Return the content of a small file (None when missing or larger than ``limit``)."""
 
-    def side(self) -> Remote:
-        """Return a port on a channel of its own, for small writes beside a stream (the journal)."""
+    def side(self) -> Remote | None:
+        """Return a port on a channel of its own for small writes beside a stream (the journal).
+
+        None where the server must not see two SFTP channels at once: write on this one, between writes.
+        """
 
     def listdir(self, directory: str) -> list[SFTPAttributes]:
         """Return the entries of ``directory`` with their attributes."""
@@ -403,9 +406,11 @@ class _ParamikoRemote:
         except FileNotFoundError:
             return None
 
-    def side(self) -> Remote:
-        if self._session is None:
-            return self
+    def side(self) -> Remote | None:
+        # Measured: ProFTPD 1.3.8 answers "Invalid handle" to a WRITE now and then while another
+        # SFTP channel of the same connection opens and renames files; OpenSSH and asyncssh do not.
+        if self._session is None or self._session.profile.name not in ("openssh", "asyncssh"):
+            return None
         return type(self)(
             self._session.side_channel(),
             endpoint=self.endpoint,

@@ -37,7 +37,8 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _parse_utc(value: str) -> datetime.datetime:
+def parse_utc(value: str) -> datetime.datetime:
+    """Return the timezone-aware UTC datetime of an ISO 8601 string that carries its offset."""
     moment = datetime.datetime.fromisoformat(value)
     if moment.tzinfo is None:
         raise ValueError(f"Observation time {value!r} has no timezone; expected UTC")
@@ -88,7 +89,7 @@ class Observation:
         """Rebuild an observation written by :meth:`to_dict`."""
         size, mtime, monotonic = data.get("size"), data.get("mtime"), data.get("monotonic")
         return cls(
-            at=_parse_utc(str(data["at"])),
+            at=parse_utc(str(data["at"])),
             size=None if size is None else int(size),
             mtime=None if mtime is None else int(mtime),
             monotonic=None if monotonic is None else float(monotonic),
@@ -569,3 +570,53 @@ def result(path: str, verdict: Verdict) -> dict[str, Any]:
         "stable_seconds": round(elapsed(since, last), 3),
         "polls": state.polls,
     }
+
+
+def format_seconds(seconds: float) -> str:
+    """Return a duration rounded for a message: ``"8.1 s"``, ``"42 s"``, ``"3725 s (1 h 2 min)"``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    text = f"{round(seconds)} s"
+    if seconds >= 60:
+        minutes = int(seconds // 60)
+        hours, minutes = divmod(minutes, 60)
+        text += (
+            f" ({hours} h {minutes} min)"
+            if hours and minutes
+            else f" ({hours} h)"
+            if hours
+            else f" ({minutes} min)"
+        )
+    return text
+
+
+def timeout_message(target: str, state: State, reason: str | None, waited: float, timeout: float) -> str:
+    """
+    Return why a sensor gave up: the path, what was seen last and why it was not complete, the time waited.
+
+    :param target: the path as shown to users (``host:port:/path``)
+    :param state: the observations so far; ``state.last`` is the last one
+    :param reason: the last verdict's reason, or None before the first poll
+    :param waited: seconds waited so far
+    :param timeout: the sensor's timeout in seconds
+    """
+    last = state.last
+    if last is None:
+        seen = "never observed (no poll finished)"
+    elif not last.exists:
+        seen = f"no such file at the last poll ({last.at.astimezone(datetime.UTC):%Y-%m-%dT%H:%M:%SZ})"
+    else:
+        mtime = (
+            "unknown"
+            if last.mtime is None
+            else f"{datetime.datetime.fromtimestamp(last.mtime, datetime.UTC):%Y-%m-%dT%H:%M:%SZ}"
+        )
+        seen = (
+            f"last seen {last.size:,} bytes with mtime {mtime} "
+            f"at {last.at.astimezone(datetime.UTC):%Y-%m-%dT%H:%M:%SZ}"
+        )
+    why = f"; not complete because {reason}" if reason else ""
+    return (
+        f"SFTP file {target} was not complete after {format_seconds(waited)}, timeout "
+        f"{format_seconds(timeout)}, {state.polls} polls: {seen}{why}"
+    )

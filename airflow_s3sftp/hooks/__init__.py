@@ -6,3 +6,16 @@
 """Hooks of the airflow-s3sftp provider."""
 
 from __future__ import annotations
+
+import warnings
+
+from cryptography.utils import CryptographyDeprecationWarning
+
+# Every hook imports asyncssh (ours for the trigger, the sftp provider's at its top), and asyncssh
+# touches names that some cryptography releases deprecate (DSA keys, ARC4, TripleDES) while it loads:
+# a CryptographyDeprecationWarning at every DAG parse and task start that no user can act on (they
+# are asyncssh's algorithm tables, not the user's keys or ciphers). Import it first, here, with
+# exactly that warning from asyncssh's own modules silenced; any other warning still shows.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning, module=r"asyncssh(\.|$)")
+    import asyncssh  # noqa: F401

@@ -7,15 +7,11 @@
 
 from __future__ import annotations
 
-import errno
-import posixpath
 import socket
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.sdk import BaseHook
@@ -30,28 +26,26 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import HTTPError as URLLib3HTTPError
 
-from airflow_s3sftp.core.delivery import BatchProgress, Delivery, LeftoverSweeper, Source, extra_paths
+from airflow_s3sftp.core.batch import Batch
+from airflow_s3sftp.core.delivery import Delivery, Source
 from airflow_s3sftp.core.options import DeliveryOptions
 from airflow_s3sftp.core.session import SessionPool, SFTPSession
-from airflow_s3sftp.core.sftp import ensure_directory
 from airflow_s3sftp.exceptions import (
     ConnectionConfigError,
-    ConnectionLostError,
     CredentialsError,
     MissingTargetError,
     SourceChangedError,
-    is_final,
 )
 from airflow_s3sftp.hooks.sftp import bulk_sftp_hook, connection_not_found_errors
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-    import paramiko
     from airflow.providers.sftp.hooks.sftp import SFTPHook
     from mypy_boto3_s3.client import S3Client
 
     from airflow_s3sftp.core.reader import OpenSource, Readable
+    from airflow_s3sftp.core.sweep import LeftoverSweeper
 
 _TRANSIENT_S3_ERRORS = (
     URLLib3HTTPError,
@@ -110,16 +104,42 @@ class S3ToSFTPHook(BaseHook):
     the SFTP hook; zlib compression is turned off for bulk data unless the connection's
     ``compress`` extra asks for it explicitly.
 
+    Every S3 request goes through the S3 hook's own client, so the ``aws`` connection's
+    ``config_kwargs`` (botocore ``Config``: retries, timeouts, addressing style, user agent) apply;
+    every HEAD and GET carries the hook's requester-pays flag and the read arguments of its
+    ``extra_args`` (SSE-C customer keys, ``ExpectedBucketOwner``). Both come from this hook's
+    arguments, else from the connection's extra ``{"service_config": {"s3": {"requester_pays":
+    true, "extra_args": {...}}}}`` (the place for a customer key: connection extras are kept
+    encrypted, DAG files are not).
+
     :param aws_conn_id: Airflow connection of type ``aws`` used to read from S3
     :param sftp_conn_id: Airflow connection of type ``sftp`` used to write to the SFTP server
+    :param requester_pays: read from a requester-pays bucket (the reads are billed to us), as in
+        ``S3Hook(requester_pays=True)``; None takes the connection's setting (default off)
+    :param extra_args: as in ``S3Hook(extra_args=...)``; the download arguments among them
+        (``SSECustomerAlgorithm``, ``SSECustomerKey``, ``SSECustomerKeyMD5``,
+        ``ExpectedBucketOwner``) go on every HEAD and GET; None takes the connection's setting
     """
 
     hook_name = "S3 to SFTP streaming"
 
-    def __init__(self, aws_conn_id: str | None = "aws_default", sftp_conn_id: str = "sftp_default") -> None:
+    def __init__(
+        self,
+        aws_conn_id: str | None = "aws_default",
+        sftp_conn_id: str = "sftp_default",
+        *,
+        requester_pays: bool | None = None,
+        extra_args: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.aws_conn_id = aws_conn_id
         self.sftp_conn_id = sftp_conn_id
+        if requester_pays is not None and not isinstance(requester_pays, bool):
+            raise TypeError(f"requester_pays must be True, False or None, got {requester_pays!r}")
+        if extra_args is not None and not isinstance(extra_args, dict):
+            raise TypeError(f"extra_args must be a dict or None, got {type(extra_args).__name__}")
+        self.requester_pays = requester_pays
+        self.extra_args = extra_args
 
     @cached_property
     def s3_hook(self) -> S3Hook:
@@ -129,15 +149,40 @@ class S3ToSFTPHook(BaseHook):
         the connection's ``endpoint_url``: a typo would read from somewhere else. ``aws_conn_id=None``
         asks for the default credentials on purpose.
         """
+        settings = self._s3_settings
+        return S3Hook(
+            aws_conn_id=self.aws_conn_id,
+            extra_args=settings.get("extra_args") or None,
+            requester_pays=settings.get("requester_pays", False),
+        )
+
+    @cached_property
+    def _s3_settings(self) -> dict[str, Any]:
+        """Return ``requester_pays`` and ``extra_args``: this hook's arguments, else the connection's."""
+        settings: dict[str, Any] = {}
         if self.aws_conn_id is not None:
             try:
-                self.get_connection(self.aws_conn_id)
+                conn = self.get_connection(self.aws_conn_id)
             except connection_not_found_errors() as err:
                 raise ConnectionConfigError(
                     f"AWS connection {self.aws_conn_id!r} is not defined: create it, fix aws_conn_id, "
                     "or pass aws_conn_id=None to use the worker's default AWS credentials"
                 ) from err
-        return S3Hook(aws_conn_id=self.aws_conn_id)
+            settings = _s3_settings(conn.extra_dejson, self.aws_conn_id)
+        if self.requester_pays is not None:
+            settings["requester_pays"] = self.requester_pays
+        if self.extra_args is not None:
+            settings["extra_args"] = self.extra_args
+        return settings
+
+    @cached_property
+    def s3_read_args(self) -> dict[str, Any]:
+        """Return the arguments every HEAD and GET carries: requester pays, SSE-C key, bucket owner."""
+        extra_args: dict[str, Any] = self._s3_settings.get("extra_args") or {}
+        args = {name: value for name, value in extra_args.items() if name in _READ_ARGS}
+        if self._s3_settings.get("requester_pays"):
+            args["RequestPayer"] = "requester"
+        return args
 
     def list_keys(self, bucket: str, prefix: str) -> list[str]:
         """Return the keys under ``prefix``; missing bucket or credentials raise the errors reads raise."""
@@ -200,17 +245,30 @@ class S3ToSFTPHook(BaseHook):
                     f"S3 refused the credentials of aws connection {self.aws_conn_id!r} ({code}) to {what}: "
                     "check its access key and secret"
                 ) from err
+            keyed = "SSECustomerKey" in self.s3_read_args
             if code in ("403", "AccessDenied", "Forbidden"):
                 raise PermissionError(
                     f"Access to {uri} denied: check the credentials and policy of aws connection "
                     f"{self.aws_conn_id!r}"
+                    + (", and that its SSE-C customer key is this object's" if keyed else "")
+                ) from err
+            if code in ("400", "BadRequest", "InvalidRequest") and not listing and not keyed:
+                # What S3 answers a read of an SSE-C object that comes without its customer key.
+                raise PermissionError(
+                    f"S3 refused to read {uri} ({code}): if the object is encrypted with a customer key "
+                    "(SSE-C), give SSECustomerAlgorithm and SSECustomerKey in the extra_args of aws "
+                    f"connection {self.aws_conn_id!r} (service_config.s3.extra_args)"
                 ) from err
             raise
 
     def head_object(self, bucket: str, key: str) -> dict[str, Any]:
         """Return the object's metadata with its checksums; missing or denied objects raise clear errors."""
         with self._reading(bucket, key):
-            return dict(self.s3_client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"))
+            return dict(
+                self.s3_client.head_object(
+                    Bucket=bucket, Key=key, ChecksumMode="ENABLED", **self.s3_read_args
+                )
+            )
 
     @cached_property
     def s3_client(self) -> S3Client:
@@ -222,7 +280,8 @@ class S3ToSFTPHook(BaseHook):
         checksum before the rename; the second pass cost ~0.8 CPU s/GiB (measured, benchmarks/).
         """
         client: S3Client = self.s3_hook.get_conn()
-        client.meta.config.response_checksum_validation = "when_required"  # type: ignore[attr-defined]
+        if getattr(self.s3_hook.config, "response_checksum_validation", None) is None:  # config_kwargs may
+            client.meta.config.response_checksum_validation = "when_required"  # type: ignore[attr-defined]
         return client
 
     def _opener(
@@ -236,7 +295,7 @@ class S3ToSFTPHook(BaseHook):
         """
         client = self.s3_client
         uri = f"s3://{bucket}/{key}"
-        pin: dict[str, str] = {"IfMatch": head["ETag"]}
+        pin: dict[str, str] = {**self.s3_read_args, "IfMatch": head["ETag"]}
         if head.get("VersionId") and head["VersionId"] != "null":
             pin["VersionId"] = head["VersionId"]
 
@@ -286,13 +345,37 @@ class S3ToSFTPHook(BaseHook):
         """
         with self._reading(bucket, key):
             response: dict[str, Any] = dict(
-                self.s3_client.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+                self.s3_client.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED", **self.s3_read_args)
             )
         body: Readable = response.pop("Body")
         first = _FirstBody(body if int(response["ContentLength"]) <= PREFETCH_MAX else None)
         if first.body is None:
             body.close()
         return self._source(bucket, key, response, first), first
+
+    @contextmanager
+    def open_source(
+        self, bucket: str, key: str, *, describe_with: Literal["head", "get"] = "head"
+    ) -> Iterator[Source]:
+        """Yield ``s3://bucket/key`` as the delivery core reads it, pinned to its current version.
+
+        :param bucket: S3 bucket name
+        :param key: S3 object key
+        :param describe_with: ``"head"`` asks a HEAD for the object's metadata, then GETs its bytes;
+            ``"get"`` asks one GET whose headers stand in for the HEAD and keeps a small object's
+            body for the first read (one S3 request instead of two: what many small objects want).
+            A kept body nobody read is closed on the way out.
+        """
+        if describe_with == "head":
+            yield self.source(bucket, key)
+            return
+        if describe_with != "get":
+            raise ValueError(f"describe_with must be 'head' or 'get', got {describe_with!r}")
+        source, first = self._source_from_get(bucket, key)
+        try:
+            yield source
+        finally:
+            first.close()  # not read when the delivery skipped or failed early
 
     def stream_object(
         self,
@@ -303,6 +386,7 @@ class S3ToSFTPHook(BaseHook):
         *,
         sessions: SessionPool | None = None,
         sweeper: LeftoverSweeper | None = None,
+        describe_with: Literal["head", "get"] = "head",
     ) -> dict[str, Any]:
         """Stream ``s3://bucket/key`` to ``sftp_path`` and return the JSON-able delivery record.
 
@@ -310,22 +394,16 @@ class S3ToSFTPHook(BaseHook):
         :param key: S3 object key
         :param sftp_path: final remote path of the file (not a directory)
         :param options: how to deliver; the defaults are safe
-        :param sessions: SFTP sessions to use (and reuse); a one-session pool of its own when None.
-            With a pool (many objects) the object is described by its own GET, one S3 request
-            instead of HEAD + GET
+        :param sessions: SFTP sessions to use (and reuse); a one-session pool of its own when None
         :param sweeper: removes abandoned temp files, shared by the deliveries of one task
+        :param describe_with: how the object's metadata is asked for, see :meth:`open_source`
         """
         options = options or DeliveryOptions()
-        if sessions is not None:
-            # Many objects: one GET per object instead of HEAD + GET (S3 requests dominate small files).
-            source, first = self._source_from_get(bucket, key)
-            try:
+        with self.open_source(bucket, key, describe_with=describe_with) as source:
+            if sessions is not None:
                 return Delivery(source, sftp_path, options, sessions, sweeper=sweeper).run().to_dict()
-            finally:
-                first.close()  # not read when the delivery skipped or failed early
-        source = self.source(bucket, key)
-        with self.session_pool(1) as own:
-            return Delivery(source, sftp_path, options, own, sweeper=sweeper).run().to_dict()
+            with self.session_pool(1) as own:
+                return Delivery(source, sftp_path, options, own, sweeper=sweeper).run().to_dict()
 
     def stream_objects(
         self,
@@ -336,185 +414,49 @@ class S3ToSFTPHook(BaseHook):
     ) -> list[dict[str, Any]]:
         """Deliver ``(bucket, key, sftp_path)`` triples on a pool of reused sessions; return their records.
 
-        The first SFTP session opens alone (retried with backoff if the connection drops or times
-        out), and the target directories are checked on it; only then do up to ``max_concurrency``
-        objects move at once, each SFTP session serving one object after another, all sharing one
-        S3 client. A failed object yields a record with an ``error`` (``s3_uri``, ``sftp_path``,
-        ``error``) and does not stop the others. A task-wide failure
-        (:func:`~airflow_s3sftp.exceptions.is_final`: refused login, host key, missing key file,
-        connection, bucket, directory or credentials) is raised once, at once: objects not yet
-        started are not attempted, and a note lists what was not delivered.
+        The core's :class:`~airflow_s3sftp.core.batch.Batch` runs the loop (first session alone,
+        then up to ``max_concurrency`` objects at once; per-object failures become records with an
+        ``error``, a task-wide failure is raised once); this hook hands it the adapters: each
+        object described by its own GET (one S3 request per small object), sessions from
+        :meth:`connect_session`, one S3 client shared by the threads.
 
         :param planned: what to deliver where
         :param options: how to deliver; the defaults are safe
         :param max_concurrency: objects (and SFTP sessions) in flight at once
         """
-        options = options or DeliveryOptions()
-        workers = max(1, min(max_concurrency, len(planned)))
         self.s3_client  # noqa: B018 - built once here, then shared by the threads (boto3 clients are thread-safe)
-        finals = [path for _, _, path in planned]
-        # Every name the task writes, known before the first sweep: the first object runs alone.
-        sweeper = LeftoverSweeper(
-            options.publishing.stale_temp_after,
-            finals + [extra for path in finals for extra in extra_paths(path, options)],
-        )
-        progress = BatchProgress(len(planned), options.streaming.progress_interval)
-        stop = _TaskStop(planned, atomic=options.publishing.atomic)
-
-        def one(item: tuple[str, str, str]) -> dict[str, Any]:
-            bucket, key, path = item
-            if stop.error is not None:
-                return stop.not_attempted(item)
-            try:
-                record = self.stream_object(bucket, key, path, options, sessions=pool, sweeper=sweeper)
-            except Exception as err:
-                if not stop.failed(item, err):
-                    self.log.error("Delivering s3://%s/%s to %s failed: %s", bucket, key, path, err)
-                progress.finished(0, failed=True)
-                return _failure(item, err)
-            progress.finished(0 if record["skipped"] else int(record["size"]))
-            return record
-
-        with self.session_pool(workers) as pool:
-            try:
-                first = self._first_session(pool, options)
-            except Exception as err:
-                stop.ends_all(planned, err)
-                raise
-            try:
-                missing = _missing_directories(first.sftp, planned, create=options.publishing.create_dirs)
-            except BaseException:
-                pool.discard(first)
-                raise
-            pool.release(first)
-            for item in planned:
-                if posixpath.dirname(item[2]) in missing:
-                    stop.failed(item, missing[posixpath.dirname(item[2])])
-            stop.raise_if_task_wide()
-            with ThreadPoolExecutor(max_workers=workers) as threads:
-                records = list(threads.map(one, planned))
-        stop.raise_if_task_wide(records)
-        return records
-
-    def _first_session(self, pool: SessionPool, options: DeliveryOptions) -> SFTPSession:
-        """Open the task's first session alone: final failures at once, healable ones with backoff."""
-        attempts = options.retry.retries + 1
-        for attempt in range(1, attempts + 1):
-            try:
-                return pool.acquire()
-            except ConnectionLostError as err:
-                if attempt == attempts:
-                    raise ConnectionLostError(
-                        f"Could not connect to {self.sftp_endpoint} after {attempts} attempts; no object "
-                        f"was attempted: {err}"
-                    ) from err
-                delay = options.retry.backoff(attempt)
-                self.log.warning(
-                    "Connecting to SFTP failed (%s); trying again in %.1fs (attempt %s of %s)",
-                    err,
-                    delay,
-                    attempt + 1,
-                    attempts,
-                )
-                time.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return Batch(
+            planned,
+            options or DeliveryOptions(),
+            source=lambda bucket, key: self.open_source(bucket, key, describe_with="get"),
+            connect=self.connect_session,
+            endpoint=lambda: self.sftp_endpoint,
+            max_concurrency=max_concurrency,
+        ).run()
 
 
-def _failure(item: tuple[str, str, str], err: BaseException) -> dict[str, Any]:
-    bucket, key, path = item
-    return {"s3_uri": f"s3://{bucket}/{key}", "sftp_path": path, "error": f"{type(err).__name__}: {err}"}
+# The arguments of S3Hook.extra_args that a read takes (boto3's ALLOWED_DOWNLOAD_ARGS without the
+# version and checksum mode, which the delivery sets itself); upload ones (ACL, SSE) do not apply.
+_READ_ARGS = ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5", "ExpectedBucketOwner")
 
 
-def _missing_directories(
-    sftp: paramiko.SFTPClient, planned: Sequence[tuple[str, str, str]], *, create: bool
-) -> dict[str, BaseException]:
-    """Return the target directories that are missing (or not directories), with the error for each.
-
-    Asked once per directory on the first session, before any object starts; with ``create_dirs``
-    the deliveries make missing directories themselves.
-    """
-    if create:
+def _s3_settings(extra: dict[str, Any], conn_id: str) -> dict[str, Any]:
+    """Return ``requester_pays`` and ``extra_args`` from an aws connection's ``service_config.s3``."""
+    service_config = extra.get("service_config") or {}
+    s3 = service_config.get("s3") if isinstance(service_config, dict) else None
+    if not isinstance(s3, dict):
         return {}
-    missing: dict[str, BaseException] = {}
-    for directory in sorted({posixpath.dirname(path) or "." for _, _, path in planned}):
-        try:
-            ensure_directory(sftp, directory, create=False)
-        except FileNotFoundError as err:
-            missing[directory] = MissingTargetError(str(err))
-        except NotADirectoryError as err:
-            missing[directory] = err
-    return missing
-
-
-class _TaskStop:
-    """Notice the first failure that every remaining object would share, and end the task with it once.
-
-    A final failure (:func:`~airflow_s3sftp.exceptions.is_final`) stops the task (a missing bucket or
-    directory only when every object needs it); so does a
-    permission denied on creating a temp file (``atomic=True``: the name is new, so it is the
-    directory that refuses) when every object goes to that directory.
-    """
-
-    def __init__(self, planned: Sequence[tuple[str, str, str]], *, atomic: bool) -> None:
-        self._total = len(planned)
-        self._directories = {posixpath.dirname(path) for _, _, path in planned}
-        self._buckets = {bucket for bucket, _, _ in planned}
-        self._atomic = atomic
-        self._lock = threading.Lock()
-        self.error: BaseException | None = None
-        self._hit: list[tuple[str, str, str]] = []
-
-    def _task_wide(self, item: tuple[str, str, str], err: BaseException) -> bool:
-        if is_final(err) and not isinstance(err, MissingTargetError):
-            return True
-        directory = posixpath.dirname(item[2])
-        if isinstance(err, MissingTargetError) and str(err).startswith("S3 bucket"):
-            return self._buckets == {item[0]}
-        shared = self._directories == {directory}
-        if isinstance(err, MissingTargetError):
-            return shared
-        return shared and self._atomic and isinstance(err, PermissionError) and err.errno == errno.EACCES
-
-    def failed(self, item: tuple[str, str, str], err: BaseException) -> bool:
-        """Record a failed object; return True when the failure was already reported for the task."""
-        with self._lock:
-            if self.error is not None and type(err) is type(self.error):
-                self._hit.append(item)
-                return True
-            if self.error is None and self._task_wide(item, err):
-                self.error = err
-                self._hit.append(item)
-                return True
-            return False
-
-    def ends_all(self, planned: Sequence[tuple[str, str, str]], err: Exception) -> None:
-        """Note on ``err`` that no object was attempted (the first connection failed, even after retries)."""
-        self.error = err
-        self._hit = list(planned)
-        self._note(err, delivered=0)
-
-    def not_attempted(self, item: tuple[str, str, str]) -> dict[str, Any]:
-        """Return the record of an object left out after a task-wide failure."""
-        with self._lock:
-            self._hit.append(item)
-        return _failure(item, RuntimeError("not attempted after a task-wide failure"))
-
-    def raise_if_task_wide(self, records: Sequence[dict[str, Any]] | None = None) -> None:
-        """Raise the task-wide failure once, with a note listing the objects it left undelivered."""
-        if self.error is None:
-            return
-        err = self.error
-        self._note(err, delivered=sum(1 for record in records or () if "error" not in record))
-        raise err
-
-    def _note(self, err: BaseException, *, delivered: int) -> None:
-        shown = "\n".join(f"  s3://{bucket}/{key} -> {path}" for bucket, key, path in self._hit[:_LISTED])
-        more = f"\n  ... and {len(self._hit) - _LISTED} more" if len(self._hit) > _LISTED else ""
-        err.add_note(
-            f"Task-wide failure, so the task stopped at once: {delivered} of {self._total} objects "
-            f"delivered, "
-            f"{self._total - delivered} not delivered:\n{shown}{more}"
-        )
-
-
-_LISTED = 20  # objects named in a task-wide failure's note; the rest are counted
+    settings: dict[str, Any] = {}
+    if "requester_pays" in s3:
+        if not isinstance(s3["requester_pays"], bool):
+            raise ConnectionConfigError(
+                f"AWS connection {conn_id!r}: service_config.s3.requester_pays must be true or false"
+            )
+        settings["requester_pays"] = s3["requester_pays"]
+    if "extra_args" in s3:
+        if not isinstance(s3["extra_args"], dict):
+            raise ConnectionConfigError(
+                f"AWS connection {conn_id!r}: service_config.s3.extra_args must be an object"
+            )
+        settings["extra_args"] = s3["extra_args"]
+    return settings

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_s3sftp.core import validate
+from airflow_s3sftp.core.batch import summarize
 from airflow_s3sftp.core.options import Checks, DeliveryOptions, Publishing, RetryPolicy, Streaming
 from airflow_s3sftp.core.paths import (
     check_plan,
@@ -308,16 +309,8 @@ class S3ToSFTPStreamOperator(BaseOperator):
     ) -> dict[str, Any]:
         self.log.info("Delivering %s objects with up to %s at once", len(planned), self.max_concurrency)
         records = hook.stream_objects(planned, options, max_concurrency=self.max_concurrency)
-        failed = [record for record in records if "error" in record]
-        done = [record for record in records if "error" not in record]
-        summary = {
-            "objects": done,
-            "failed": failed,
-            "count": len(records),
-            "transferred": sum(1 for record in done if not record.get("skipped")),
-            "skipped": sum(1 for record in done if record.get("skipped")),
-            "bytes": sum(int(record["size"]) for record in done if not record.get("skipped")),
-        }
+        summary = summarize(records)
+        done, failed = summary["objects"], summary["failed"]
         self.log.info(
             "Delivered %s of %s objects (%s skipped as identical, %s bytes), %s failed",
             len(done),

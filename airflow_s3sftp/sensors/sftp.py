@@ -8,10 +8,17 @@
 from __future__ import annotations
 
 import datetime
+import math
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow.providers.common.compat.sdk import BaseSensorOperator, PokeReturnValue, conf
+from airflow.providers.common.compat.sdk import (
+    AirflowSensorTimeout,
+    AirflowSkipException,
+    BaseSensorOperator,
+    PokeReturnValue,
+    conf,
+)
 
 from airflow_s3sftp.core import poll, stability, validate
 from airflow_s3sftp.exceptions import (
@@ -147,6 +154,9 @@ class SFTPFileStableSensor(BaseSensorOperator):
         self._io: SFTPSensingHook | None = None
         self._policy: stability.Policy | None = None
         self._state = stability.State()
+        self._last_reason: str | None = None
+        self._started_at = stability.utcnow()  # when this try started waiting (UTC: crosses reschedules)
+        self._started = time.monotonic()
 
     def _open(self) -> tuple[SFTPSensingHook, stability.Policy]:
         """Return the sensing hook and the validated policy, building both on first use."""
@@ -177,10 +187,19 @@ class SFTPFileStableSensor(BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         """Poke, reschedule or defer until the file is complete; return its summary."""
         self._state = stability.State()
+        self._last_reason = None
+        self._started_at, self._started = stability.utcnow(), time.monotonic()
         try:
             _, policy = self._open()
             if not self.deferrable:
-                return super().execute(context)
+                try:
+                    return super().execute(context)
+                except AirflowSensorTimeout as err:
+                    raise AirflowSensorTimeout(self._timeout_message(policy)) from err
+                except AirflowSkipException as err:
+                    if self.soft_fail and "timed out" in str(err):
+                        raise AirflowSkipException(self._timeout_message(policy)) from err
+                    raise
             verdict = self._poll(self._state)
             if verdict.action is stability.Action.FIRE:
                 return stability.result(self.path, verdict)
@@ -193,6 +212,9 @@ class SFTPFileStableSensor(BaseSensorOperator):
                     poll_interval=self.poke_interval,
                     chunk_size=self.chunk_size,
                     state=verdict.state.to_dict(),
+                    # The trigger gives up at the timeout itself, so that its error names what it saw last.
+                    timeout=float(self.timeout) if math.isfinite(float(self.timeout)) else None,
+                    started_at=self._started_at.isoformat(),
                 ),
                 method_name="execute_complete",
                 timeout=datetime.timedelta(seconds=self.timeout),
@@ -205,8 +227,9 @@ class SFTPFileStableSensor(BaseSensorOperator):
         state = self._load_state(context) if self.reschedule else self._state
         verdict = self._poll(state)
         if self.reschedule:
-            self._save_state(context, verdict.state)
+            self._save_state(context, verdict.state, verdict.reason)
         self._state = verdict.state
+        self._last_reason = verdict.reason
         if verdict.action is stability.Action.FIRE:
             return PokeReturnValue(is_done=True, xcom_value=stability.result(self.path, verdict))
         self.log.info("%s is not complete yet: %s", self.path, verdict.reason)
@@ -250,19 +273,34 @@ class SFTPFileStableSensor(BaseSensorOperator):
         if (record.get("path"), record.get("sftp_conn_id")) != (self.path, self.sftp_conn_id):
             return stability.State()
         try:
-            return stability.State.from_dict(record["state"])
+            state = stability.State.from_dict(record["state"])
+            if record.get("started_at"):
+                self._started_at = stability.parse_utc(str(record["started_at"]))
+            return state
         except (KeyError, TypeError, ValueError) as err:
             self.log.warning("Ignoring unreadable observations of earlier pokes: %s", err)
             return stability.State()
 
-    def _save_state(self, context: Context, state: stability.State) -> None:
+    def _save_state(self, context: Context, state: stability.State, reason: str) -> None:
         record = {
             "try_number": context["ti"].try_number,
             "path": self.path,
             "sftp_conn_id": self.sftp_conn_id,
             "state": state.to_dict(),
+            "started_at": self._started_at.isoformat(),
+            "reason": reason,
         }
         self._state_store(context).set(STATE_STORE_KEY, record)
+
+    def _timeout_message(self, policy: stability.Policy) -> str:
+        """Return the timeout error: the path, the last observation and its verdict, the time waited."""
+        if self.reschedule:
+            waited = (stability.utcnow() - self._started_at).total_seconds()
+        else:
+            waited = time.monotonic() - self._started
+        return stability.timeout_message(
+            policy.target, self._state, self._last_reason, waited, float(self.timeout)
+        )
 
     def _state_store(self, context: Context) -> Any:
         store = context.get("task_state_store")
@@ -273,10 +311,29 @@ class SFTPFileStableSensor(BaseSensorOperator):
             )
         return store
 
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Resume after the trigger; its timeout event keeps its message with ``soft_fail`` too.
+
+        Airflow's sensor base replaces any error of a resumed sensor with soft_fail by a generic "Skipping
+        due to soft_fail" line, which would hide the path and what the trigger saw last.
+        """
+        event = (next_kwargs or {}).get("event")
+        if next_method == "execute_complete" and isinstance(event, dict) and event.get("status") == "timeout":
+            self._raise_timeout(event)
+        return super().resume_execution(next_method, next_kwargs, context)
+
+    def _raise_timeout(self, event: dict[str, Any]) -> None:
+        message = str(event.get("message") or f"SFTP file {self.path} was not complete within the timeout")
+        if self.soft_fail or getattr(self, "never_fail", False):
+            raise AirflowSkipException(message)
+        raise AirflowSensorTimeout(message)
+
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         """Return the summary from the trigger's success event, or raise the error it reported."""
         if event.get("status") == "success":
             return event["result"]
+        if event.get("status") == "timeout":
+            self._raise_timeout(event)
         message = str(event.get("message", "unknown error"))
         error_type = event.get("error_type")
         if error_type == ManifestMismatchError.__name__:

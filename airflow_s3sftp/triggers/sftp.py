@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import posixpath
 import time
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,9 @@ class SFTPFileStableTrigger(BaseTrigger):
     :param poll_interval: seconds between polls
     :param chunk_size: bytes per read while hashing
     :param state: observations made so far (:meth:`airflow_s3sftp.core.stability.State.to_dict`), or ``None``
+    :param timeout: seconds after ``started_at`` at which to give up with a ``"timeout"`` event naming the
+        last observation; ``None`` polls until the file is complete (Airflow's deferral timeout still applies)
+    :param started_at: when the sensor started waiting, ISO 8601 UTC; defaults to when the trigger starts
     """
 
     def __init__(
@@ -84,12 +88,21 @@ class SFTPFileStableTrigger(BaseTrigger):
         poll_interval: float = 60.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         state: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        started_at: str | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         validate.text("path", path)
         validate.text("sftp_conn_id", sftp_conn_id)
         validate.number("poll_interval", poll_interval, positive=True)
         validate.integer("chunk_size", chunk_size, minimum=1)
+        if timeout is not None:
+            validate.number("timeout", timeout)
+        if started_at is not None:
+            try:
+                stability.parse_utc(started_at)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"started_at must be an ISO 8601 UTC time, got {started_at!r}") from err
         # The policy and state come from the sensor, which validated them: a bad one is one error event.
         self.path = path
         self.sftp_conn_id = sftp_conn_id
@@ -97,6 +110,8 @@ class SFTPFileStableTrigger(BaseTrigger):
         self.poll_interval = poll_interval
         self.chunk_size = chunk_size
         self.state = state
+        self.timeout = timeout
+        self.started_at = started_at
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the classpath and exactly the constructor arguments."""
@@ -109,6 +124,8 @@ class SFTPFileStableTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "chunk_size": self.chunk_size,
                 "state": self.state,
+                "timeout": self.timeout,
+                "started_at": self.started_at,
             },
         )
 
@@ -128,6 +145,7 @@ class SFTPFileStableTrigger(BaseTrigger):
         target = io.target(self.path)
         policy = dataclasses.replace(stability.Policy.from_dict(self.policy), target=target)
         state = stability.State.from_dict(self.state) if self.state else stability.State()
+        started = stability.parse_utc(self.started_at) if self.started_at else stability.utcnow()
         failures = 0
         while True:
             try:
@@ -155,7 +173,13 @@ class SFTPFileStableTrigger(BaseTrigger):
                 self.log.info("%s is complete: %s (%s)", target, verdict.reason, verdict.checksum)
                 return {"status": "success", "result": stability.result(self.path, verdict)}
             self.log.info("%s is not complete yet: %s", target, verdict.reason)
-            await asyncio.sleep(self.poll_interval)
+            waited = (stability.utcnow() - started).total_seconds()
+            if self.timeout is not None and waited >= self.timeout:
+                message = stability.timeout_message(target, state, verdict.reason, waited, self.timeout)
+                self.log.error("%s", message)
+                return {"status": "timeout", "message": message}
+            left = math.inf if self.timeout is None else self.timeout - waited
+            await asyncio.sleep(min(self.poll_interval, left))
 
 
 class SFTPFileStableEventTrigger(_EventTriggerBase):

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.example_dags.test_example_dags import DS, EXAMPLE_DAGS, LOGICAL_DATE, load_dag
+from tests.integration.example_dags.test_example_dags import (
+    DS,
+    EXAMPLE_DAGS,
+    LOGICAL_DATE,
+    fast_sensors,  # noqa: F401 (a fixture)
+    load_dag,
+)
 
 PREFIX_DAG_ID = "example_s3_to_sftp_prefix"
 MAPPED_DAG_ID = "example_s3_to_sftp_mapped"
@@ -107,14 +113,32 @@ def test_many_object_dags_import_cleanly() -> None:
         ".done",
     )
     assert prefix_deliver.max_concurrency == 4
+    prefix_confirm = bag.dags[PREFIX_DAG_ID].get_task("confirm")
+    assert type(prefix_confirm).__name__ == "MappedOperator"
+    assert prefix_confirm.partial_kwargs["deferrable"] is True
     mapped_deliver = bag.dags[MAPPED_DAG_ID].get_task("deliver")
     assert type(mapped_deliver).__name__ == "MappedOperator"
     assert mapped_deliver.partial_kwargs["if_exists"] == "skip_identical"
     assert set(mapped_deliver.expand_input.value) == {"s3_key"}
 
 
+def confirmed(dag_run: Any, xcoms: dict[tuple[str, int], Any]) -> dict[str, str]:
+    """Return the checksum each mapped ``confirm`` sensor proved, by path; every instance must succeed."""
+    instances = task_instances(dag_run, "confirm")
+    assert {ti.state for ti in instances} == {"success"}
+    return {
+        xcoms[("confirm", ti.map_index)]["path"]: xcoms[("confirm", ti.map_index)]["checksum"]
+        for ti in instances
+    }
+
+
 def test_prefix_dag_delivers_matching_objects_and_skips_them_all_on_rerun(
-    dags_folder: Path, no_retries: None, bucket: str, exports: dict[str, bytes], remote_dir: Path
+    dags_folder: Path,
+    no_retries: None,
+    fast_sensors: None,  # noqa: F811 (the fixture)
+    bucket: str,
+    exports: dict[str, bytes],
+    remote_dir: Path,
 ) -> None:
     dag = load_dag(dags_folder, PREFIX_DAG_ID)
     conf = {"bucket": bucket, "prefix": "feeds", "target_dir": str(remote_dir / "out")}
@@ -149,6 +173,9 @@ def test_prefix_dag_delivers_matching_objects_and_skips_them_all_on_rerun(
         "bytes": first["bytes"],
         "files": sorted(str(day / relative) for relative in exports),
     }
+    # One mapped sensor per delivered file, each proving the file reads back to the delivery's checksum.
+    proved = {str(day / relative): f"sha256:{sha256(data)}" for relative, data in exports.items()}
+    assert confirmed(dag_run, xcoms) == proved
     mtimes = {path: path.stat().st_mtime_ns for path in day.rglob("*")}
 
     dag_run, xcoms = run(dag, conf)
@@ -161,6 +188,7 @@ def test_prefix_dag_delivers_matching_objects_and_skips_them_all_on_rerun(
     assert {record["checksum"] for record in second["objects"]} == {
         f"sha256:{sha256(data)}" for data in exports.values()
     }
+    assert confirmed(dag_run, xcoms) == proved  # skipped files are identical, so they are proved too
     # Nothing was rewritten: same files, same bytes, same modification times.
     assert tree(day) == landed
     assert {path: path.stat().st_mtime_ns for path in day.rglob("*")} == mtimes

@@ -11,7 +11,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 
 from airflow_s3sftp.core.delivery import Delivery, Source
-from airflow_s3sftp.core.options import DeliveryOptions
+from airflow_s3sftp.core.options import DeliveryOptions, Streaming
 from airflow_s3sftp.core.ordered import OrderedWriter
 from airflow_s3sftp.exceptions import SourceChangedError, VerificationError
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
@@ -308,6 +308,27 @@ def test_many_objects_cost_one_get_each_small_and_large_alike(s3, bucket, remote
     assert sorted(p.name for p in remote_dir.iterdir()) == ["a", "b"]
 
 
+def test_the_s3_request_strategy_is_asked_for_not_guessed_from_a_session_pool(s3, bucket, remote_dir):
+    """One object: HEAD then GET, with or without a pool; ``describe_with="get"`` (the batch's choice): one GET."""
+    data = os.urandom(64 * 1024)
+    s3.put_object(Bucket=bucket, Key="a", Body=data)
+    hook = S3ToSFTPHook()
+    calls = _count_s3_calls(hook)
+    hook.stream_object(bucket, "a", str(remote_dir / "alone"))
+    assert calls == ["HeadObject", "GetObject"]
+    calls.clear()
+    with hook.session_pool(1) as pool:
+        hook.stream_object(bucket, "a", str(remote_dir / "pooled"), sessions=pool)
+        assert calls == ["HeadObject", "GetObject"], "a pool does not change how S3 is asked"
+        calls.clear()
+        hook.stream_object(bucket, "a", str(remote_dir / "one-get"), sessions=pool, describe_with="get")
+        assert calls == ["GetObject"]
+    for name in ("alone", "pooled", "one-get"):
+        assert (remote_dir / name).read_bytes() == data
+    with pytest.raises(ValueError, match="describe_with must be 'head' or 'get', got 'list'"):
+        hook.stream_object(bucket, "a", str(remote_dir / "x"), describe_with="list")  # type: ignore[arg-type]
+
+
 def test_many_objects_name_a_missing_bucket_or_key(s3, bucket, remote_dir):
     records = S3ToSFTPHook().stream_objects(
         [("no-such-bucket-s3sftp", "a", str(remote_dir / "a")), (bucket, "missing", str(remote_dir / "m"))],
@@ -318,3 +339,146 @@ def test_many_objects_name_a_missing_bucket_or_key(s3, bucket, remote_dir):
         f"FileNotFoundError: S3 object s3://{bucket}/missing does not exist",
     ]
     assert list(remote_dir.iterdir()) == []
+
+
+# -- S3 reads go through the S3 hook's client and parameters ---------------------------------------
+# moto 5.2.5 neither refuses a requester-pays read without the header nor refuses an SSE-C object's
+# read without its key; so these tests watch the requests our client really sends, on botocore's
+# public ``before-send`` event (the HTTP request as it goes on the wire), and the bytes that land.
+
+
+class Wire:
+    """Every request the hook's own S3 client sends: operation, URL and headers, as they leave."""
+
+    def __init__(self, hook: S3ToSFTPHook) -> None:
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        hook.s3_client.meta.events.register("before-send.s3", self, unique_id="s3sftp-wire")
+
+    def __call__(self, request, event_name, **kwargs):  # type: ignore[no-untyped-def]
+        headers = {
+            name.lower(): value.decode() if isinstance(value, bytes) else str(value)
+            for name, value in request.headers.items()
+        }
+        self.requests.append((event_name.rsplit(".", 1)[-1], request.url, headers))
+
+    def reads(self) -> list[tuple[str, str, dict[str, str]]]:
+        return [r for r in self.requests if r[0] in ("HeadObject", "GetObject")]
+
+
+def _aws(moto, **extra):  # type: ignore[no-untyped-def]
+    conn = moto.connection()
+    return conn | {"extra": {**conn["extra"], **extra}}
+
+
+def _deliver_every_way(hook, bucket, remote_dir, small, large):  # type: ignore[no-untyped-def]
+    """One object alone (HEAD, then GET), many (GET first, a large one read again), ranged parts."""
+    parts = DeliveryOptions(streaming=Streaming(parallel_parts=2, part_size=4 * MiB))
+    hook.stream_object(bucket, "large", str(remote_dir / "alone"), parts)
+    records = hook.stream_objects(
+        [(bucket, "small", str(remote_dir / "small")), (bucket, "large", str(remote_dir / "large"))]
+    )
+    assert all("error" not in record for record in records), records
+    assert (remote_dir / "alone").read_bytes() == large
+    assert (remote_dir / "large").read_bytes() == large
+    assert (remote_dir / "small").read_bytes() == small
+    return records
+
+
+@pytest.mark.parametrize("given_by", ["hook-argument", "connection-extra"])
+def test_requester_pays_goes_on_every_head_get_ranged_get_and_list(
+    s3, bucket, remote_dir, moto, set_connection, given_by
+):
+    s3.put_bucket_request_payment(Bucket=bucket, RequestPaymentConfiguration={"Payer": "Requester"})
+    small, large = os.urandom(64 * 1024), os.urandom(10 * MiB)
+    s3.put_object(Bucket=bucket, Key="small", Body=small)
+    s3.put_object(Bucket=bucket, Key="large", Body=large)
+    if given_by == "hook-argument":
+        hook = S3ToSFTPHook(requester_pays=True)
+    else:
+        set_connection("aws_payer", _aws(moto, service_config={"s3": {"requester_pays": True}}))
+        hook = S3ToSFTPHook(aws_conn_id="aws_payer")
+    wire = Wire(hook)
+    _deliver_every_way(hook, bucket, remote_dir, small, large)
+    assert hook.list_keys(bucket, "") == ["large", "small"]
+    operations = {op for op, _, _ in wire.requests}
+    assert {"HeadObject", "GetObject", "ListObjectsV2"} <= operations
+    assert any("range" in headers for op, _, headers in wire.requests if op == "GetObject"), "no ranged GET"
+    missing = [
+        (op, url) for op, url, headers in wire.requests if headers.get("x-amz-request-payer") != "requester"
+    ]
+    assert missing == []
+
+
+def test_without_requester_pays_no_read_says_it_pays(s3, bucket, remote_dir):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"data")
+    hook = S3ToSFTPHook()
+    wire = Wire(hook)
+    hook.stream_object(bucket, "k", str(remote_dir / "k"))
+    assert wire.reads() and all("x-amz-request-payer" not in headers for _, _, headers in wire.reads())
+
+
+def test_an_sse_c_object_is_delivered_with_the_customer_key_on_every_read(
+    s3, bucket, remote_dir, moto, set_connection, caplog
+):
+    import base64
+    import hashlib
+    import logging
+
+    key = "s3sftp-customer-key-0123456789ab"  # 32 bytes: AES-256
+    sse = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": key}
+    small, large = os.urandom(64 * 1024), os.urandom(10 * MiB)
+    s3.put_object(Bucket=bucket, Key="small", Body=small, **sse)
+    s3.put_object(Bucket=bucket, Key="large", Body=large, **sse)
+    # Upload arguments beside the key (as S3Hook's extra_args may hold) do not go on reads.
+    extra_args = {**sse, "ServerSideEncryption": "AES256"}
+    set_connection("aws_ssec", _aws(moto, service_config={"s3": {"extra_args": extra_args}}))
+    hook = S3ToSFTPHook(aws_conn_id="aws_ssec")
+    wire = Wire(hook)
+    caplog.set_level(logging.DEBUG, logger="airflow_s3sftp")
+    records = _deliver_every_way(hook, bucket, remote_dir, small, large)
+    expected = {
+        "x-amz-server-side-encryption-customer-algorithm": "AES256",
+        "x-amz-server-side-encryption-customer-key": base64.b64encode(key.encode()).decode(),
+        "x-amz-server-side-encryption-customer-key-md5": base64.b64encode(
+            hashlib.md5(key.encode()).digest()
+        ).decode(),
+    }
+    reads = wire.reads()
+    assert {op for op, _, _ in reads} == {"HeadObject", "GetObject"}
+    assert any("range" in headers for _, _, headers in reads), "no ranged GET"
+    for op, url, headers in reads:
+        assert {name: headers.get(name) for name in expected} == expected, (op, url)
+        assert "x-amz-server-side-encryption" not in headers, "an upload argument went on a read"
+    assert key not in caplog.text and key not in repr(records)
+
+
+def test_bad_s3_settings_in_the_connection_name_it(moto, set_connection):
+    from airflow_s3sftp.exceptions import ConnectionConfigError
+
+    set_connection("aws_bad_s3", _aws(moto, service_config={"s3": {"extra_args": "AES256"}}))
+    with pytest.raises(ConnectionConfigError, match=r"'aws_bad_s3': service_config.s3.extra_args must be"):
+        S3ToSFTPHook(aws_conn_id="aws_bad_s3").s3_hook  # noqa: B018
+    with pytest.raises(TypeError, match="requester_pays must be True, False or None"):
+        S3ToSFTPHook(requester_pays="yes")  # type: ignore[arg-type]
+
+
+def test_config_kwargs_of_the_connection_shape_every_request(s3, bucket, remote_dir, moto, set_connection):
+    small, large = os.urandom(64 * 1024), os.urandom(10 * MiB)
+    s3.put_object(Bucket=bucket, Key="small", Body=small)
+    s3.put_object(Bucket=bucket, Key="large", Body=large)
+    config = {"user_agent_extra": "s3sftp-probe/7", "s3": {"addressing_style": "path"}}
+    set_connection("aws_config", _aws(moto, config_kwargs=config))
+    hook = S3ToSFTPHook(aws_conn_id="aws_config")
+    wire = Wire(hook)
+    _deliver_every_way(hook, bucket, remote_dir, small, large)
+    assert len(wire.reads()) >= 5
+    for op, url, headers in wire.requests:
+        assert "s3sftp-probe/7" in headers["user-agent"], op
+        assert url.startswith(f"{moto.endpoint_url}/{bucket}/"), url  # path-style addressing
+    # botocore's second hash of every GET stays off, unless config_kwargs chose otherwise.
+    assert hook.s3_client.meta.config.response_checksum_validation == "when_required"
+    set_connection(
+        "aws_validate", _aws(moto, config_kwargs={"response_checksum_validation": "when_supported"})
+    )
+    chosen = S3ToSFTPHook(aws_conn_id="aws_validate").s3_client.meta.config
+    assert chosen.response_checksum_validation == "when_supported"

@@ -380,6 +380,8 @@ def test_serialize_returns_exactly_the_constructor_arguments(expected: dict[str,
             checksum_poll=3,
             polls=4,
         ).to_dict(),
+        "timeout": 3600.0,
+        "started_at": "2026-12-06T14:00:00+00:00",
     }
     classpath, serialized = SFTPFileStableTrigger(**kwargs).serialize()
 

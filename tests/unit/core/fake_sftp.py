@@ -50,6 +50,7 @@ class FakeFS:
     free: int | None = None  # bytes free (statvfs); None: the server does not say
     joins: int = 0
     syncs: int = 0
+    side_channel: bool = True  # False: the journal is written inline, as on ProFTPD
     kill_after_bytes: int | None = None  # the worker dies here (kill -9): no cleanup reaches the server
     killed: bool = False
 
@@ -230,8 +231,8 @@ class FakeRemote:
         data = self.fs.files.get(path)
         return None if data is None or len(data) > limit else bytes(data)
 
-    def side(self) -> FakeRemote:
-        return self  # one more channel of the same connection: the same faults
+    def side(self) -> FakeRemote | None:
+        return self if self.fs.side_channel else None  # another channel of the same connection
 
     def listdir(self, directory: str) -> list[Attrs]:
         self.check()

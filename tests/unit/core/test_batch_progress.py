@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from airflow_s3sftp.core.delivery import BatchProgress
+from airflow_s3sftp.core.batch import BatchProgress
 
 LINE = re.compile(
     r"(\d+) of (\d+) objects done \((\d+) failed\), (\d+) bytes, [\d.]+ MB/s, [\d.]+ objects/s, ETA \d+s"

@@ -9,10 +9,11 @@ import zlib
 
 import pytest
 
-from airflow_s3sftp.core.delivery import AUTO_MIN_ROUND_TRIP, Delivery, LeftoverSweeper, Source
+from airflow_s3sftp.core.delivery import AUTO_MIN_ROUND_TRIP, Delivery, Source
 from airflow_s3sftp.core.options import DeliveryOptions
 from airflow_s3sftp.core.parts import Striping, part_token
 from airflow_s3sftp.core.session import SessionPool
+from airflow_s3sftp.core.sweep import LeftoverSweeper
 from airflow_s3sftp.exceptions import ConnectionLostError, SupersededError
 from tests.unit.core.fake_sftp import FakeFS, FakeRemote, Killed, session_factory
 
@@ -282,8 +283,9 @@ def ours(fs: FakeFS) -> list[str]:
     return [name for name in names(fs) if name.endswith(".s3sftp-part")]
 
 
-def test_a_new_process_resumes_from_the_journal_and_leaves_only_the_file():
-    fs = FakeFS()
+@pytest.mark.parametrize("side_channel", [True, False], ids=["journal-on-its-channel", "journal-inline"])
+def test_a_new_process_resumes_from_the_journal_and_leaves_only_the_file(side_channel):
+    fs = FakeFS(side_channel=side_channel)
     killed_after(fs, 6 * 1024 * KiB)
     assert len(ours(fs)) == 2  # the temp file and its journal, kept on purpose
     written = fs.written
@@ -356,4 +358,19 @@ def test_after_a_kill_9_the_next_try_adopts_or_removes_every_leftover(striped):
     record = deliver(fs, data=BIG, head={}, **flat)
     assert (record.resumed_from > 0) is not striped  # parts are never adopted: joined only when complete
     assert bytes(fs.files["/in/k"]) == BIG
+    assert names(fs) == ["/in/k"]
+
+
+def test_a_killed_small_delivery_leaves_nothing_once_the_next_try_comes():
+    fs = FakeFS()
+    fs.kill_after_bytes = 100 * KiB
+    with pytest.raises(Killed):
+        deliver(fs, **RESUMABLE)  # 300 KiB: no journal, just a temp file
+    fs.killed = False
+    assert len(ours(fs)) == 1
+    fs.now += 10  # too recent: maybe a live writer; left alone
+    deliver(fs, **RESUMABLE)
+    assert len(ours(fs)) == 1
+    fs.now += 60  # idle past resume_after: an earlier try's
+    deliver(fs, path="/in/k", **RESUMABLE)
     assert names(fs) == ["/in/k"]

@@ -298,3 +298,35 @@ def test_the_rules_import_nothing_from_airflow() -> None:
     code = "import sys, airflow_s3sftp.core.stability; print(any(m.split('.')[0] == 'airflow' for m in sys.modules))"
     output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert output.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.04, "0.0 s"),
+        (8.139272103999929, "8.1 s"),
+        (42.5, "42 s"),
+        (61, "61 s (1 min)"),
+        (3725, "3725 s (1 h 2 min)"),
+        (7201, "7201 s (2 h)"),
+    ],
+)
+def test_format_seconds_rounds_for_people(seconds: float, text: str) -> None:
+    assert stability.format_seconds(seconds) == text
+
+
+def test_timeout_message_names_path_last_observation_reason_and_wait() -> None:
+    at = datetime.datetime(2026, 12, 6, 14, 0, 5, tzinfo=datetime.UTC)
+    last = stability.Observation(at=at, size=1234, mtime=int(at.timestamp()) - 5)
+    state = stability.State(since=last, last=last, polls=7)
+
+    message = stability.timeout_message(
+        "h:22:/in/a.csv", state, "size 1234 has not reached expected_size 2000", 30.26, 30
+    )
+
+    assert message == (
+        "SFTP file h:22:/in/a.csv was not complete after 30 s, timeout 30 s, 7 polls: last seen 1,234 bytes "
+        "with mtime 2026-12-06T14:00:00Z at 2026-12-06T14:00:05Z; not complete because size 1234 has not "
+        "reached expected_size 2000"
+    )
+    assert "never observed" in stability.timeout_message("h:22:/x", stability.State(), None, 0.5, 0.5)
