@@ -111,3 +111,7 @@ class UnsupportedAirflowVersionError(S3SFTPError, RuntimeError):
 
 class ArgumentTypeError(TypeError, ValueError):
     """An argument has the wrong type (a string where a number or flag is expected); also a ``ValueError``."""
+
+
+class S3SFTPDeprecationWarning(DeprecationWarning):
+    """A name of this package that still works for one more release; the message names its replacement."""

@@ -30,31 +30,46 @@ if TYPE_CHECKING:
 LONG_BIG_METHODS = (
     Method("openssh-sftp", "openssh-sftp", note="sftp -b put of a local copy, one connection"),
     Method("ours", "ours", note="defaults: auto striping over several SFTP channels"),
-    Method("ours-1-channel", "ours", {"attrs": {"channels": 1}}, "channels=1"),
+    Method("ours-1-channel", "ours", {"op": {"tuning": {"channels": 1}}}, "channels=1"),
     Method("rclone", "rclone", note="rclone copyto s3 -> sftp, defaults"),
 )
 #: ``--quick`` adds this one: the quick sizes are below the auto threshold, and striping must not rot.
 LONG_FORCED_STRIPES = Method(
-    "ours-4-channels", "ours", {"attrs": {"channels": 4, "stripe_size": MiB}}, "channels=4, 1 MiB stripes"
+    "ours-4-channels",
+    "ours",
+    {"op": {"tuning": {"channels": 4, "stripe_size": MiB}}},
+    "channels=4, 1 MiB stripes",
 )
 #: Measurement variants (``--long-methods``): what the striping defaults are made of.
 LONG_VARIANTS = (
     LONG_FORCED_STRIPES,
     *(
-        Method(f"ours-8ch-{n}MiB", "ours", {"attrs": {"channels": 8, "stripe_size": n * MiB}}, f"8 x {n} MiB")
+        Method(
+            f"ours-8ch-{n}MiB",
+            "ours",
+            {"op": {"tuning": {"channels": 8, "stripe_size": n * MiB}}},
+            f"8 x {n} MiB",
+        )
         for n in (1, 2, 4, 8)
     ),
     *(
-        Method(f"ours-4ch-{n}MiB", "ours", {"attrs": {"channels": 4, "stripe_size": n * MiB}}, f"4 x {n} MiB")
+        Method(
+            f"ours-4ch-{n}MiB",
+            "ours",
+            {"op": {"tuning": {"channels": 4, "stripe_size": n * MiB}}},
+            f"4 x {n} MiB",
+        )
         for n in (2, 8)
     ),
-    Method("ours-16ch-2MiB", "ours", {"attrs": {"channels": 16, "stripe_size": 2 * MiB}}, "16 x 2 MiB"),
+    Method(
+        "ours-16ch-2MiB", "ours", {"op": {"tuning": {"channels": 16, "stripe_size": 2 * MiB}}}, "16 x 2 MiB"
+    ),
 )
 LONG_DEFAULT = "openssh-sftp,ours,ours-1-channel,rclone"
 LONG_MANY_METHODS = (
     Method("openssh-sftp", "many-openssh", note="sftp -b: one put per file over one connection"),
     Method("ours", "many-ours", note="s3_prefix, defaults (max_concurrency=4)"),
-    Method("ours-1-channel", "many-ours", {"op": {}, "attrs": {"channels": 1}}, "channels=1"),
+    Method("ours-1-channel", "many-ours", {"op": {"tuning": {"channels": 1}}}, "channels=1"),
     Method("rclone", "many-rclone", note="rclone copy s3 -> sftp, defaults"),
 )
 ONE_SMALL = Method("ours-one-64KiB", "ours", note="one 64 KiB object alone: its sequential round trips")

@@ -192,7 +192,6 @@ def many_ours(job: Job) -> dict[str, Any]:
         sftp_conn_id=SFTP_CONN_ID,
         **job.get("variant", {}).get("op", {}),
     )
-    _set_attrs(operator, job.get("variant", {}))
     summary = operator.execute(context={})  # type: ignore[arg-type]
     records = summary["objects"]
     return {
@@ -368,7 +367,6 @@ def ours(job: Job) -> dict[str, Any]:
         sftp_conn_id=SFTP_CONN_ID,
         **variant.get("op", {}),
     )
-    _set_attrs(operator, variant)
     counter = RequestCounter().install()
     if variant.get("no_source_check"):
         # The operator's own path with a hook whose sources carry none of S3's integrity data.
@@ -378,15 +376,6 @@ def ours(job: Job) -> dict[str, Any]:
     else:
         record = operator.execute(context={})  # type: ignore[arg-type]
     return {"record": record, "sftp": counter.report()}
-
-
-def _set_attrs(operator: Any, variant: dict[str, Any]) -> None:
-    """Set delivery options the operator does not take as arguments (``channels``, ``stripe_size``).
-
-    ``delivery_options()`` reads every option the operator has as an attribute.
-    """
-    for name, value in variant.get("attrs", {}).items():
-        setattr(operator, name, value)
 
 
 def _unchecked_source_hook() -> type:

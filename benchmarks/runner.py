@@ -77,7 +77,7 @@ def _only_cipher(name: str) -> dict[str, Any]:
     return {"disabled_algorithms": {"ciphers": [c for c in _PARAMIKO_CIPHERS if c != name]}}
 
 
-RANGED = {"parallel_parts": 4, "part_size": 16 * MiB}
+RANGED = {"tuning": {"parallel_parts": 4, "part_size": 16 * MiB}}
 MAIN_METHODS = (
     Method("openssh-sftp", "openssh-sftp", note="sftp -b put of a local copy: the write-side limit"),
     Method("stock-operator", "stock", note="amazon S3ToSFTPOperator: temp file, then put"),
@@ -85,20 +85,20 @@ MAIN_METHODS = (
     Method("rclone", "rclone", note="rclone copyto s3 -> sftp"),
     Method("ours-default", "ours", note="sha256 + size verify + atomic rename + fsync"),
     Method("ours-verify-checksum", "ours", {"op": {"verify": "checksum"}}, "re-reads the file"),
-    Method("ours-strict-order", "ours", {"op": {"strict_order": True}}, "one write in flight"),
+    Method("ours-strict-order", "ours", {"op": {"tuning": {"strict_order": True}}}, "one write in flight"),
     Method("ours-ranged-4x16MiB", "ours", {"op": RANGED}, "RangedReader, 4 parts of 16 MiB"),
 )
 TUNING_METHODS = (
-    Method("ours-no-fsync", "ours", {"op": {"fsync": False}}),
+    Method("ours-no-fsync", "ours", {"op": {"tuning": {"fsync": False}}}),
     Method(
         "ours-no-hash",
         "ours",
         {"op": {"checksum": None}, "no_source_check": True},
         "no checksum, no S3 check",
     ),
-    Method("ours-chunk-1MiBx16", "ours", {"op": {"chunk_size": MiB, "read_ahead": 16}}),
-    Method("ours-chunk-16MiBx2", "ours", {"op": {"chunk_size": 16 * MiB, "read_ahead": 2}}),
-    Method("ours-write-64KiB", "ours", {"op": {"write_size": 64 * KiB}}),
+    Method("ours-chunk-1MiBx16", "ours", {"op": {"tuning": {"chunk_size": MiB, "read_ahead": 16}}}),
+    Method("ours-chunk-16MiBx2", "ours", {"op": {"tuning": {"chunk_size": 16 * MiB, "read_ahead": 2}}}),
+    Method("ours-write-64KiB", "ours", {"op": {"tuning": {"write_size": 64 * KiB}}}),
     Method("ours-aes128-gcm", "ours", {"sftp_extra": _only_cipher("aes128-gcm@openssh.com")}),
     Method("ours-aes256-ctr", "ours", {"sftp_extra": _only_cipher("aes256-ctr")}),
     Method(
@@ -113,7 +113,7 @@ TUNING_METHODS = (
         {"patches": {"no_botocore_checksum": True}},
         "botocore response_checksum_validation=when_required",
     ),
-    Method("ours-ranged-2x16MiB", "ours", {"op": {"parallel_parts": 2, "part_size": 16 * MiB}}),
+    Method("ours-ranged-2x16MiB", "ours", {"op": {"tuning": {"parallel_parts": 2, "part_size": 16 * MiB}}}),
     Method("stock-no-compress", "stock", {"sftp_extra": {"compress": "false"}}, "compress=false extra"),
 )
 IMPORTS_ONLY = Method("imports-only", "imports", note="imports, then nothing: the RSS/CPU baseline")

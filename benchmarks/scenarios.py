@@ -28,10 +28,13 @@ MANY_METHODS = (
     Method("rclone", "many-rclone", note="rclone copy s3 -> sftp, defaults"),
     Method("stock-operator", "many-stock", note="S3ToSFTPOperator looped over the keys, one per key"),
     # Measurement variants (--many-methods): what the defaults for small files cost.
-    Method("ours-no-fsync", "many-ours", {"op": {"fsync": False}}, "fsync=False"),
+    Method("ours-no-fsync", "many-ours", {"op": {"tuning": {"fsync": False}}}, "fsync=False"),
     Method("ours-no-chmod", "many-ours", {"op": {"file_mode": None}}, "file_mode=None"),
     Method(
-        "ours-strict", "many-ours", {"op": {"strict_order": True}}, "strict_order=True: one request at a time"
+        "ours-strict",
+        "many-ours",
+        {"op": {"tuning": {"strict_order": True}}},
+        "strict_order=True: one request at a time",
     ),
     Method("ours-1-session", "many-ours", {"op": {"max_concurrency": 1}}, "max_concurrency=1"),
     Method("ours-8-sessions", "many-ours", {"op": {"max_concurrency": 8}}, "max_concurrency=8"),

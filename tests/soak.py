@@ -55,7 +55,7 @@ from airflow_s3sftp.core.options import DeliveryOptions
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True, format="%(name)s %(message)s")
 aws, sftp, bucket, key, path, tuning = sys.argv[1:7]
-options = DeliveryOptions.from_flat(**json.loads(tuning))
+options = DeliveryOptions.build(tuning=json.loads(tuning))
 try:
     record = S3ToSFTPHook(aws_conn_id=aws, sftp_conn_id=sftp).stream_object(bucket, key, path, options)
 except Exception as err:

@@ -44,6 +44,8 @@ Detection (is a remote file provably complete?):
 - :mod:`~airflow_s3sftp.core.poll` -- the one poll sequence, sans I/O: asks for stats, sidecars,
   digests, listings and claims; the sensor and both triggers only drive it.
 - :mod:`~airflow_s3sftp.core.stability` -- the verdict rules: observations in, verdict out.
+- :mod:`~airflow_s3sftp.core.events` -- the triggers' error events: ``encode_error`` in the
+  triggerer, ``decode_error`` in the task, the same exception class, message and fields.
 """
 
 from __future__ import annotations

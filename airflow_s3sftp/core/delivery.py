@@ -31,7 +31,9 @@ from airflow_s3sftp.core.manifest import Manifest, RangeHasher, manifest_path, r
 from airflow_s3sftp.core.ordered import OrderedWriter
 from airflow_s3sftp.core.parts import StripedFile, Striping, part_token
 from airflow_s3sftp.core.paths import (
+    STRIPE_SUFFIX,
     backup_path_for,
+    hidden_path_for,
     new_token,
     temp_path_for,
 )
@@ -658,7 +660,7 @@ class Delivery:
         parts = []
         try:
             for number, lane in enumerate(lanes):
-                path = temp_path_for(self.path, part_token(self._token, number))
+                path = hidden_path_for(self.path, part_token(self._token, number), STRIPE_SUFFIX)
                 self._parts.append(path)
                 part, _ = lane.create(path, exclusive=True, size=self.source.size)
                 parts.append(part)

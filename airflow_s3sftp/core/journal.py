@@ -31,7 +31,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_s3sftp.core.paths import TEMP_SUFFIX, temp_path_for
+from airflow_s3sftp.core.paths import JOURNAL_SUFFIX, STRIPE_SUFFIX, TEMP_SUFFIX, hidden_path_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -59,14 +59,15 @@ def journal_path_for(path: str) -> str:
 
     One name per final path (not per object version), so that a try finds the journal of an earlier
     try even when the S3 object changed in between, and removes what it no longer matches.
-    Temp-shaped, so the plan's name-length checks and the sweep of abandoned temp files cover it.
+    Shaped like a temp file with its own suffix (``.s3sftp-journal``), so the plan's name-length
+    checks and the sweep of abandoned temp files cover it, and nobody takes it for a temp file.
     """
-    return temp_path_for(path, _token("journal", path))
+    return hidden_path_for(path, _token("journal", path), JOURNAL_SUFFIX)
 
 
 def journal_temp_path_for(path: str) -> str:
     """Return the temp name the journal of ``path`` is written under before its rename (reused)."""
-    return temp_path_for(path, _token("journal-temp", path))
+    return hidden_path_for(path, _token("journal-temp", path), JOURNAL_SUFFIX)
 
 
 def _token(kind: str, path: str) -> str:
@@ -103,10 +104,13 @@ class Journal:
             raise ValueError("journal with a bad proven offset or range size")
         if journal.proven > identity.size or len(journal.ranges) < journal.proven // journal.range_size:
             raise ValueError("journal claims more than it describes")
-        for named in (journal.temp, *journal.parts):
+        for named, suffix in (
+            (journal.temp, TEMP_SUFFIX),
+            *((part, STRIPE_SUFFIX) for part in journal.parts),
+        ):
             if posixpath.dirname(named) != posixpath.dirname(identity.path):
                 raise ValueError("journal names a file in another directory")
-            if not posixpath.basename(named).endswith(TEMP_SUFFIX):
+            if not posixpath.basename(named).endswith(suffix):
                 raise ValueError("journal names a file that is not a temp file of ours")
         return journal
 

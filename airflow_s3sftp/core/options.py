@@ -7,12 +7,13 @@
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from airflow_s3sftp.core import validate
 from airflow_s3sftp.core.sftp import MAX_WRITE_SIZE
+from airflow_s3sftp.exceptions import ArgumentTypeError
 
 MiB = 1024 * 1024
 MAX_BACKOFF = 60.0
@@ -181,8 +182,68 @@ class RetryPolicy:
         return float(min(MAX_BACKOFF, self.delay * 2 ** max(0, attempt - 1)))
 
 
-# Flat names (the operator's parameters) that differ from the field names of their group.
-_RENAMED = {"connection_retries": ("retry", "retries"), "connection_retry_delay": ("retry", "delay")}
+#: The keys of the operator's ``tuning`` dict: name -> (option group, field). The names are the
+#: operator's former keyword arguments, so ``chunk_size=MiB`` became ``tuning={"chunk_size": MiB}``.
+TUNING: dict[str, tuple[str, str]] = {
+    "chunk_size": ("streaming", "chunk_size"),
+    "read_ahead": ("streaming", "read_ahead"),
+    "write_size": ("streaming", "write_size"),
+    "strict_order": ("streaming", "strict_order"),
+    "max_in_flight": ("streaming", "max_in_flight"),
+    "parallel_parts": ("streaming", "parallel_parts"),
+    "part_size": ("streaming", "part_size"),
+    "fsync": ("streaming", "fsync"),
+    "io_timeout": ("streaming", "io_timeout"),
+    "progress_interval": ("streaming", "progress_interval"),
+    "channels": ("streaming", "channels"),
+    "stripe_size": ("streaming", "stripe_size"),
+    "connection_retries": ("retry", "retries"),
+    "connection_retry_delay": ("retry", "delay"),
+    "s3_retries": ("retry", "s3_retries"),
+    "checkpoint_every": ("retry", "checkpoint_every"),
+    "resume_after": ("retry", "resume_after"),
+    "range_size": ("checks", "range_size"),
+    "stale_temp_after": ("publishing", "stale_temp_after"),
+}
+
+#: What users decide, each a parameter of its own (of :meth:`DeliveryOptions.build` and the operator).
+DECISIONS = (
+    "atomic",
+    "if_exists",
+    "create_dirs",
+    "file_mode",
+    "sidecar",
+    "done_marker",
+    "manifest",
+    "checksum",
+    "verify",
+    "skip_identical_by",
+)
+
+
+def tuning_groups(tuning: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Return the ``tuning`` dict sorted into option groups: ``{"streaming": {"chunk_size": ...}, ...}``.
+
+    Only the keys are checked here (a key that is no tuning knob raises ``ValueError`` naming the
+    valid ones); the values are checked by the groups, each error naming its key.
+    """
+    groups: dict[str, dict[str, Any]] = {"publishing": {}, "checks": {}, "streaming": {}, "retry": {}}
+    if tuning is None:
+        return groups
+    if not isinstance(tuning, Mapping):
+        raise ArgumentTypeError(
+            f"tuning must be a dict such as {{'chunk_size': 4194304}} or None, got {tuning!r} "
+            f"({type(tuning).__name__})"
+        )
+    for key, value in tuning.items():
+        if key not in TUNING:
+            hint = f" ({key} is a parameter of its own, not a tuning key)" if key in DECISIONS else ""
+            raise ValueError(
+                f"tuning has an unknown key {key!r}{hint}; valid keys: {', '.join(sorted(TUNING))}"
+            )
+        group, name = TUNING[key]
+        groups[group][name] = value
+    return groups
 
 
 @dataclass(frozen=True)
@@ -199,35 +260,41 @@ class DeliveryOptions:
             raise ValueError("sidecar=True needs a checksum algorithm (checksum=None was given)")
 
     @classmethod
-    def from_flat(cls, **flat: Any) -> DeliveryOptions:
-        """Build options from flat names (``atomic=False, chunk_size=...``), as the operator takes them.
+    def build(
+        cls,
+        *,
+        atomic: bool = Publishing.atomic,
+        if_exists: IfExists = Publishing.if_exists,
+        create_dirs: bool = Publishing.create_dirs,
+        file_mode: int | None = Publishing.file_mode,
+        sidecar: bool = Publishing.sidecar,
+        done_marker: str | None = Publishing.done_marker,
+        manifest: bool = Publishing.manifest,
+        checksum: str | None = Checks.checksum,
+        verify: Verify = Checks.verify,
+        skip_identical_by: SkipIdenticalBy = Checks.skip_identical_by,
+        tuning: Mapping[str, Any] | None = None,
+    ) -> DeliveryOptions:
+        """Return the options of the users' decisions plus a ``tuning`` dict (keys of :data:`TUNING`).
 
-        Unknown names raise ``TypeError``; bad values raise ``ValueError``.
+        A bad value raises ``ValueError`` (or :class:`~airflow_s3sftp.exceptions.ArgumentTypeError`)
+        naming the parameter or tuning key; an unknown tuning key names the valid ones.
         """
-        groups: dict[str, dict[str, Any]] = {name: {} for name in _GROUP_FIELDS}
-        for name, value in flat.items():
-            group, field_name = _RENAMED.get(name) or (_FIELD_GROUP.get(name), name)
-            if group is None:
-                raise TypeError(f"Unknown delivery option {name!r}")
-            groups[group][field_name] = value
-        return cls(**{name: _GROUP_FIELDS[name](**values) for name, values in groups.items()})
-
-    def flat(self) -> dict[str, Any]:
-        """Return every option under its flat name (the inverse of :meth:`from_flat`)."""
-        renamed = {value: key for key, value in _RENAMED.items()}
-        out: dict[str, Any] = {}
-        for group in _GROUP_FIELDS:
-            for item in dataclasses.fields(_GROUP_FIELDS[group]):
-                out[renamed.get((group, item.name), item.name)] = getattr(getattr(self, group), item.name)
-        return out
-
-
-_GROUP_FIELDS: dict[str, type[Any]] = {
-    "publishing": Publishing,
-    "checks": Checks,
-    "streaming": Streaming,
-    "retry": RetryPolicy,
-}
-_FIELD_GROUP = {
-    item.name: group for group, kind in _GROUP_FIELDS.items() for item in dataclasses.fields(kind)
-}
+        groups = tuning_groups(tuning)
+        return cls(
+            publishing=Publishing(
+                atomic=atomic,
+                if_exists=if_exists,
+                create_dirs=create_dirs,
+                file_mode=file_mode,
+                sidecar=sidecar,
+                done_marker=done_marker,
+                manifest=manifest,
+                **groups["publishing"],
+            ),
+            checks=Checks(
+                checksum=checksum, verify=verify, skip_identical_by=skip_identical_by, **groups["checks"]
+            ),
+            streaming=Streaming(**groups["streaming"]),
+            retry=RetryPolicy(**groups["retry"]),
+        )

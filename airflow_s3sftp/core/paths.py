@@ -12,9 +12,13 @@ import posixpath
 import re
 import secrets
 
-TEMP_SUFFIX = ".s3sftp-part"
+TEMP_SUFFIX = ".s3sftp-part"  # a delivery's temp file: always a byte-exact prefix of the object
+STRIPE_SUFFIX = ".s3sftp-stripe"  # a part file of a striped delivery (core/parts.py): its stripes, in order
+JOURNAL_SUFFIX = ".s3sftp-journal"  # a delivery's durable checkpoint (core/journal.py): small JSON
 MANIFEST_SUFFIX = ".manifest"  # core.manifest.manifest_path: <name>.manifest
 BACKUP_SUFFIX = ".s3sftp-old"
+#: Every suffix of the hidden files a delivery writes beside its final name.
+HIDDEN_SUFFIXES = (TEMP_SUFFIX, STRIPE_SUFFIX, JOURNAL_SUFFIX, BACKUP_SUFFIX)
 #: The longest file name (one path segment, in bytes) servers take unless they say otherwise:
 #: NAME_MAX of ext4, xfs, btrfs and most other filesystems.
 NAME_MAX = 255
@@ -152,6 +156,11 @@ def temp_path_for(path: str, token: str, name_max: int = NAME_MAX) -> str:
     return _hidden(path, token, TEMP_SUFFIX, name_max)
 
 
+def hidden_path_for(path: str, token: str, suffix: str, name_max: int = NAME_MAX) -> str:
+    """Return a hidden file of ``path`` shaped like its temp file but ending in ``suffix``."""
+    return _hidden(path, token, suffix, name_max)
+
+
 def backup_path_for(path: str, token: str, name_max: int = NAME_MAX) -> str:
     """Return where the previous version waits while a server without posix-rename replaces it."""
     return _hidden(path, token, BACKUP_SUFFIX, name_max)
@@ -162,7 +171,7 @@ def leftover_of(name: str) -> str | None:
 
     For the short form of a long name this is its :func:`short_stem`.
     """
-    for suffix in (TEMP_SUFFIX, BACKUP_SUFFIX):
+    for suffix in HIDDEN_SUFFIXES:
         if name.startswith(".") and name.endswith(suffix):
             base, _, token = name[1 : -len(suffix)].rpartition(".")
             if base and _TOKEN.fullmatch(token):
@@ -172,7 +181,7 @@ def leftover_of(name: str) -> str | None:
 
 def is_reserved_name(name: str) -> bool:
     """Return True for names shaped like our temp or backup files (never valid delivery targets)."""
-    return name.startswith(".") and name.endswith((TEMP_SUFFIX, BACKUP_SUFFIX))
+    return name.startswith(".") and name.endswith(HIDDEN_SUFFIXES)
 
 
 def check_plan(
@@ -199,11 +208,11 @@ def check_plan(
     for source, path in planned:
         directory, name = posixpath.split(path)
         if is_reserved_name(name):
-            owner = leftover_of(name) or name[1:].removesuffix(TEMP_SUFFIX).removesuffix(BACKUP_SUFFIX)
+            owner = leftover_of(name) or name[1:].rsplit(".s3sftp-", 1)[0]
             twin = sources.get(posixpath.join(directory, owner))
             raise ValueError(
                 f"{source!r} would land on {path!r}, a name reserved for airflow-s3sftp's temp files "
-                f"(hidden names ending in {TEMP_SUFFIX} or {BACKUP_SUFFIX})"
+                f"(hidden names ending in {', '.join(HIDDEN_SUFFIXES)})"
                 + (f", shaped like a temp file of {twin!r}" if twin else "")
                 + "; rename it or filter it out"
             )
@@ -245,7 +254,8 @@ def check_name_length(path: str, name_max: int, what: str) -> None:
                 f"The name {segment!r} ({what}) is too long: {length} bytes, {length - name_max} over "
                 f"the server's limit of {name_max} bytes"
             )
-    temp = posixpath.basename(temp_path_for(path, "0" * 12, name_max))
+    longest = max(HIDDEN_SUFFIXES, key=len)
+    temp = posixpath.basename(hidden_path_for(path, "0" * 12, longest, name_max))
     if name_bytes(temp) > name_max:
         raise ValueError(
             f"The temp name of {path!r} ({what}) cannot fit the server's name limit of {name_max} bytes"

@@ -205,7 +205,11 @@ class SFTPSession:
 
     def lost(self, err: BaseException) -> bool:
         """Return True when ``err`` means this session's connection is gone or stalled."""
-        if isinstance(err, (socket.timeout, TimeoutError, EOFError, ConnectionLostError)):
+        # paramiko raises SSHException("Server connection dropped") before it marks the transport
+        # inactive; within a session (the login is long done) an SSHException is the transport's.
+        if isinstance(
+            err, (socket.timeout, TimeoutError, EOFError, ConnectionLostError, paramiko.SSHException)
+        ):
             return True
         return not self.alive()
 

@@ -13,7 +13,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from airflow_s3sftp.core.journal import MAX_JOURNAL_BYTES, Journal, journal_path_for
-from airflow_s3sftp.core.paths import TEMP_SUFFIX, leftover_of, short_stem
+from airflow_s3sftp.core.paths import JOURNAL_SUFFIX, STRIPE_SUFFIX, TEMP_SUFFIX, leftover_of, short_stem
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -95,7 +95,8 @@ class LeftoverSweeper:
             elif (
                 self._earlier_tries_after is not None
                 and age > self._earlier_tries_after
-                and attrs.filename.endswith(TEMP_SUFFIX)  # a backup may belong to a publish under way
+                # not a backup: it may belong to a publish under way, whatever its mtime says
+                and attrs.filename.endswith((TEMP_SUFFIX, STRIPE_SUFFIX, JOURNAL_SUFFIX))
                 and attrs.filename
                 not in journals | kept  # a journal's files: its delivery adopts or removes them
             ):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 import socket
+import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_s3sftp.core import validate
 from airflow_s3sftp.core.batch import summarize
-from airflow_s3sftp.core.options import Checks, DeliveryOptions, Publishing, RetryPolicy, Streaming
+from airflow_s3sftp.core.options import TUNING, Checks, DeliveryOptions, Publishing
 from airflow_s3sftp.core.paths import (
     check_plan,
     glob_to_regex,
@@ -25,13 +26,38 @@ from airflow_s3sftp.core.paths import (
     remote_path_for,
     safe_name,
 )
-from airflow_s3sftp.exceptions import DeliveryFailedError
+from airflow_s3sftp.exceptions import DeliveryFailedError, S3SFTPDeprecationWarning
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from airflow.providers.common.compat.sdk import Context
+
+
+def _moved_into_tuning(tuning: dict[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """Return ``tuning`` with the former keyword arguments of its keys (popped from ``kwargs``) moved in.
+
+    They still work for one release, with a :class:`~airflow_s3sftp.exceptions.S3SFTPDeprecationWarning`
+    saying where they went; the same knob given both ways is refused.
+    """
+    moved = {name: kwargs.pop(name) for name in list(kwargs) if name in TUNING}
+    if not moved:
+        return tuning
+    shown = ", ".join(f"{name!r}: {value!r}" for name, value in moved.items())
+    warnings.warn(
+        f"S3ToSFTPStreamOperator({', '.join(moved)}=...) is deprecated: pass tuning={{{shown}}}",
+        S3SFTPDeprecationWarning,
+        stacklevel=3,
+    )
+    if tuning is None:
+        return moved
+    if not isinstance(tuning, dict):
+        return tuning  # refused, naming its type, when the options are built
+    both = sorted(set(moved) & set(tuning))
+    if both:
+        raise ValueError(f"{', '.join(both)} given both as a keyword argument and in tuning: keep tuning")
+    return {**tuning, **moved}
 
 
 class S3ToSFTPStreamOperator(BaseOperator):
@@ -98,26 +124,27 @@ class S3ToSFTPStreamOperator(BaseOperator):
         the format ``sha256sum -c`` accepts
     :param done_marker: after publishing (and the sidecar), create an empty ``<name><done_marker>``
         file, e.g. ``".done"``
-    :param stale_temp_after: seconds (on the server's clock) after which a temp file of one of this
-        task's final names, left by a crashed worker, counts as abandoned and is removed
-    :param strict_order: wait for each write's acknowledgement before sending the next, for SFTP
-        servers that may apply pipelined writes in parallel (slower); None decides per server
-        (pipelined on OpenSSH, one write in flight on servers not known to apply them in order)
-    :param chunk_size: bytes per S3 read and per queued chunk
-    :param read_ahead: chunks read ahead of the SFTP writer (memory is about chunk_size * read_ahead)
-    :param parallel_parts: S3 ranged GETs in flight; above 1 the object is read as parallel parts of
-        ``part_size`` bytes (still written in order), for S3 paths that cap a single stream
-    :param part_size: bytes per ranged GET when ``parallel_parts`` > 1 (memory is about
-        parallel_parts * part_size)
-    :param fsync: ask the server to flush the file to disk before publishing (``fsync@openssh.com``)
-    :param io_timeout: seconds an SFTP read or write may stall before the connection counts as lost
-    :param connection_retries: reconnect attempts after a lost SSH connection, per object
-    :param connection_retry_delay: seconds before the first reconnect, doubled on every further one
-    :param s3_retries: reopens of a broken S3 stream at the offset where it broke, per object
-    :param write_size: bytes per SFTP WRITE request (at most 256 KiB, capped with a warning to the
-        server's ``limits@openssh.com``); None asks the server
-    :param max_in_flight: pipelined SFTP WRITE requests outstanding at most
-    :param progress_interval: seconds between progress lines of a long transfer
+    :param manifest: after publishing (before the done marker), write ``<name>.manifest``: the
+        sha256 of every ``range_size`` range, so a partner can name the bytes that differ (see
+        ``docs/manifest.md``)
+    :param tuning: how the bytes move, as one dict (not templated: checked when the DAG is parsed);
+        an unknown key fails naming the valid ones, a bad value fails naming its key. Keys:
+        ``chunk_size`` (bytes per S3 read and queued chunk, 1 MiB), ``read_ahead`` (chunks read
+        ahead of the writer, 8), ``parallel_parts`` / ``part_size`` (S3 ranged GETs in flight,
+        1, and bytes per GET, 16 MiB), ``write_size`` (bytes per SFTP WRITE, None asks the
+        server), ``max_in_flight`` (pipelined WRITEs, 32), ``strict_order`` (one WRITE in flight;
+        None decides per server), ``channels`` / ``stripe_size`` (SFTP channels per object, None
+        decides, and bytes per stripe, 8 MiB), ``fsync`` (True), ``io_timeout`` (seconds an SFTP
+        request may stall, 120), ``progress_interval`` (seconds between progress lines, 10),
+        ``connection_retries`` / ``connection_retry_delay`` (reconnects per object, 3, and the
+        first wait, 1.0 s, doubled each time), ``s3_retries`` (reopens of a broken S3 stream, 5),
+        ``checkpoint_every`` / ``resume_after`` (bytes between durable checkpoints, None picks,
+        0 keeps none; seconds a leftover must be idle before a new try adopts it, 180),
+        ``range_size`` (bytes per checkpoint and manifest range, 8 MiB), ``stale_temp_after``
+        (seconds, on the server's clock, after which a crashed worker's temp file of one of
+        this task's final names is removed, 86400); see :mod:`airflow_s3sftp.core.options`.
+        The former keyword arguments of these names still work for one release, with an
+        :class:`~airflow_s3sftp.exceptions.S3SFTPDeprecationWarning`
     """
 
     template_fields: Sequence[str] = (
@@ -154,22 +181,11 @@ class S3ToSFTPStreamOperator(BaseOperator):
         file_mode: int | None = Publishing.file_mode,
         sidecar: bool = Publishing.sidecar,
         done_marker: str | None = Publishing.done_marker,
-        stale_temp_after: float = Publishing.stale_temp_after,
-        strict_order: bool | None = Streaming.strict_order,
-        chunk_size: int = Streaming.chunk_size,
-        read_ahead: int = Streaming.read_ahead,
-        fsync: bool = Streaming.fsync,
-        parallel_parts: int = Streaming.parallel_parts,
-        part_size: int = Streaming.part_size,
-        io_timeout: float = Streaming.io_timeout,
-        connection_retries: int = RetryPolicy.retries,
-        connection_retry_delay: float = RetryPolicy.delay,
-        s3_retries: int = RetryPolicy.s3_retries,
-        write_size: int | None = Streaming.write_size,
-        max_in_flight: int = Streaming.max_in_flight,
-        progress_interval: float = Streaming.progress_interval,
+        manifest: bool = Publishing.manifest,
+        tuning: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        tuning = _moved_into_tuning(tuning, kwargs)
         super().__init__(**kwargs)
         self.s3_bucket = s3_bucket
         self.s3_key = s3_key
@@ -191,20 +207,8 @@ class S3ToSFTPStreamOperator(BaseOperator):
         self.file_mode = file_mode
         self.sidecar = sidecar
         self.done_marker = done_marker
-        self.stale_temp_after = stale_temp_after
-        self.strict_order = strict_order
-        self.chunk_size = chunk_size
-        self.read_ahead = read_ahead
-        self.fsync = fsync
-        self.parallel_parts = parallel_parts
-        self.part_size = part_size
-        self.io_timeout = io_timeout
-        self.connection_retries = connection_retries
-        self.connection_retry_delay = connection_retry_delay
-        self.s3_retries = s3_retries
-        self.write_size = write_size
-        self.max_in_flight = max_in_flight
-        self.progress_interval = progress_interval
+        self.manifest = manifest
+        self.tuning = tuning
         self._check_arguments()  # a bad argument fails the DAG at parse time
         self._delivered: list[tuple[str, str, str]] = []  # (bucket, key, sftp path), for lineage
 
@@ -237,8 +241,19 @@ class S3ToSFTPStreamOperator(BaseOperator):
 
     def delivery_options(self) -> DeliveryOptions:
         """Return the validated delivery options (raises ``ValueError`` on a bad value)."""
-        names = [name for name in DeliveryOptions().flat() if hasattr(self, name)]
-        return DeliveryOptions.from_flat(**{name: getattr(self, name) for name in names})
+        return DeliveryOptions.build(
+            atomic=self.atomic,
+            if_exists=self.if_exists,
+            create_dirs=self.create_dirs,
+            file_mode=self.file_mode,
+            sidecar=self.sidecar,
+            done_marker=self.done_marker,
+            manifest=self.manifest,
+            checksum=self.checksum,
+            verify=self.verify,
+            skip_identical_by=self.skip_identical_by,
+            tuning=self.tuning,
+        )
 
     def _hook(self) -> S3ToSFTPHook:
         return S3ToSFTPHook(aws_conn_id=self.aws_conn_id, sftp_conn_id=self.sftp_conn_id)

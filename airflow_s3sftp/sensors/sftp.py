@@ -21,14 +21,7 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_s3sftp.core import poll, stability, validate
-from airflow_s3sftp.exceptions import (
-    AuthenticationError,
-    ChecksumMismatchError,
-    HostKeyVerificationError,
-    ManifestMismatchError,
-    S3SFTPError,
-    VerificationError,
-)
+from airflow_s3sftp.core.events import decode_error
 from airflow_s3sftp.hooks.sftp_sensing import DEFAULT_CHUNK_SIZE, SFTPSensingHook
 from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
 from airflow_s3sftp.version_compat import check_sensor_mode
@@ -40,21 +33,6 @@ if TYPE_CHECKING:
 
 #: Key of the observations in Airflow's task state store (reschedule mode).
 STATE_STORE_KEY = "airflow_s3sftp.sftp_file_stable"
-
-# Errors an error event may name, rebuilt by ``execute_complete`` as the exception the trigger caught.
-_EVENT_ERRORS: dict[str, type[Exception]] = {
-    cls.__name__: cls
-    for cls in (
-        VerificationError,
-        HostKeyVerificationError,
-        AuthenticationError,
-        PermissionError,
-        IsADirectoryError,
-        FileNotFoundError,
-        ValueError,
-        S3SFTPError,
-    )
-}
 
 
 class SFTPFileStableSensor(BaseSensorOperator):
@@ -209,7 +187,7 @@ class SFTPFileStableSensor(BaseSensorOperator):
                     path=self.path,
                     sftp_conn_id=self.sftp_conn_id,
                     policy=policy.to_dict(),
-                    poll_interval=self.poke_interval,
+                    poke_interval=self.poke_interval,
                     chunk_size=self.chunk_size,
                     state=verdict.state.to_dict(),
                     # The trigger gives up at the timeout itself, so that its error names what it saw last.
@@ -334,19 +312,4 @@ class SFTPFileStableSensor(BaseSensorOperator):
             return event["result"]
         if event.get("status") == "timeout":
             self._raise_timeout(event)
-        message = str(event.get("message", "unknown error"))
-        error_type = event.get("error_type")
-        if error_type == ManifestMismatchError.__name__:
-            raise ManifestMismatchError(
-                str(event["what"]),
-                str(event["first"]),
-                str(event["expected"]),
-                str(event["actual"]),
-                int(event["bad_ranges"]),
-            )
-        if error_type == ChecksumMismatchError.__name__:
-            raise ChecksumMismatchError(str(event["what"]), str(event["expected"]), str(event["actual"]))
-        error_class = _EVENT_ERRORS.get(str(error_type))
-        if error_class is not None:
-            raise error_class(message)
-        raise RuntimeError(f"SFTPFileStableTrigger failed for {self.path}: {error_type}: {message}")
+        raise decode_error(event, origin=f"SFTPFileStableTrigger failed for {self.path}")

@@ -13,12 +13,14 @@ import logging
 import math
 import posixpath
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_s3sftp.core import poll, stability, validate
-from airflow_s3sftp.exceptions import ChecksumMismatchError, ManifestMismatchError
+from airflow_s3sftp.core.events import encode_error
+from airflow_s3sftp.exceptions import S3SFTPDeprecationWarning
 from airflow_s3sftp.hooks.sftp_sensing import DEFAULT_CHUNK_SIZE, SFTPSensingHookAsync
 
 try:  # Airflow 3.0+: the base of triggers that may back an AssetWatcher
@@ -43,21 +45,6 @@ log = logging.getLogger(__name__)
 BLOCKED_WARNING_INTERVAL = 300.0
 
 
-def error_event(error: BaseException, target: str) -> dict[str, Any]:
-    """Return the payload of an error event; :meth:`SFTPFileStableSensor.execute_complete` raises it."""
-    payload: dict[str, Any] = {
-        "status": "error",
-        "error_type": type(error).__name__,
-        "message": str(error) or repr(error),
-        "what": target,
-    }
-    if isinstance(error, ChecksumMismatchError):
-        payload.update(expected=error.expected, actual=error.actual)
-    if isinstance(error, ManifestMismatchError):
-        payload.update(first=error.first, bad_ranges=error.bad_ranges)
-    return payload
-
-
 class SFTPFileStableTrigger(BaseTrigger):
     """
     Poll an SFTP file until it is complete, with the same rules as :class:`SFTPFileStableSensor`.
@@ -71,12 +58,15 @@ class SFTPFileStableTrigger(BaseTrigger):
     :param path: remote path of the file
     :param sftp_conn_id: SFTP connection to use
     :param policy: what "complete" means, :meth:`airflow_s3sftp.core.stability.Policy.to_dict`
-    :param poll_interval: seconds between polls
+    :param poke_interval: seconds between polls (the sensor's ``poke_interval``)
     :param chunk_size: bytes per read while hashing
     :param state: observations made so far (:meth:`airflow_s3sftp.core.stability.State.to_dict`), or ``None``
     :param timeout: seconds after ``started_at`` at which to give up with a ``"timeout"`` event naming the
         last observation; ``None`` polls until the file is complete (Airflow's deferral timeout still applies)
     :param started_at: when the sensor started waiting, ISO 8601 UTC; defaults to when the trigger starts
+    :param poll_interval: deprecated name of ``poke_interval`` (warns with
+        :class:`~airflow_s3sftp.exceptions.S3SFTPDeprecationWarning`; kept for one release, so that a
+        trigger serialized by an earlier version still runs)
     """
 
     def __init__(
@@ -85,16 +75,29 @@ class SFTPFileStableTrigger(BaseTrigger):
         path: str,
         sftp_conn_id: str = "sftp_default",
         policy: dict[str, Any],
-        poll_interval: float = 60.0,
+        poke_interval: float = 60.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         state: dict[str, Any] | None = None,
         timeout: float | None = None,
         started_at: str | None = None,
+        poll_interval: float | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        if poll_interval is not None:
+            warnings.warn(
+                "SFTPFileStableTrigger(poll_interval=...) is deprecated: use poke_interval=...",
+                S3SFTPDeprecationWarning,
+                stacklevel=2,
+            )
+            if poke_interval != 60.0:
+                raise ValueError(
+                    "SFTPFileStableTrigger got both poke_interval and its deprecated name poll_interval; "
+                    "pass poke_interval only"
+                )
+            poke_interval = poll_interval
         validate.text("path", path)
         validate.text("sftp_conn_id", sftp_conn_id)
-        validate.number("poll_interval", poll_interval, positive=True)
+        validate.number("poke_interval", poke_interval, positive=True)
         validate.integer("chunk_size", chunk_size, minimum=1)
         if timeout is not None:
             validate.number("timeout", timeout)
@@ -107,7 +110,7 @@ class SFTPFileStableTrigger(BaseTrigger):
         self.path = path
         self.sftp_conn_id = sftp_conn_id
         self.policy = policy
-        self.poll_interval = poll_interval
+        self.poke_interval = poke_interval
         self.chunk_size = chunk_size
         self.state = state
         self.timeout = timeout
@@ -121,7 +124,7 @@ class SFTPFileStableTrigger(BaseTrigger):
                 "path": self.path,
                 "sftp_conn_id": self.sftp_conn_id,
                 "policy": self.policy,
-                "poll_interval": self.poll_interval,
+                "poke_interval": self.poke_interval,
                 "chunk_size": self.chunk_size,
                 "state": self.state,
                 "timeout": self.timeout,
@@ -137,7 +140,7 @@ class SFTPFileStableTrigger(BaseTrigger):
                 payload = await self._watch(io)
         except Exception as err:
             self.log.error("Sensing %s failed: %s", io.target(self.path), err)
-            yield TriggerEvent(error_event(err, io.target(self.path)))  # type: ignore[no-untyped-call]
+            yield TriggerEvent(encode_error(err, io.target(self.path)))  # type: ignore[no-untyped-call]
             return
         yield TriggerEvent(payload)  # type: ignore[no-untyped-call]
 
@@ -179,7 +182,7 @@ class SFTPFileStableTrigger(BaseTrigger):
                 self.log.error("%s", message)
                 return {"status": "timeout", "message": message}
             left = math.inf if self.timeout is None else self.timeout - waited
-            await asyncio.sleep(min(self.poll_interval, left))
+            await asyncio.sleep(min(self.poke_interval, left))
 
 
 class SFTPFileStableEventTrigger(_EventTriggerBase):

@@ -26,8 +26,9 @@ from tests.integration.cut_proxy import CutWhen
 
 MiB = 1024 * 1024
 CHUNK = 256 * 1024  # small chunks, so resume checkpoints exist within a few MiB
-FAST = {"chunk_size": CHUNK}
-RETRY_FAST = {"connection_retry_delay": 0.1}  # after a cut, reconnect without the default 1 s backoff
+FAST = {"tuning": {"chunk_size": CHUNK}}
+# After a cut, reconnect without the default 1 s backoff.
+FAST_RETRY = {"tuning": {"chunk_size": CHUNK, "connection_retry_delay": 0.1}}
 # Every record (one object, or each element of "objects") carries these keys on every path.
 RECORD_KEYS = {
     "s3_uri",
@@ -143,8 +144,7 @@ def test_a_retry_that_restarts_from_byte_zero_delivers_identical_bytes(
             s3_key="k",
             sftp_path=str(remote_dir / "k"),
             sftp_conn_id=sftp_through(set_connection, sshd, proxy),
-            **FAST,
-            **RETRY_FAST,
+            **FAST_RETRY,
             **options,
         )
     assert proxy.faults == 1
@@ -179,9 +179,7 @@ def test_atomic_false_with_retries_exhausted_leaves_no_file_and_says_the_old_ver
             sftp_path=str(final),
             sftp_conn_id=sftp_through(set_connection, sshd, proxy),
             atomic=False,
-            connection_retries=1,
-            **FAST,
-            **RETRY_FAST,
+            tuning=FAST_RETRY["tuning"] | {"connection_retries": 1},
         )
     assert proxy.faults >= 2
     assert not final.exists(), f"a partial file of {final.stat().st_size} bytes stayed under the final name"
@@ -432,7 +430,7 @@ MODES = {
     "default": {},
     "checksum-none": {"checksum": None},
     "verify-checksum": {"verify": "checksum"},
-    "parallel-parts": {"parallel_parts": 2, "part_size": 512 * 1024},
+    "parallel-parts": {"tuning": {"parallel_parts": 2, "part_size": 512 * 1024}},
     "atomic-false": {"atomic": False},
     "sidecar-and-marker": {"sidecar": True, "done_marker": ".done"},
 }
@@ -495,15 +493,14 @@ def test_one_cut_at_any_byte_recovers_byte_identical_in_every_mode(
     data = os.urandom(SIZE)
     put_crc32(s3, bucket, "k", data)
     options = MODES[mode]
+    tuning = FAST_RETRY["tuning"] | options.get("tuning", {})
     with CUTS[cut](sshd.port, remote_dir) as proxy:
         result = deliver(
             s3_bucket=bucket,
             s3_key="k",
             sftp_path=str(remote_dir / "k"),
             sftp_conn_id=sftp_through(set_connection, sshd, proxy),
-            **FAST,
-            **RETRY_FAST,
-            **options,
+            **(options | {"tuning": tuning}),
         )
     assert proxy.faults == 1, "the cut never fired"
     assert (remote_dir / "k").read_bytes() == data

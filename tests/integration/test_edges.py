@@ -101,7 +101,7 @@ def test_abandoned_temp_files_of_sidecars_and_markers_are_swept(s3, bucket, remo
         sftp_path=f"{remote_dir}/",
         sidecar=True,
         done_marker=".done",
-        stale_temp_after=60,
+        tuning={"stale_temp_after": 60},
     )
     expected = {"f.csv", "f.csv.sha256", "f.csv.done", long_name, f"{long_name}.sha256", f"{long_name}.done"}
     assert files(remote_dir) == expected | set(not_ours)
@@ -124,7 +124,9 @@ def test_write_size_above_the_servers_limit_is_capped_and_logged(s3, bucket, rem
     data = os.urandom(3 * MiB + 5)
     s3.put_object(Bucket=bucket, Key="k", Body=data)
     with caplog.at_level(logging.WARNING):
-        result = run(s3_bucket=bucket, s3_key="k", sftp_path=f"{remote_dir}/k", write_size=256 * 1024)
+        result = run(
+            s3_bucket=bucket, s3_key="k", sftp_path=f"{remote_dir}/k", tuning={"write_size": 256 * 1024}
+        )
     assert (remote_dir / "k").read_bytes() == data and result["attempts"] == 1
     assert any("write_size=262144 is above" in record.getMessage() for record in caplog.records)
 
@@ -270,7 +272,7 @@ def test_the_deferred_trigger_reconnects_after_a_dropped_connection(sshd, remote
             path=str(remote_dir / "big.bin"),
             sftp_conn_id=proxied(set_connection, sshd, proxy),
             policy=policy.to_dict(),
-            poll_interval=0.2,
+            poke_interval=0.2,
             chunk_size=64 * 1024,
         )
 
@@ -313,18 +315,21 @@ def test_a_changed_host_key_still_ends_the_sensor_at_once(sshd, remote_dir, set_
         ({"atomic": 1}, r"atomic must be True or False"),
         ({"done_marker": ".do\x00ne"}, r"done_marker must not contain a NUL byte"),
         ({"done_marker": ".a/b"}, r"done_marker .* must not contain '/'"),
-        ({"io_timeout": float("nan")}, r"io_timeout must be a finite number"),
-        ({"connection_retry_delay": float("inf")}, r"connection_retry_delay must be a finite number"),
-        ({"stale_temp_after": float("nan")}, r"stale_temp_after must be a finite number"),
-        ({"chunk_size": True}, r"chunk_size must be an integer"),
-        ({"chunk_size": 1.5}, r"chunk_size must be an integer"),
-        ({"connection_retries": -1}, r"connection_retries must be at least 0"),
+        ({"tuning": {"io_timeout": float("nan")}}, r"io_timeout must be a finite number"),
+        (
+            {"tuning": {"connection_retry_delay": float("inf")}},
+            r"connection_retry_delay must be a finite number",
+        ),
+        ({"tuning": {"stale_temp_after": float("nan")}}, r"stale_temp_after must be a finite number"),
+        ({"tuning": {"chunk_size": True}}, r"chunk_size must be an integer"),
+        ({"tuning": {"chunk_size": 1.5}}, r"chunk_size must be an integer"),
+        ({"tuning": {"connection_retries": -1}}, r"connection_retries must be at least 0"),
         ({"max_concurrency": True}, r"max_concurrency must be an integer"),
         ({"checksum": ""}, r"checksum must name a digest algorithm"),
-        ({"write_size": 1024 * 1024}, r"write_size 1048576 is above 262144"),
+        ({"tuning": {"write_size": 1024 * 1024}}, r"write_size 1048576 is above 262144"),
         ({"s3_regex": "("}, r"s3_regex '\(' is not a valid regular expression"),
         ({"allow_empty": "yes"}, r"allow_empty must be True or False"),
-        ({"fsync": "false"}, r"fsync must be True or False"),
+        ({"tuning": {"fsync": "false"}}, r"fsync must be True or False"),
     ],
 )
 def test_operator_arguments_are_checked_at_parse_time(kwargs, message):
@@ -378,7 +383,7 @@ def test_event_trigger_arguments_are_checked_at_parse_time(kwargs, message):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"poll_interval": float("nan")}, r"poll_interval must be a finite number"),
+        ({"poke_interval": float("nan")}, r"poke_interval must be a finite number"),
         ({"chunk_size": "64k"}, r"chunk_size must be an integer"),
         ({"path": "/in/a\x00"}, r"path must not contain a NUL byte"),
     ],

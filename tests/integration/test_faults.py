@@ -48,7 +48,10 @@ def test_ssh_connection_cut_mid_transfer_reconnects_and_resumes_a_proven_prefix(
     with FaultyProxy(sshd.port, after=12 * MiB, mode="cut", direction="up") as proxy:
         set_connection("sftp_cut", sshd.connection() | {"port": proxy.port})
         result = S3ToSFTPHook(sftp_conn_id="sftp_cut").stream_object(
-            bucket, "k", str(remote_dir / "k"), DeliveryOptions.from_flat(chunk_size=MiB, **FAST_RETRY)
+            bucket,
+            "k",
+            str(remote_dir / "k"),
+            DeliveryOptions.build(tuning={"chunk_size": MiB, **FAST_RETRY}),
         )
     assert proxy.faults == 1
     assert result["attempts"] == 2
@@ -68,7 +71,7 @@ def test_ssh_connection_stalled_times_out_then_reconnects(sshd, s3, bucket, remo
             bucket,
             "k",
             str(remote_dir / "k"),
-            DeliveryOptions.from_flat(io_timeout=2, chunk_size=MiB, **FAST_RETRY),
+            DeliveryOptions.build(tuning={"io_timeout": 2, "chunk_size": MiB, **FAST_RETRY}),
         )
     assert time.monotonic() - started < 30
     assert result["attempts"] == 2
@@ -88,7 +91,7 @@ def test_ssh_stalling_every_time_fails_within_bound_and_publishes_nothing(
                 bucket,
                 "k",
                 str(remote_dir / "k"),
-                DeliveryOptions.from_flat(io_timeout=1.5, connection_retries=1, **FAST_RETRY),
+                DeliveryOptions.build(tuning={"io_timeout": 1.5, "connection_retries": 1, **FAST_RETRY}),
             )
         elapsed = time.monotonic() - started
     assert elapsed < 30
@@ -113,7 +116,9 @@ def test_s3_body_cut_mid_object_resumes_with_a_pinned_ranged_get(
             bucket,
             "k",
             str(remote_dir / "k"),
-            DeliveryOptions.from_flat(chunk_size=MiB, parallel_parts=parallel_parts, part_size=3 * MiB),
+            DeliveryOptions.build(
+                tuning={"chunk_size": MiB, "parallel_parts": parallel_parts, "part_size": 3 * MiB}
+            ),
         )
     assert proxy.faults == 1
     assert result["s3_retries"] >= 1
@@ -144,7 +149,9 @@ def test_s3_object_replaced_mid_transfer_fails_and_never_mixes(
                 bucket,
                 "k",
                 str(remote_dir / "k"),
-                DeliveryOptions.from_flat(chunk_size=MiB, parallel_parts=parallel_parts, part_size=3 * MiB),
+                DeliveryOptions.build(
+                    tuning={"chunk_size": MiB, "parallel_parts": parallel_parts, "part_size": 3 * MiB}
+                ),
             )
     assert (remote_dir / "k").read_bytes() == old_remote
     assert files(remote_dir) == ["k"]
@@ -167,7 +174,7 @@ def test_disk_full_fails_clearly_and_keeps_the_previous_version(s3, bucket, smal
     s3.put_object(Bucket=bucket, Key="k", Body=os.urandom(5 * MiB))
     with pytest.raises(OSError, match="no space left on the server's disk") as info:
         S3ToSFTPHook().stream_object(
-            bucket, "k", str(small_disk / "k"), DeliveryOptions.from_flat(chunk_size=MiB)
+            bucket, "k", str(small_disk / "k"), DeliveryOptions.build(tuning={"chunk_size": MiB})
         )
     assert info.value.errno == 28
     assert (small_disk / "k").read_bytes() == b"previous version"
@@ -199,7 +206,7 @@ def test_target_directory_removed_mid_transfer(s3, bucket, remote_dir):
             bucket,
             "k",
             str(target_dir / "k"),
-            DeliveryOptions.from_flat(chunk_size=256 * 1024, create_dirs=False),
+            DeliveryOptions.build(create_dirs=False, tuning={"chunk_size": 256 * 1024}),
         )
     remover.join()
     assert not target_dir.exists()
@@ -210,7 +217,7 @@ KILL_SCRIPT = textwrap.dedent(
     import sys
     from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
     from airflow_s3sftp.core.options import DeliveryOptions
-    S3ToSFTPHook().stream_object(sys.argv[1], "k", sys.argv[2], DeliveryOptions.from_flat(chunk_size=64 * 1024, read_ahead=1))
+    S3ToSFTPHook().stream_object(sys.argv[1], "k", sys.argv[2], DeliveryOptions.build(tuning={"chunk_size": 64 * 1024, "read_ahead": 1}))
     """
 )
 
@@ -255,7 +262,7 @@ def test_worker_killed_mid_transfer_leaves_final_name_intact_and_next_try_recove
     os.utime(temp, (an_hour_ago, an_hour_ago))
 
     result = S3ToSFTPHook().stream_object(
-        bucket, "k", str(final), DeliveryOptions.from_flat(stale_temp_after=60)
+        bucket, "k", str(final), DeliveryOptions.build(tuning={"stale_temp_after": 60})
     )
     assert final.read_bytes() == data
     assert result["checksum"] == f"sha256:{sha(data)}"
@@ -269,7 +276,7 @@ def test_sixteen_transfers_in_parallel(s3, bucket, remote_dir):
 
     def one(key: str) -> dict[str, object]:
         return S3ToSFTPHook().stream_object(
-            bucket, key, str(remote_dir / key), DeliveryOptions.from_flat(chunk_size=256 * 1024)
+            bucket, key, str(remote_dir / key), DeliveryOptions.build(tuning={"chunk_size": 256 * 1024})
         )
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -288,7 +295,7 @@ def test_two_runs_on_the_same_target_both_succeed_and_the_last_publish_wins(s3, 
     def run() -> None:
         outcomes.append(
             S3ToSFTPHook().stream_object(
-                bucket, "k", str(remote_dir / "k"), DeliveryOptions.from_flat(chunk_size=256 * 1024)
+                bucket, "k", str(remote_dir / "k"), DeliveryOptions.build(tuning={"chunk_size": 256 * 1024})
             )
         )
 

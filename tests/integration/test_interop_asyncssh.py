@@ -59,7 +59,7 @@ def test_bytes_land_exactly(s3, bucket, target, size):
     conn_id, local, remote = target
     data = os.urandom(size)
     s3.put_object(Bucket=bucket, Key="k", Body=data)
-    result = run(conn_id, s3_bucket=bucket, s3_key="k", sftp_path=f"{remote}/", chunk_size=MiB)
+    result = run(conn_id, s3_bucket=bucket, s3_key="k", sftp_path=f"{remote}/", tuning={"chunk_size": MiB})
     assert (local / "k").read_bytes() == data
     assert result["checksum"] == "sha256:" + hashlib.sha256(data).hexdigest()
     assert sorted(p.name for p in local.iterdir()) == ["k"]
@@ -82,7 +82,7 @@ def test_strict_order_and_if_exists_fail(s3, bucket, target):
     conn_id, local, remote = target
     data = os.urandom(2 * MiB + 1)
     s3.put_object(Bucket=bucket, Key="k", Body=data)
-    run(conn_id, s3_bucket=bucket, s3_key="k", sftp_path=f"{remote}/", strict_order=True)
+    run(conn_id, s3_bucket=bucket, s3_key="k", sftp_path=f"{remote}/", tuning={"strict_order": True})
     assert (local / "k").read_bytes() == data
     with pytest.raises(FileExistsError, match="already exists"):
         run(conn_id, s3_bucket=bucket, s3_key="k", sftp_path=f"{remote}/", if_exists="fail")
@@ -127,7 +127,7 @@ def test_sensor_and_trigger_prove_the_file_on_asyncssh(s3, bucket, target):
         policy=stability.Policy.build(
             target=f"{remote}/k", stable_for=1, checksum="sha256", expected_checksum_from="sidecar"
         ).to_dict(),
-        poll_interval=0.3,
+        poke_interval=0.3,
     )
 
     async def first_event() -> dict[str, object]:

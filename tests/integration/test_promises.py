@@ -112,8 +112,7 @@ def deliver_through(proxy: ActWhen, sshd, set_connection, bucket: str, key: str,
         s3_key=key,
         sftp_path=str(target),
         sftp_conn_id=conn_id,
-        connection_retries=0,
-        chunk_size=MiB,
+        tuning={"connection_retries": 0, "chunk_size": MiB, **kwargs.pop("tuning", {})},
         **kwargs,
     )
 
@@ -134,7 +133,9 @@ def test_a_temp_file_that_grew_on_the_server_fails_the_size_check_and_nothing_is
         proxy,
         pytest.raises(VerificationError, match=rf"has {len(data) + 1} bytes after sending {len(data)}"),
     ):
-        deliver_through(proxy, sshd, set_connection, bucket, "k", remote_dir / "k", strict_order=strict_order)
+        deliver_through(
+            proxy, sshd, set_connection, bucket, "k", remote_dir / "k", tuning={"strict_order": strict_order}
+        )
     assert proxy.acted.is_set()
     assert sorted(p.name for p in remote_dir.iterdir()) == []  # nothing published, the temp file removed
 
@@ -208,7 +209,7 @@ def test_if_exists_fail_refuses_a_target_that_appeared_during_the_transfer(
             "k",
             remote_dir / "k",
             if_exists="fail",
-            strict_order=strict_order,
+            tuning={"strict_order": strict_order},
         )
     assert proxy.acted.is_set()
     assert (remote_dir / "k").read_bytes() == other

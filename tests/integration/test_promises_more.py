@@ -111,8 +111,7 @@ def test_the_temp_file_is_fsynced_after_its_last_write_and_before_the_rename(
         s3_key="k",
         sftp_path=str(target),
         sftp_conn_id=conn_id,
-        chunk_size=MiB,
-        strict_order=strict_order,
+        tuning={"chunk_size": MiB, "strict_order": strict_order},
     )
 
     renames = [line for line in requests_on(log, target) if line.startswith("posix-rename old ")]
@@ -153,9 +152,7 @@ def test_a_refused_write_on_a_real_server_names_the_path_and_leaves_nothing(
             s3_key="big",
             sftp_path=str(directory / "big"),
             sftp_conn_id=conn_id,
-            chunk_size=MiB,
-            strict_order=strict_order,
-            connection_retries=0,
+            tuning={"chunk_size": MiB, "strict_order": strict_order, "connection_retries": 0},
         )
     assert (directory / "big").read_bytes() == b"previous version"
     assert sorted(p.name for p in directory.iterdir()) == ["big"]
@@ -174,9 +171,8 @@ def test_one_object_failing_mid_stream_in_a_many_object_task(limited_sshd, s3, b
             s3_prefix="in/",
             sftp_path=f"{directory}/",
             sftp_conn_id=conn_id,
-            chunk_size=256 * 1024,
+            tuning={"chunk_size": 256 * 1024, "connection_retries": 0},
             max_concurrency=1,
-            connection_retries=0,
         )
     summary = info.value.summary
     assert [Path(str(r["sftp_path"])).name for r in summary["failed"]] == ["b.bin"]
@@ -197,7 +193,7 @@ def make_sensor(path: Path, conn_id: str) -> SFTPFileStableSensor:
 
 def make_trigger(path: Path, conn_id: str) -> SFTPFileStableTrigger:
     policy = stability.Policy.build(target=str(path), stable_for=0.5, checksum="sha256").to_dict()
-    return SFTPFileStableTrigger(path=str(path), sftp_conn_id=conn_id, policy=policy, poll_interval=0.25)
+    return SFTPFileStableTrigger(path=str(path), sftp_conn_id=conn_id, policy=policy, poke_interval=0.25)
 
 
 def trigger_events(trigger: SFTPFileStableTrigger, timeout: float = 30) -> list[dict[str, Any]]:
@@ -323,11 +319,11 @@ from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 bucket, directory = sys.argv[1:3]
 hook, peaks = S3ToSFTPHook(), []
 for verify in ("size", "checksum"):  # imports and first connections happen here, not below
-    hook.stream_object(bucket, "warm-up", f"{directory}/warm-up-{verify}", DeliveryOptions.from_flat(verify=verify))
+    hook.stream_object(bucket, "warm-up", f"{directory}/warm-up-{verify}", DeliveryOptions.build(verify=verify))
 tracemalloc.start()
 for key in sys.argv[3:]:
     verify = key.split("-")[0]
-    options = DeliveryOptions.from_flat(verify=verify, checksum="sha256")
+    options = DeliveryOptions.build(verify=verify, checksum="sha256")
     tracemalloc.reset_peak()
     before = tracemalloc.get_traced_memory()[0]
     hook.stream_object(bucket, key, f"{directory}/{key}", options)
@@ -485,7 +481,7 @@ def test_a_new_version_uploaded_mid_delivery_does_not_mix_bytes(moto, s3, bucket
             s3_key="k",
             sftp_path=str(remote_dir / "k"),
             aws_conn_id=set_connection("aws_cut", aws),
-            chunk_size=256 * 1024,
+            tuning={"chunk_size": 256 * 1024},
         )
     assert proxy.faults == 1 and uploaded and uploaded[0] != v1
     assert s3.head_object(Bucket=bucket, Key="k")["VersionId"] == uploaded[0]  # the new one is the latest
@@ -509,7 +505,9 @@ def test_the_sweep_goes_by_the_servers_clock_not_the_clients(s3, bucket, remote_
     real_time = time.time
     monkeypatch.setattr(time, "time", lambda: real_time() + skew_days * 86400)
 
-    record = run(s3_bucket=bucket, s3_key="k", sftp_path=str(remote_dir / "k"), stale_temp_after=86400)
+    record = run(
+        s3_bucket=bucket, s3_key="k", sftp_path=str(remote_dir / "k"), tuning={"stale_temp_after": 86400}
+    )
 
     assert record["size"] == 4
     assert not abandoned.exists()

@@ -26,7 +26,7 @@ from tests.faults import FaultyProxy
 
 MiB = 1024 * 1024
 SIZE = 256 * MiB
-OURS = re.compile(r"^\..*\.s3sftp-part$")
+OURS = re.compile(r"^\..*\.s3sftp-(part|journal)$")  # the temp file and the journal
 
 # One delivery in a process of its own, as an Airflow task's try is (the record on stdout).
 CHILD = """
@@ -34,7 +34,7 @@ import json, sys
 from airflow_s3sftp.core.options import DeliveryOptions
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 bucket, key, path, conn, verify = sys.argv[1:6]
-options = DeliveryOptions.from_flat(resume_after=1, verify=verify, connection_retry_delay=0.1)
+options = DeliveryOptions.build(verify=verify, tuning={"resume_after": 1, "connection_retry_delay": 0.1})
 record = S3ToSFTPHook(aws_conn_id="aws_default", sftp_conn_id=conn).stream_object(bucket, key, path, options)
 print(json.dumps(record))
 """
@@ -193,7 +193,7 @@ def test_the_manifest_names_the_one_bad_range_of_a_file_altered_after_delivery(
 
     data = os.urandom(5 * MiB + 123)
     s3.put_object(Bucket=bucket, Key="m", Body=data)
-    options = DeliveryOptions.from_flat(manifest=True, range_size=MiB, done_marker=".done")
+    options = DeliveryOptions.build(manifest=True, done_marker=".done", tuning={"range_size": MiB})
     hook = S3ToSFTPHook(aws_conn_id="aws_default", sftp_conn_id="sftp_default")
     hook.stream_object(bucket, "m", str(remote_dir / "m.bin"), options)
     assert sorted(p.name for p in remote_dir.iterdir()) == ["m.bin", "m.bin.done", "m.bin.manifest"]

@@ -117,7 +117,7 @@ def test_temp_file_is_private_until_verified(sshd, s3, bucket, remote_dir):
         s3_bucket=bucket,
         s3_key="k",
         sftp_path=f"{remote_dir}/",
-        chunk_size=256 * 1024,
+        tuning={"chunk_size": 256 * 1024},
         file_mode=0o644,
     ).execute(context={})  # type: ignore[arg-type]
     watcher.join()

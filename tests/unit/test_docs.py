@@ -20,6 +20,7 @@ import pytest
 from airflow.providers.common.compat.sdk import conf
 
 from airflow_s3sftp.core.delivery import DeliveryRecord
+from airflow_s3sftp.core.options import TUNING, DeliveryOptions
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
 
@@ -64,11 +65,11 @@ def parse_default(text: str) -> Any:
         raise AssertionError(f"README default {text!r} is not a value this test can read") from None
 
 
-def table_rows(section: str) -> list[Row]:
-    """Return the rows of the first parameter table under ``section`` in the README."""
+def table_rows(section: str, header_start: str = "| parameter |") -> list[Row]:
+    """Return the rows of the first table under ``section`` whose header starts with ``header_start``."""
     lines = README.read_text(encoding="utf-8").splitlines()
     start = lines.index(section)
-    header = next(i for i in range(start, len(lines)) if lines[i].lower().startswith("| parameter |"))
+    header = next(i for i in range(start, len(lines)) if lines[i].lower().startswith(header_start))
     rows: list[Row] = []
     for line in lines[header + 2 :]:
         if not line.startswith("|"):
@@ -145,6 +146,17 @@ def test_docstring_marks_exactly_the_template_fields(cls: type) -> None:
     params = re.split(r"\n\s*:param ", cls.__doc__ or "")[1:]
     marked = {text.split(":", 1)[0] for text in params if "(templated)" in text}
     assert marked == set(cls.template_fields)  # type: ignore[attr-defined]
+
+
+def test_readme_tuning_table_lists_every_tuning_key_with_its_default() -> None:
+    rows = table_rows("## Delivering: `S3ToSFTPStreamOperator`", "| `tuning` key |")
+    documented = [row.name for row in rows]
+    assert sorted(documented) == sorted(TUNING), "the README's tuning table and core.options.TUNING differ"
+    defaults = DeliveryOptions()
+    for row in rows:
+        group, name = TUNING[row.name]
+        real = getattr(getattr(defaults, group), name)
+        assert same_default(parse_default(row.default), real), f"{row.name} defaults to {real!r}: {row.line}"
 
 
 RECORD_KEYS = [field.name for field in dataclasses.fields(DeliveryRecord)]

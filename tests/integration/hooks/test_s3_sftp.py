@@ -122,7 +122,9 @@ def test_source_failure_mid_stream_leaves_old_version_and_no_temp(remote_dir):
     target = remote_dir / "keep.bin"
     target.write_bytes(old)
     with pytest.raises(RuntimeError, match="source broke at byte"):
-        _deliver(target, _open_failing(new, 3 * MiB), len(new), DeliveryOptions.from_flat(chunk_size=MiB))
+        _deliver(
+            target, _open_failing(new, 3 * MiB), len(new), DeliveryOptions.build(tuning={"chunk_size": MiB})
+        )
     assert target.read_bytes() == old
     assert sorted(p.name for p in remote_dir.iterdir()) == ["keep.bin"]
 
@@ -189,7 +191,7 @@ def test_a_transfer_in_progress_is_never_touched(s3, bucket, remote_dir):
         # SFTP v3 mtimes are whole seconds: a file touched 20 ms ago can look up to 1 s older, so
         # the threshold stays above that (0.5 s took a live file in about 2 % of runs).
         result = S3ToSFTPHook().stream_object(
-            bucket, "k", str(remote_dir / "k"), DeliveryOptions.from_flat(stale_temp_after=2)
+            bucket, "k", str(remote_dir / "k"), DeliveryOptions.build(tuning={"stale_temp_after": 2})
         )
     finally:
         stop.set()
@@ -210,7 +212,7 @@ def test_progress_is_logged_with_rate_and_eta_and_a_final_summary(s3, bucket, re
         bucket,
         "k",
         str(remote_dir / "k"),
-        DeliveryOptions.from_flat(chunk_size=256 * 1024, progress_interval=0.0),
+        DeliveryOptions.build(tuning={"chunk_size": 256 * 1024, "progress_interval": 0.0}),
     )
     progress = [r.getMessage() for r in caplog.records if "%)" in r.getMessage() and "ETA" in r.getMessage()]
     assert progress, caplog.text
@@ -293,7 +295,7 @@ def test_many_objects_cost_one_get_each_small_and_large_alike(s3, bucket, remote
     caplog.set_level(logging.INFO, logger="airflow_s3sftp")
     records = hook.stream_objects(
         [(bucket, "a", str(remote_dir / "a")), (bucket, "b", str(remote_dir / "b"))],
-        DeliveryOptions.from_flat(progress_interval=0.0),
+        DeliveryOptions.build(tuning={"progress_interval": 0.0}),
         max_concurrency=1,
     )
     assert (remote_dir / "a").read_bytes() == small

@@ -132,7 +132,10 @@ def test_observer_never_sees_partial_final_and_temp_is_always_a_prefix(sshd, s3,
     with Observer(sshd, remote_dir, "big.bin", data, [data]) as observer:
         # Small chunks make the transfer long enough for the observer to catch it mid-way.
         result = run(
-            s3_bucket=bucket, s3_key="daily/big.bin", sftp_path=f"{remote_dir}/", chunk_size=256 * 1024
+            s3_bucket=bucket,
+            s3_key="daily/big.bin",
+            sftp_path=f"{remote_dir}/",
+            tuning={"chunk_size": 256 * 1024},
         )
         observer.wait_for_final(data)
     assert observer.violations == []
@@ -154,7 +157,7 @@ def test_replace_shows_old_or_new_complete_file_only(sshd, s3, bucket, remote_di
             s3_bucket=bucket,
             s3_key="report.csv",
             sftp_path=str(remote_dir / "report.csv"),
-            chunk_size=256 * 1024,
+            tuning={"chunk_size": 256 * 1024},
         )
         observer.wait_for_final(new)
     assert observer.violations == []
@@ -172,7 +175,10 @@ def test_bytes_land_exactly(s3, bucket, remote_dir, size, chunk_size):
     data = os.urandom(size)
     s3.put_object(Bucket=bucket, Key="in/data.bin", Body=data)
     result = run(
-        s3_bucket=bucket, s3_key="in/data.bin", sftp_path=str(remote_dir / "out.bin"), chunk_size=chunk_size
+        s3_bucket=bucket,
+        s3_key="in/data.bin",
+        sftp_path=str(remote_dir / "out.bin"),
+        tuning={"chunk_size": chunk_size},
     )
     assert (remote_dir / "out.bin").read_bytes() == data
     assert result["size"] == size
@@ -223,7 +229,11 @@ def test_non_atomic_mode_writes_final_name_in_order(s3, bucket, remote_dir):
     data = os.urandom(2 * MiB)
     s3.put_object(Bucket=bucket, Key="n", Body=data)
     result = run(
-        s3_bucket=bucket, s3_key="n", sftp_path=str(remote_dir / "n"), atomic=False, strict_order=True
+        s3_bucket=bucket,
+        s3_key="n",
+        sftp_path=str(remote_dir / "n"),
+        atomic=False,
+        tuning={"strict_order": True},
     )
     assert (remote_dir / "n").read_bytes() == data
     assert result["published_with"] == "direct"

@@ -44,7 +44,10 @@ def test_poke_mode_timeout_names_path_last_size_mtime_and_reason(remote_dir: Pat
 
     expected = AirflowSkipException if soft_fail else AirflowSensorTimeout
     with pytest.raises(expected) as raised:
-        make_sensor(target, timeout=1.5, expected_size=11, soft_fail=soft_fail).execute(NO_CONTEXT)
+        # stable_for=0: the one reason left is the size, whatever the machine's load does to the polls
+        make_sensor(target, timeout=1.5, expected_size=11, soft_fail=soft_fail, stable_for=0).execute(
+            NO_CONTEXT
+        )
 
     message = str(raised.value)
     assert str(target) in message

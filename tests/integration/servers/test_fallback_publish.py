@@ -147,7 +147,11 @@ def test_a_cut_after_each_step_of_the_fallback_ends_with_the_new_file_and_no_lef
     ):
         faulty = set_connection(f"sftp_cut_{step.replace('-', '_')}", server.conn | {"port": proxy.port})
         result = deliver(
-            server, bucket, directory / "f", sftp_conn_id=faulty, connection_retry_delay=0.1, io_timeout=5
+            server,
+            bucket,
+            directory / "f",
+            sftp_conn_id=faulty,
+            tuning={"connection_retry_delay": 0.1, "io_timeout": 5},
         )
         observer.look_once_more()
     assert proxy.faults == 1

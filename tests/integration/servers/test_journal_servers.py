@@ -30,12 +30,14 @@ def test_a_stall_mid_object_with_checkpoints_lands_exact_bytes(
     data = os.urandom(5_479_630)
     s3.put_object(Bucket=bucket, Key="k", Body=data)
     local = sftp_server.new_dir()
-    options = DeliveryOptions.from_flat(
-        checkpoint_every=MiB,
-        range_size=MiB,
-        io_timeout=3.0,
-        connection_retry_delay=0.2,
-        chunk_size=256 * 1024,
+    options = DeliveryOptions.build(
+        tuning={
+            "checkpoint_every": MiB,
+            "range_size": MiB,
+            "io_timeout": 3.0,
+            "connection_retry_delay": 0.2,
+            "chunk_size": 256 * 1024,
+        }
     )
     with FaultyProxy(sftp_server.port, after=after, mode="stall") as proxy:
         name, value = conn_env("sftp_stalled", sftp_server.conn | {"port": proxy.port})

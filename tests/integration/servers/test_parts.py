@@ -24,13 +24,13 @@ from tests.integration.cut_proxy import CutWhen
 from tests.integration.servers.conftest import MatrixServer, conn_id
 
 MiB = 1024 * 1024
-OURS = re.compile(r"^\..*\.s3sftp-(part|old)$")
+OURS = re.compile(r"^\..*\.s3sftp-(part|old|stripe)$")  # temp, backup and part files (not the journal)
 STRIPING = Striping(channels=4, stripe_size=MiB)
 
 
-def options(**extra: Any) -> DeliveryOptions:
-    flat = {"channels": 4, "stripe_size": MiB, "chunk_size": 256 * 1024, "connection_retry_delay": 0.1}
-    return DeliveryOptions.from_flat(**(flat | extra))
+def options(**tuning: Any) -> DeliveryOptions:
+    common = {"channels": 4, "stripe_size": MiB, "chunk_size": 256 * 1024, "connection_retry_delay": 0.1}
+    return DeliveryOptions.build(tuning=common | tuning)
 
 
 def lane_contents(data: bytes, striping: Striping) -> list[bytes]:

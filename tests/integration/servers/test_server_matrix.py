@@ -88,7 +88,12 @@ def test_connection_fault_mid_transfer_recovers(sftp_server, s3, bucket, set_con
     with FaultyProxy(sftp_server.port, after=4 * MiB, mode=mode, direction="up") as proxy:
         faulty = set_connection(f"sftp_faulty_{mode}", sftp_server.conn | {"port": proxy.port})
         result = deliver(
-            sftp_server, bucket, "k", sftp_server.remote(directory / "k"), sftp_conn_id=faulty, io_timeout=3
+            sftp_server,
+            bucket,
+            "k",
+            sftp_server.remote(directory / "k"),
+            sftp_conn_id=faulty,
+            tuning={"io_timeout": 3},
         )
     assert proxy.faults == 1
     assert result["attempts"] == 2
@@ -210,7 +215,13 @@ def test_strict_order_delivers_the_same_bytes_and_its_cost_is_printed(sftp_serve
     directory = sftp_server.new_dir()
     for strict in (False, True):
         started = time.monotonic()
-        deliver(sftp_server, bucket, "k", sftp_server.remote(directory / f"k-{strict}"), strict_order=strict)
+        deliver(
+            sftp_server,
+            bucket,
+            "k",
+            sftp_server.remote(directory / f"k-{strict}"),
+            tuning={"strict_order": strict},
+        )
         seconds = time.monotonic() - started
         print(f"{sftp_server.name}: strict_order={strict}: {len(data) / seconds / 1e6:.1f} MB/s")
         assert (directory / f"k-{strict}").read_bytes() == data

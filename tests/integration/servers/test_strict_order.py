@@ -126,8 +126,7 @@ def test_green_end_gets_one_write_in_flight_and_the_file_is_always_a_prefix(
             s3_key="k",
             sftp_path=greenend.remote(directory / "k"),
             sftp_conn_id="sftp_greenend_order",
-            strict_order=strict_order,
-            write_size=32 * 1024,
+            tuning={"strict_order": strict_order, "write_size": 32 * 1024},
         ).execute(context={})  # type: ignore[arg-type]
     (writer,) = recorder.instances
     assert len(writer.sent) == -(-len(data) // (32 * 1024))  # every WRITE was seen...
@@ -149,8 +148,7 @@ def test_green_end_with_strict_order_off_pipelines_so_the_recorder_can_see_it(gr
         s3_key="k",
         sftp_path=greenend.remote(directory / "k"),
         sftp_conn_id="sftp_greenend_order",
-        strict_order=False,
-        write_size=32 * 1024,
+        tuning={"strict_order": False, "write_size": 32 * 1024},
     ).execute(context={})  # type: ignore[arg-type]
     (writer,) = recorder.instances
     assert len(writer.sent) == len(data) // (32 * 1024)

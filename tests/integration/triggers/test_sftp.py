@@ -24,6 +24,7 @@ from airflow_s3sftp.exceptions import (
     AuthenticationError,
     ChecksumMismatchError,
     HostKeyVerificationError,
+    S3SFTPDeprecationWarning,
     VerificationError,
 )
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
@@ -38,7 +39,7 @@ def make_trigger(
     path: Path | str,
     *,
     sftp_conn_id: str = "sftp_default",
-    poll_interval: float = 0.25,
+    poke_interval: float = 0.25,
     chunk_size: int = 256 * 1024,
     state: dict[str, Any] | None = None,
     **policy: Any,
@@ -50,7 +51,7 @@ def make_trigger(
         path=str(path),
         sftp_conn_id=sftp_conn_id,
         policy=stability.Policy.build(target=str(path), **policy).to_dict(),
-        poll_interval=poll_interval,
+        poke_interval=poke_interval,
         chunk_size=chunk_size,
         state=state,
     )
@@ -295,7 +296,7 @@ class TestExpectedChecksumFromSidecar:
         if "checksum" in fields:
             fields["algorithm"] = fields.pop("checksum")
         policy = raw_policy(target, **fields)
-        events = run_trigger(SFTPFileStableTrigger(path=str(target), policy=policy, poll_interval=0.25))
+        events = run_trigger(SFTPFileStableTrigger(path=str(target), policy=policy, poke_interval=0.25))
         with pytest.raises(ValueError, match=message):
             complete_with(make_trigger(target), events)
 
@@ -371,7 +372,7 @@ def test_serialize_returns_exactly_the_constructor_arguments(expected: dict[str,
         "path": "/in/data.csv",
         "sftp_conn_id": "partner",
         "policy": policy.to_dict(),
-        "poll_interval": 15.0,
+        "poke_interval": 15.0,
         "chunk_size": 65536,
         "state": stability.State(
             since=stability.Observation.take(1234, 1700000000),
@@ -386,7 +387,8 @@ def test_serialize_returns_exactly_the_constructor_arguments(expected: dict[str,
     classpath, serialized = SFTPFileStableTrigger(**kwargs).serialize()
 
     assert serialized == kwargs
-    assert list(serialized) == list(inspect.signature(SFTPFileStableTrigger).parameters)
+    parameters = list(inspect.signature(SFTPFileStableTrigger).parameters)
+    assert list(serialized) == [name for name in parameters if name != "poll_interval"]  # deprecated alias
     module, _, name = classpath.rpartition(".")
     assert classpath == "airflow_s3sftp.triggers.sftp.SFTPFileStableTrigger"
     # The way the task runner ships trigger arguments: Airflow serde there and back.
@@ -397,6 +399,44 @@ def test_serialize_returns_exactly_the_constructor_arguments(expected: dict[str,
     assert stability.Policy.from_dict(rebuilt.policy) == policy
 
 
+class TestDeprecatedPollInterval:
+    """``poll_interval`` is ``poke_interval``'s old name: it still works for one release, with a warning."""
+
+    def kwargs(self) -> dict[str, Any]:
+        policy = stability.Policy.build(target="t", stable_for=1, checksum="sha256").to_dict()
+        return {
+            "path": "/in/f",
+            "sftp_conn_id": "partner",
+            "policy": policy,
+            "chunk_size": 1024,
+            "state": None,
+        }
+
+    def test_a_trigger_serialized_by_the_previous_release_runs_as_poke_interval(self) -> None:
+        with pytest.warns(
+            S3SFTPDeprecationWarning, match=r"poll_interval=\.\.\.\) is deprecated: use poke_interval"
+        ):
+            trigger = SFTPFileStableTrigger(**self.kwargs(), poll_interval=7.5)
+
+        _, serialized = trigger.serialize()
+        assert serialized == {**self.kwargs(), "poke_interval": 7.5, "timeout": None, "started_at": None}
+        assert trigger.poke_interval == 7.5
+
+    def test_both_names_are_refused(self) -> None:
+        with (
+            pytest.warns(S3SFTPDeprecationWarning),
+            pytest.raises(ValueError, match="both poke_interval and its deprecated name poll_interval"),
+        ):
+            SFTPFileStableTrigger(**self.kwargs(), poke_interval=5, poll_interval=7.5)
+
+    def test_the_old_name_is_validated_under_the_new_one(self) -> None:
+        with pytest.warns(S3SFTPDeprecationWarning), pytest.raises(ValueError, match="poke_interval must be"):
+            SFTPFileStableTrigger(**self.kwargs(), poll_interval=float("nan"))
+
+    def test_the_warning_is_a_deprecation_warning(self) -> None:
+        assert issubclass(S3SFTPDeprecationWarning, DeprecationWarning)
+
+
 class TestExecuteComplete:
     def test_success_returns_the_result(self) -> None:
         result = {"path": "/a", "size": 1, "mtime": 2, "checksum": None}
@@ -405,6 +445,12 @@ class TestExecuteComplete:
 
     def test_unexpected_error_names_the_trigger_and_path(self) -> None:
         sensor = SFTPFileStableSensor(task_id="wait", path="/a")
+        event = {"status": "error", "error_type": "ZeroDivisionError", "message": "division by zero"}
+        with pytest.raises(RuntimeError, match="SFTPFileStableTrigger failed for /a: ZeroDivisionError"):
+            sensor.execute_complete(NO_CONTEXT, event)
+
+    def test_a_lost_connection_is_raised_as_itself(self) -> None:
+        sensor = SFTPFileStableSensor(task_id="wait", path="/a")
         event = {"status": "error", "error_type": "ConnectionResetError", "message": "reset by peer"}
-        with pytest.raises(RuntimeError, match="SFTPFileStableTrigger failed for /a: ConnectionResetError"):
+        with pytest.raises(ConnectionResetError, match=r"^reset by peer$"):
             sensor.execute_complete(NO_CONTEXT, event)

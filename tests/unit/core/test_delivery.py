@@ -10,7 +10,7 @@ import zlib
 import pytest
 
 from airflow_s3sftp.core.delivery import AUTO_MIN_ROUND_TRIP, Delivery, Source
-from airflow_s3sftp.core.options import DeliveryOptions
+from airflow_s3sftp.core.options import TUNING, DeliveryOptions
 from airflow_s3sftp.core.parts import Striping, part_token
 from airflow_s3sftp.core.session import SessionPool
 from airflow_s3sftp.core.sweep import LeftoverSweeper
@@ -41,8 +41,12 @@ def source(data: bytes = DATA, head: dict[str, str] | None = None) -> Source:
     )
 
 
-def deliver(fs: FakeFS, path: str = "/in/k", data: bytes = DATA, head=None, **flat):  # type: ignore[no-untyped-def]
-    options = DeliveryOptions.from_flat(**{"chunk_size": 16 * KiB, "connection_retry_delay": 0, **flat})
+def deliver(fs: FakeFS, path: str = "/in/k", data: bytes = DATA, head=None, **given):  # type: ignore[no-untyped-def]
+    """Deliver ``data`` to ``path`` on ``fs``; ``given`` holds decisions and tuning keys alike."""
+    tuning = {"chunk_size": 16 * KiB, "connection_retry_delay": 0}
+    tuning |= {name: value for name, value in given.items() if name in TUNING}
+    decisions = {name: value for name, value in given.items() if name not in TUNING}
+    options = DeliveryOptions.build(**decisions, tuning=tuning)
     with SessionPool(session_factory(fs), 1) as pool:
         return Delivery(source(data, head), path, options, pool, sleep=lambda s: None).run()
 
@@ -95,7 +99,7 @@ def test_mid_object_cut_resumes_after_the_proven_prefix():
 
 def test_a_prefix_that_does_not_read_back_restarts_from_byte_zero_with_fresh_digests():
     fs = FakeFS(cut_after_bytes=[200 * KiB])
-    options = DeliveryOptions.from_flat(chunk_size=16 * KiB, connection_retry_delay=0)
+    options = DeliveryOptions.build(tuning={"chunk_size": 16 * KiB, "connection_retry_delay": 0})
 
     def corrupt(seconds: float) -> None:  # between the attempts, someone scribbles on our temp file
         (temp,) = [path for path in fs.files if path.endswith(".s3sftp-part")]
@@ -169,7 +173,7 @@ def test_skip_identical_proves_by_content_and_the_sidecar_mode_trusts_the_sideca
 
 def test_sessions_are_reused_across_objects():
     fs = FakeFS()
-    options = DeliveryOptions.from_flat(chunk_size=16 * KiB)
+    options = DeliveryOptions.build(tuning={"chunk_size": 16 * KiB})
     with SessionPool(session_factory(fs), 2) as pool:
         for n in range(5):
             Delivery(source(), f"/in/k{n}", options, pool).run()
@@ -280,7 +284,9 @@ def killed_after(fs: FakeFS, nbytes: int, data: bytes = BIG, **flat):  # type: i
 
 
 def ours(fs: FakeFS) -> list[str]:
-    return [name for name in names(fs) if name.endswith(".s3sftp-part")]
+    return [
+        name for name in names(fs) if name.endswith((".s3sftp-part", ".s3sftp-journal", ".s3sftp-stripe"))
+    ]
 
 
 @pytest.mark.parametrize("side_channel", [True, False], ids=["journal-on-its-channel", "journal-inline"])
