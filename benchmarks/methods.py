@@ -87,6 +87,7 @@ class RequestCounter:
         import threading
 
         self.requests: collections.Counter[str] = collections.Counter()
+        self.trace: list[str] = []  # the first requests in order, "+" where a round trip starts
         self.round_trips = 0
         self.handshakes = 0
         self._lock = threading.Lock()
@@ -105,8 +106,11 @@ class RequestCounter:
                 name = f"extended:{args[0]}"
             with counter._lock:
                 counter.requests[name] += 1
-                if not len(client._expecting):
+                waits = not len(client._expecting)
+                if waits:
                     counter.round_trips += 1
+                if len(counter.trace) < 200:
+                    counter.trace.append(("+" if waits else "") + name.removeprefix("extended:"))
             return send(client, fileobj, kind, *args)
 
         def counted_start_client(transport: Any, *args: Any, **kwargs: Any) -> Any:
@@ -123,6 +127,7 @@ class RequestCounter:
             "requests": dict(self.requests),
             "round_trips": self.round_trips,
             "ssh_handshakes": self.handshakes,
+            "trace": self.trace,
         }
 
 
@@ -524,7 +529,48 @@ def _warm_up(kind: str) -> None:
         import airflow_s3sftp.operators.sftp_to_s3  # noqa: F401
 
 
+def _sample_stacks(path: str) -> None:
+    """Count, every 20 ms, where each thread is (innermost frames of the package and paramiko) into ``path``.
+
+    A poor man's profiler for machines without py-spy (``S3SFTP_BENCH_STACKS=<file>``): it shows
+    where threads wait, which is what a long link is about.
+    """
+    import atexit
+    import collections
+    import threading
+    import traceback
+
+    counts: collections.Counter[str] = collections.Counter()
+
+    def sample() -> None:
+        names = {
+            t.ident: t.name.split("-")[0] + "-" + t.name.split("-")[1] if "-" in t.name else t.name
+            for t in threading.enumerate()
+        }
+        for ident, frame in sys._current_frames().items():
+            if ident == threading.get_ident():
+                continue
+            stack = traceback.extract_stack(frame)
+            ours = [f for f in stack if "airflow_s3sftp" in f.filename][-3:]  # the package's innermost
+            where = " < ".join(
+                f"{Path(f.filename).name}:{f.name}:{f.lineno}" for f in reversed([*ours, *stack[-2:]])
+            )
+            counts[f"{names.get(ident, ident)} | {where}"] += 1
+
+    def loop() -> None:
+        while True:
+            sample()
+            time.sleep(0.02)
+
+    threading.Thread(target=loop, daemon=True, name="stack-sampler").start()
+    atexit.register(
+        lambda: Path(path).write_text("\n".join(f"{n:6d} {k}" for k, n in counts.most_common(60)) + "\n")
+    )
+
+
 def main() -> int:
+    if stacks := os.environ.get("S3SFTP_BENCH_STACKS"):
+        _sample_stacks(stacks)
     raw = os.environ["S3SFTP_BENCH"]
     job: Job = json.loads(Path(raw[1:]).read_text() if raw.startswith("@") else raw)
     run = METHODS[job["kind"]]

@@ -36,6 +36,15 @@ from benchmarks.harness import (
     parse_size,
     run_one,
 )
+from benchmarks.long_link import (
+    LONG_DEFAULT,
+    LONG_FORCED_STRIPES,
+    format_long,
+    long_chart_groups,
+    long_methods,
+    run_long_link,
+    summarize_long,
+)
 from benchmarks.methods import _rclone_env
 from benchmarks.scenarios import (
     MANY_METHODS,
@@ -145,6 +154,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--latency-ms", type=float, default=20.0, help="one-way ms added by that proxy")
     parser.add_argument("--latency-size", type=parse_size, default=256 * MiB)
+    parser.add_argument(
+        "--long-link",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the long-link scenario: SFTP through a delay proxy, ours against sftp and rclone (default: on)",
+    )
+    parser.add_argument(
+        "--long-ms",
+        default="50,125",
+        help="one-way ms of the long-link proxy, comma-separated (default 50,125)",
+    )
+    parser.add_argument(
+        "--long-sizes", default="1GiB", help="big objects there, comma-separated (default 1GiB)"
+    )
+    parser.add_argument(
+        "--long-methods", default=LONG_DEFAULT, help=f"big-object methods there ({LONG_DEFAULT})"
+    )
+    parser.add_argument("--long-many", default="200x64KiB", help="small-object sets there ('' for none)")
+    parser.add_argument("--long-rounds", type=int, default=1, help="rounds there (default 1)")
     parser.add_argument(
         "--memory-sizes",
         default="256MiB,2GiB",
@@ -387,6 +415,7 @@ class Run:
     known: dict[str, Method]
     rows: list[dict[str, Any]] = field(default_factory=list)
     many_rows: list[dict[str, Any]] = field(default_factory=list)
+    long_rows: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
 
     def once(self, method: Method, obj: dict[str, Any], round_no: int, label: str, **kwargs: Any) -> None:
@@ -528,6 +557,8 @@ def apply_quick(args: argparse.Namespace) -> None:
     args.latency_size = min(args.latency_size, 8 * MiB)
     args.many = "20x64KiB"
     args.memory_sizes = ""
+    args.long_ms, args.long_sizes, args.long_many, args.long_rounds = "20", "8MiB", "5x64KiB", 1
+    args.long_methods += "," + LONG_FORCED_STRIPES.name  # below the auto threshold: stripes must not rot
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -558,6 +589,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if throttled:
             run_throttled(run, throttled)
         run_many_objects(run, many_methods)
+        if args.long_link:
+            run_long_link(
+                run,
+                delays_ms=[float(ms) for ms in args.long_ms.split(",") if ms.strip()],
+                sizes=_sizes(args.long_sizes),
+                many=parse_many(args.long_many),
+                methods=long_methods(args.long_methods),
+            )
         rclone = None if "rclone" in run.skipped else bench.rclone
     return report(
         run, methods, throttled, latency=latency, rclone=rclone, started=started, many_methods=many_methods
@@ -595,6 +634,7 @@ def report(
         else []
     )
     many = summarize_many(run.many_rows, many_methods)
+    long_link = summarize_long(run.long_rows, imports_rss)
     tables = [format_table(direct, f"{human(args.size)} object, loopback, {args.rounds} round(s)")]
     if imports_rss is not None:
         tables.append(
@@ -621,6 +661,8 @@ def report(
         )
     if many:
         tables.append(format_many(many))
+    if long_link:
+        tables.append(format_long(long_link))
     for name, reason in run.skipped.items():
         tables.append(f"{name}: skipped, {reason}")
     text = "\n\n".join(tables)
@@ -635,9 +677,11 @@ def report(
         "latency_summary": lat,
         "throttled_summary": limited,
         "many_summary": many,
+        "long_link_summary": long_link,
         "skipped": run.skipped,
         "runs": rows,
         "many_runs": run.many_rows,
+        "long_link_runs": run.long_rows,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     stem = f"benchmark-{human(args.size).replace(' ', '')}"
@@ -650,6 +694,7 @@ def report(
     }
     for label in dict.fromkeys(s["label"] for s in many):
         groups[f"{label} objects"] = ([s for s in many if s["label"] == label], "files_per_s", "files/s")
+    groups.update(long_chart_groups(long_link))
     print(write_chart(args.out / f"{stem}.png", groups))
     print(f"results: {args.out / stem}.json (+ .md, .png), {result['elapsed_s']}s in all")
     everything = [*direct, *lat, *limited]
@@ -657,6 +702,10 @@ def report(
     failed += [f"{s['label']}:{s['method']}" for s in many if s.get("status") != "ok"]
     wrong = [s["method"] for s in everything if s.get("sha256_verified") is False]
     wrong += [f"{s['label']}:{s['method']}" for s in many if s.get("all_verified") is False]
+    failed += [f"{s['delay_ms']:g}ms:{s['data']}:{s['method']}" for s in long_link if s["status"] != "ok"]
+    wrong += [
+        f"{s['delay_ms']:g}ms:{s['data']}:{s['method']}" for s in long_link if s.get("verified") is False
+    ]
     if failed or wrong:
         print(f"FAILED: {failed} WRONG BYTES: {wrong}", file=sys.stderr)
         return 1

@@ -53,6 +53,8 @@ def parse_many(text: str) -> list[tuple[int, int]]:
 def create_dataset(bench: Bench, count: int, size: int) -> dict[str, Any]:
     """Upload ``count`` objects of ``size`` random bytes under one prefix; keep local copies for OpenSSH."""
     label = f"{count}x{human(size).replace(' ', '')}"
+    if f"many:{label}" in bench.objects:  # another scenario moves the same set
+        return bench.objects[f"many:{label}"]
     prefix = f"many-{label}/"
     local_dir = bench.workdir / f"many-{label}"
     local_dir.mkdir()
@@ -80,7 +82,7 @@ def create_dataset(bench: Bench, count: int, size: int) -> dict[str, Any]:
         flush=True,
     )
     names = sorted(files)
-    return {
+    bench.objects[f"many:{label}"] = {
         "label": label,
         "count": count,
         "size": size,
@@ -88,6 +90,7 @@ def create_dataset(bench: Bench, count: int, size: int) -> dict[str, Any]:
         "local_dir": str(local_dir),
         "files": {name: files[name] for name in names},
     }
+    return bench.objects[f"many:{label}"]
 
 
 def run_many(
@@ -99,8 +102,13 @@ def run_many(
     package_root: Path,
     s3_endpoint: str,
     limit: int,
+    sftp_port: int | None = None,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Move the dataset's files (the first ``limit``, 0 for all) with ``method``; check every one."""
+    """Move the dataset's files (the first ``limit``, 0 for all) with ``method``; check every one.
+
+    ``sftp_port`` sends SFTP through a proxy at that port (the long-link scenario).
+    """
     names = list(dataset["files"])
     if limit:
         names = names[:limit]
@@ -125,8 +133,9 @@ def run_many(
         method,
         job,
         package_root=package_root,
-        timeout=600 + 2 * len(names),
+        timeout=timeout or 600 + 2 * len(names),
         tag=f"{method.name}-{dataset['label']}-r{round_no}",
+        sftp_port=sftp_port,
     )
     row.update(label=dataset["label"], round=round_no, files=len(names), size=dataset["size"])
     landed = {path.name: path for path in remote_dir.iterdir()}

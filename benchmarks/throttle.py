@@ -30,8 +30,14 @@ class ThrottleProxy:
     :param target_port: loopback port to forward to
     :param rate: download cap per connection in bytes per second (0 for none)
     :param latency: one-way delay in seconds
-    :param depth: reads of up to 64 KiB held per direction; with latency this caps the bytes in
-        flight, so raise it when the proxy itself must not limit throughput
+    :param depth: bytes held per direction, in units of 64 KiB; with latency this caps the bytes in
+        flight (``depth * 64 KiB`` per ``latency``), so raise it when the proxy itself must not limit
+        throughput
+
+    Each chunk is released ``latency`` after it arrived, whatever came before it: the delays
+    overlap (a pump sleeps only until the head chunk is due), they are not added up. The bound is
+    on bytes, not on reads, so a stream of small reads (SSH packets) is not capped by the count.
+    ``connections`` counts the TCP connections accepted so far (SSH connections, for sshd).
     """
 
     def __init__(self, target_port: int, *, rate: float, latency: float, depth: int = 64) -> None:
@@ -72,12 +78,21 @@ class ThrottleProxy:
             self._pump(upstream, client, rate=self.rate)
 
     def _pump(self, src: socket.socket, dst: socket.socket, *, rate: float) -> None:
-        held: queue.Queue[tuple[float, bytes]] = queue.Queue(maxsize=self.depth)
+        held: queue.Queue[tuple[float, bytes]] = queue.Queue()
+        limit, in_hand = self.depth * _SLICE, [0]  # bytes held, bounded: TCP back-pressure still works
+        room = threading.Condition()
 
         def receive() -> None:
             with contextlib.suppress(OSError):
-                while data := src.recv(_SLICE):
+                while True:
+                    with room:
+                        room.wait_for(lambda: in_hand[0] < limit)
+                    data = src.recv(_SLICE)
+                    with room:
+                        in_hand[0] += len(data)
                     held.put((time.monotonic() + self.latency, data))
+                    if not data:
+                        return
             held.put((time.monotonic() + self.latency, b""))
 
         def send() -> None:
@@ -87,6 +102,9 @@ class ThrottleProxy:
                     due, data = held.get()
                     if (wait := due - time.monotonic()) > 0:
                         time.sleep(wait)
+                    with room:
+                        in_hand[0] -= len(data)
+                        room.notify()
                     if not data:
                         dst.shutdown(socket.SHUT_WR)
                         return

@@ -20,14 +20,14 @@ from benchmarks.runner import MAIN_METHODS, THROTTLED_METHODS
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 def test_quick_benchmark_runs_every_method_and_verifies_bytes(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=200,
+        timeout=400,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -72,3 +72,26 @@ def test_quick_benchmark_runs_every_method_and_verifies_bytes(tmp_path: Path) ->
         assert row["status"] == "ok" and row["all_verified"] is True and row["files_per_s"] > 0, row
     assert many["ours"]["ssh_handshakes"] <= 4  # sessions are reused across objects
     assert many["ours"]["round_trips_per_file"] > 0
+
+    # The long-link scenario, tiny: SFTP through the delay proxy, every method side by side.
+    long_link = {(row["data"], row["method"]): row for row in result["long_link_summary"]}
+    rclone_ok = "rclone" not in result["skipped"]
+    expected_long = {
+        ("1x64KiB", "ours-one-64KiB"),
+        *(("8MiB", name) for name in ("openssh-sftp", "ours", "ours-1-channel", "ours-4-channels")),
+        *(("5x64KiB", name) for name in ("openssh-sftp", "ours", "ours-1-channel")),
+    } | ({("8MiB", "rclone"), ("5x64KiB", "rclone")} if rclone_ok else set())
+    assert set(long_link) == expected_long
+    for row in long_link.values():
+        assert row["status"] == "ok" and row["verified"] is True and row["seconds"] > 0, row
+        assert row["delay_ms"] == 20 and row["ssh_connections"] >= 1, row  # counted at the proxy
+    assert long_link["8MiB", "openssh-sftp"]["ssh_connections"] == 1
+    assert long_link["8MiB", "ours-4-channels"]["copy_data_requests"] == 8  # 8 stripes joined on the server
+    assert long_link["8MiB", "ours"]["copy_data_requests"] == 0  # below the auto threshold: one channel
+    small = long_link["1x64KiB", "ours-one-64KiB"]
+    assert small["trace"] and small["trace"][0].startswith("+")  # the first request waits for nothing
+    assert small["sftp_round_trips_per_file"] == sum(name.startswith("+") for name in small["trace"])
+    assert (
+        "### Long link: SFTP through a proxy holding bytes 20 ms each way"
+        in (tmp_path / "benchmark-8MiB.md").read_text()
+    )

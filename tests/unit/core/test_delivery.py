@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from airflow_s3sftp.core.delivery import Delivery, Source
+from airflow_s3sftp.core.delivery import AUTO_MIN_ROUND_TRIP, Delivery, Source
 from airflow_s3sftp.core.options import TUNING, DeliveryOptions
 from airflow_s3sftp.core.parts import Striping, part_token
 from airflow_s3sftp.core.session import SessionPool
@@ -224,6 +224,18 @@ def test_a_striped_delivery_joins_exact_bytes_and_leaves_only_the_file(channels,
     assert names(fs) == ["/in/k"]
     assert fs.joins == 1
     assert record.checksum == "sha256:" + hashlib.sha256(BIG).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("min_size", "round_trip", "striped"),
+    [(len(BIG), AUTO_MIN_ROUND_TRIP, True), (len(BIG) + 1, 1.0, False), (len(BIG), AUTO_MIN_ROUND_TRIP * 0.99, False)],
+)  # fmt: skip
+def test_auto_stripes_from_the_measured_size_and_round_trip_on(min_size, round_trip, striped, monkeypatch):
+    monkeypatch.setattr("airflow_s3sftp.core.delivery.AUTO_MIN_SIZE", min_size)
+    fs = striped_fs(round_trip=round_trip)
+    deliver(fs, data=BIG, head={}, stripe_size=1024 * KiB)
+    assert bytes(fs.files["/in/k"]) == BIG
+    assert fs.joins == (1 if striped else 0)
 
 
 @pytest.mark.parametrize(
