@@ -150,11 +150,17 @@ class S3ToSFTPHook(BaseHook):
         asks for the default credentials on purpose.
         """
         settings = self._s3_settings
-        return S3Hook(
-            aws_conn_id=self.aws_conn_id,
-            extra_args=settings.get("extra_args") or None,
-            requester_pays=settings.get("requester_pays", False),
-        )
+        extra_args = settings.get("extra_args") or None
+        if settings.get("requester_pays"):
+            try:
+                return S3Hook(aws_conn_id=self.aws_conn_id, extra_args=extra_args, requester_pays=True)
+            except TypeError:
+                # Older amazon providers (9.4 here) have no requester_pays: our own reads still carry
+                # RequestPayer; the hook's listing of a prefix does not.
+                self.log.warning(
+                    "This amazon provider's S3Hook takes no requester_pays: listings are not billed to us"
+                )
+        return S3Hook(aws_conn_id=self.aws_conn_id, extra_args=extra_args)
 
     @cached_property
     def _s3_settings(self) -> dict[str, Any]:
