@@ -211,8 +211,8 @@ def test_the_summary_counts_delivered_skipped_and_failed_objects():
         {"s3_uri": "s3://b/c", "sftp_path": "/in/c", "error": "FileNotFoundError: gone"},
     ]
     assert summarize(records) == {
-        "objects": records[:2],
         "failed": records[2:],
+        "failed_count": 1,
         "count": 3,
         "transferred": 1,
         "skipped": 1,
