@@ -269,7 +269,7 @@ class Summary:
             if "error" in record:
                 self.failed_count += 1
                 if len(self.failed) < self._listed:
-                    self.failed.append(dict(record))
+                    self.failed.append({name: _clip(value) for name, value in record.items()})
             elif record.get("skipped"):
                 self.skipped += 1
             else:
@@ -293,16 +293,27 @@ class Summary:
                 "failed": list(self.failed),
             }
 
-    def failures_text(self, what: str = "objects") -> str:
-        """Return the lines naming the failures kept, and how many more there were."""
+    def failures_text(self, what: str = "objects", *, inbound: bool = False) -> str:
+        """Return the lines naming the failures kept (source first), and how many more there were."""
+        ends = ("sftp_path", "s3_uri") if inbound else ("s3_uri", "sftp_path")
         lines = "\n".join(
-            f"  {record.get('s3_uri')} <-> {record.get('sftp_path')}: {record.get('error')}"
+            f"  {record.get(ends[0])} -> {record.get(ends[1])}: {record.get('error')}"
             for record in self.failed
         )
         more = self.failed_count - len(self.failed)
         if more:
             lines += f"\n  ... and {more} more {what} (the report, if one was asked for, names them all)"
         return lines
+
+
+#: Characters of a text field kept in the summary's failure records (the report keeps them whole).
+_CLIPPED = 600
+
+
+def _clip(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > _CLIPPED:
+        return f"{value[: _CLIPPED - 40]}... ({len(value) - _CLIPPED + 40} more characters)"
+    return value
 
 
 def _failure(item: Planned, err: BaseException) -> dict[str, Any]:

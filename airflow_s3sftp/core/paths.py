@@ -12,6 +12,10 @@ import posixpath
 import re
 import secrets
 from array import array
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 TEMP_SUFFIX = ".s3sftp-part"  # a delivery's temp file: always a byte-exact prefix of the object
 STRIPE_SUFFIX = ".s3sftp-stripe"  # a part file of a striped delivery (core/parts.py): its stripes, in order
@@ -343,6 +347,8 @@ class PlanIndex:
     :param done_marker: suffix of the done markers, None for none
     :param manifest: range manifests are written
     :param name_max: the longest name (one path segment, in bytes) the server takes
+    :param source_of: returns the source of an earlier object from its final path, for messages
+        (the index keeps digests only)
     """
 
     def __init__(
@@ -352,7 +358,9 @@ class PlanIndex:
         done_marker: str | None,
         manifest: bool = False,
         name_max: int = NAME_MAX,
+        source_of: Callable[[str], str] | None = None,
     ) -> None:
+        self._source_of = source_of or (lambda path: f"the object delivered to {path!r}")
         self._roles: list[tuple[str, str]] = [("", "the file")]
         if sidecar_suffix:
             self._roles.append((sidecar_suffix, "the checksum sidecar"))
@@ -395,22 +403,24 @@ class PlanIndex:
             seen[created] = role
             owner = self._owner(created)
             if owner is not None:
+                other = self._source_of(owner[0])
                 raise ValueError(
-                    f"S3 source {source!r} clashes with the object delivered to {owner[0]!r}: {created!r} "
-                    f"would be both {owner[1]} of that object and {role} of {source!r}"
+                    f"S3 sources {other!r} and {source!r} clash: {created!r} would be both {owner[1]} of "
+                    f"{other!r} and {role} of {source!r}"
                 )
             if created in self._directories:
                 raise ValueError(
-                    f"S3 source {source!r} clashes with an earlier object: {created!r} would be both {role} "
-                    f"of {source!r} and a directory holding that object's file"
+                    f"S3 sources {source!r} and an earlier object clash: {created!r} would be both {role} "
+                    f"of {source!r} and a directory holding the earlier object's file"
                 )
         parent = directory
         while parent not in ("", "/"):
             owner = self._owner(parent)
             if owner is not None:
+                other = self._source_of(owner[0])
                 raise ValueError(
-                    f"S3 source {source!r} clashes with the object delivered to {owner[0]!r}: {parent!r} "
-                    f"would be both {owner[1]} of that object and a directory holding {source!r}"
+                    f"S3 sources {other!r} and {source!r} clash: {parent!r} would be both {owner[1]} of "
+                    f"{other!r} and a directory holding {source!r}"
                 )
             parent = posixpath.dirname(parent)
         self._files.add(path)

@@ -18,6 +18,7 @@ from airflow_s3sftp.core import validate
 from airflow_s3sftp.core.batch import Summary
 from airflow_s3sftp.core.options import TUNING, Checks, DeliveryOptions, Publishing
 from airflow_s3sftp.core.paths import (
+    DigestSet,
     PlanIndex,
     check_plan,
     glob_to_regex,
@@ -33,7 +34,7 @@ from airflow_s3sftp.exceptions import DeliveryFailedError, ReportError, S3SFTPDe
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Iterator, Sequence
 
     from airflow.providers.common.compat.sdk import Context
 
@@ -96,10 +97,10 @@ class S3ToSFTPStreamOperator(BaseOperator):
     still complete and the task fails with :class:`~airflow_s3sftp.exceptions.DeliveryFailedError`
     naming (the first 20 of) the failures.
 
-    With ``s3_prefix`` the prefix is listed page by page and each object is delivered as it is
-    listed: memory stays flat in the object count, apart from a name-clash index of about 32 to
-    64 bytes per object. A name clash is found when the later object of the pair is listed: that
-    object fails (the earlier one was delivered).
+    With ``s3_prefix`` the prefix is listed page by page, twice: first to check every name for
+    clashes against a compact index (about 50 to 100 bytes per object, see
+    :class:`~airflow_s3sftp.core.paths.PlanIndex`), then again, each object delivered as it is
+    listed; memory stays flat in the object count apart from that index.
 
     :param s3_key: key of one object, or an ``s3://bucket/key`` URL when ``s3_bucket`` is None (templated)
     :param sftp_path: remote file path; a path ending in ``/`` is a directory and the key's base
@@ -300,20 +301,15 @@ class S3ToSFTPStreamOperator(BaseOperator):
 
         :meth:`execute` does not hold the plan of a prefix in memory: it delivers as it lists.
         """
-        refused: list[dict[str, Any]] = []
-        planned = list(self._plan(hook, refused.append))
-        if refused:
-            raise ValueError(refused[0]["error"].partition(": ")[2])
-        return planned
+        return list(self._plan(hook))
 
-    def _plan(
-        self, hook: S3ToSFTPHook, refuse: Callable[[dict[str, Any]], None]
-    ) -> Iterator[tuple[str, str, str]]:
-        """Yield ``(bucket, key, remote path)`` as the objects are listed; bad templated values raise here.
+    def _plan(self, hook: S3ToSFTPHook) -> Iterator[tuple[str, str, str]]:
+        """Return the checked ``(bucket, key, remote path)`` triples; bad values and clashes raise here.
 
-        With ``s3_key`` or ``s3_keys`` every name is checked for clashes before the first object;
-        with ``s3_prefix`` each object is checked as it is listed, against those before it, and an
-        object that clashes goes to ``refuse`` as a failure record instead of being yielded.
+        Every name the task creates is checked for clashes before this returns. With ``s3_prefix``
+        the prefix (its shard) is listed twice, page by page: first to check every name against a
+        compact index, then again, as the deliveries go; objects that appear between the two
+        listings are left for the next run (their names were not checked).
         """
         self._check_templated()
         shard = self._shard()
@@ -334,10 +330,53 @@ class S3ToSFTPStreamOperator(BaseOperator):
             pairs = [parse_s3_location(self.s3_bucket, key) for key in self.s3_keys]
             planned = [(bucket, key, remote_path_for(self.sftp_path, key)) for bucket, key in pairs]
         else:
-            yield from self._listed(hook, shard, PlanIndex(**clash_rules), refuse)
-            return
+            bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix or "")
+            below = len(self.sftp_path)
+            index = PlanIndex(
+                **clash_rules,
+                source_of=lambda path: f"s3://{bucket}/{prefix_as_directory(prefix)}{path[below:]}",
+            )
+            listed = DigestSet()
+            for bucket, key, path in self._matching(hook, shard):
+                index.add(f"s3://{bucket}/{key}", path)
+                listed.add(key)
+            self.log.info(
+                "Listed %s objects%s; their names do not clash (index: %s bytes)",
+                len(listed),
+                f" in shard {shard.name()}" if shard is not None else "",
+                index.nbytes + listed.nbytes,
+            )
+            if not listed and not self.allow_empty:
+                raise FileNotFoundError(self._nothing_matches(shard))
+            return self._listed_again(hook, shard, listed)
         check_plan([(f"s3://{bucket}/{key}", path) for bucket, key, path in planned], **clash_rules)
-        yield from planned
+        return iter(planned)
+
+    def _nothing_matches(self, shard: Shard | None) -> str:
+        bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix or "")
+        return (
+            f"No S3 objects under s3://{bucket}/{prefix_as_directory(prefix)} match"
+            + (f" glob {self.s3_glob!r}" if self.s3_glob else "")
+            + (f" regex {self.s3_regex!r}" if self.s3_regex else "")
+            + (f" in shard {shard.name()}" if shard is not None else "")
+            + " (allow_empty=True accepts that)"
+        )
+
+    def _listed_again(
+        self, hook: S3ToSFTPHook, shard: Shard | None, listed: DigestSet
+    ) -> Iterator[tuple[str, str, str]]:
+        """Yield the objects of the first listing as the second one finds them (a page at a time)."""
+        later = 0
+        for item in self._matching(hook, shard):
+            if item[1] in listed:
+                yield item
+            else:
+                later += 1
+        if later:
+            self.log.warning(
+                "%s objects appeared under the prefix after its names were checked; the next run takes them",
+                later,
+            )
 
     def _shard(self) -> Shard | None:
         """Return the validated ``shard`` (None for none); only with ``s3_prefix``."""
@@ -346,14 +385,8 @@ class S3ToSFTPStreamOperator(BaseOperator):
             raise ValueError("shard cuts the keys under s3_prefix into parts; set s3_prefix")
         return shard
 
-    def _listed(
-        self,
-        hook: S3ToSFTPHook,
-        shard: Shard | None,
-        index: PlanIndex,
-        refuse: Callable[[dict[str, Any]], None],
-    ) -> Iterator[tuple[str, str, str]]:
-        """Yield the objects under ``s3_prefix`` (in ``shard``) page by page, each checked for clashes."""
+    def _matching(self, hook: S3ToSFTPHook, shard: Shard | None) -> Iterator[tuple[str, str, str]]:
+        """Yield the objects under ``s3_prefix`` (in ``shard``, matching the filters) page by page."""
         bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix or "")
         prefix = prefix_as_directory(prefix)  # "px/day-1" never takes "px/day-10/..."
         pattern = re.compile(self.s3_regex) if self.s3_regex else None
@@ -367,15 +400,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
                 continue
             if pattern and not pattern.search(relative):
                 continue
-            source = f"s3://{bucket}/{key}"
-            try:
-                path = self.sftp_path + "/".join(safe_name(part, key) for part in relative.split("/"))
-                index.add(source, path)
-            except ValueError as err:
-                self.log.error("Not delivering %s: %s", source, err)
-                refuse({"s3_uri": source, "sftp_path": None, "error": f"ValueError: {err}"})
-                continue
-            yield bucket, key, path
+            yield bucket, key, self.sftp_path + "/".join(safe_name(part, key) for part in relative.split("/"))
 
     def _report(self, hook: S3ToSFTPHook) -> JsonLinesReport | None:
         """Return the opened report (its empty object written), or None when none is asked for."""
@@ -445,9 +470,8 @@ class S3ToSFTPStreamOperator(BaseOperator):
         self.log.info(
             "Delivering the objects%s with up to %s at once, as they are listed", where, self.max_concurrency
         )
-        hook.deliver_objects(
-            self._for_lineage(self._plan(hook, sink)), options, sink, max_concurrency=self.max_concurrency
-        )
+        planned = self._plan(hook)
+        hook.deliver_objects(self._for_lineage(planned), options, sink, max_concurrency=self.max_concurrency)
         result = {
             **summary.to_dict(),
             "report": self.report,
@@ -462,15 +486,6 @@ class S3ToSFTPStreamOperator(BaseOperator):
             summary.bytes,
             summary.failed_count,
         )
-        if summary.count == 0 and self.s3_prefix is not None and not self.allow_empty:
-            bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix)
-            raise FileNotFoundError(
-                f"No S3 objects under s3://{bucket}/{prefix_as_directory(prefix)} match"
-                + (f" glob {self.s3_glob!r}" if self.s3_glob else "")
-                + (f" regex {self.s3_regex!r}" if self.s3_regex else "")
-                + (f" in shard {shard.name()}" if shard is not None else "")
-                + " (allow_empty=True accepts that)"
-            )
         if summary.failed_count:
             raise DeliveryFailedError(
                 f"{summary.failed_count} of {summary.count} objects failed (the other {summary.done} were "
