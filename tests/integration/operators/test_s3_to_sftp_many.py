@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -13,14 +12,9 @@ import pytest
 from airflow_s3sftp.exceptions import DeliveryFailedError
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
+from tests.integration.reports import read_report
 
 MiB = 1024 * 1024
-
-
-def read_report(s3, bucket: str, key: str) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
-    """Return the records of a JSON Lines report in S3."""
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    return [json.loads(line) for line in body.splitlines()]
 
 
 def run(**kwargs: object) -> dict[str, object]:
