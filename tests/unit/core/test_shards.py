@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -50,7 +51,7 @@ def test_range_shards_cover_the_key_space_exactly_once_and_balance(keys, count):
     shards = range_shards(sample, count)
     assert len(shards) == min(count, len(sample)), "fewer keys than shards: one shard per key"
     assert shards[0]["start_after"] is None and shards[-1]["end_at"] is None
-    held = owners(shards, KEYS + ["a-before-everything", "zz-after-everything", "px/5"])
+    held = owners(shards, [*KEYS, "a-before-everything", "zz-after-everything", "px/5"])
     assert all(len(found) == 1 for found in held.values())
     sizes = [sum(1 for key in sample if held[key] == [i]) for i in range(len(shards))]
     assert max(sizes) - min(sizes) <= 1, sizes
@@ -67,7 +68,7 @@ def test_even_sample_stays_bounded_and_evenly_spaced():
     assert sample.seen == 100_000
     assert 100 <= len(sample.keys) <= 200
     positions = [int(key) for key in sample.keys]
-    gaps = {b - a for a, b in zip(positions, positions[1:], strict=False)}
+    gaps = {b - a for a, b in itertools.pairwise(positions)}
     assert len(gaps) == 1, "one stride between kept keys"
     shards = range_shards(sample.keys, 4)
     held = owners(shards, [f"{i:06d}" for i in range(100_000)])
