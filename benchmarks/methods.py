@@ -204,22 +204,36 @@ def scale_ours(job: Job) -> dict[str, Any]:
     """``S3ToSFTPStreamOperator(s3_prefix=..., report=...)`` over many small objects: the XCom's size."""
     from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 
+    def operator_for(prefix: str, remote_dir: str, report: str | None) -> S3ToSFTPStreamOperator:
+        return S3ToSFTPStreamOperator(
+            task_id="ours_scale",
+            s3_bucket=job["bucket"],
+            s3_prefix=prefix,
+            sftp_path=remote_dir + "/",
+            aws_conn_id=AWS_CONN_ID,
+            sftp_conn_id=SFTP_CONN_ID,
+            report=report,
+            **job.get("variant", {}).get("op", {}),
+        )
+
+    # A small delivery first, in this process: lazy imports, clients, threads and sessions are then
+    # there, so the RSS growth measured below is what the object count costs.
+    warm_up = operator_for(job["warm_up_prefix"], job["warm_up_dir"], job.get("warm_up_report"))
+    warm_up.execute(context={})  # type: ignore[arg-type]
+    rss_warm = psutil.Process().memory_info().rss
+    started = time.monotonic()
     counter = RequestCounter().install()
-    operator = S3ToSFTPStreamOperator(
-        task_id="ours_scale",
-        s3_bucket=job["bucket"],
-        s3_prefix=job["prefix"],
-        sftp_path=job["remote_dir"] + "/",
-        aws_conn_id=AWS_CONN_ID,
-        sftp_conn_id=SFTP_CONN_ID,
-        report=job.get("report"),
-        **job.get("variant", {}).get("op", {}),
-    )
+    operator = operator_for(job["prefix"], job["remote_dir"], job.get("report"))
     summary = operator.execute(context={})  # type: ignore[arg-type]
+    seconds = time.monotonic() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
         "files": summary["count"] - summary["failed_count"],
         "summary": summary,
         "xcom_bytes": len(json.dumps(summary)),
+        "task_seconds": round(seconds, 3),
+        "rss_after_warm_up_mib": round(rss_warm / 2**20, 1),
+        "rss_growth_after_warm_up_mib": round((peak - rss_warm) / 2**20, 1),
         "sftp": counter.report(),
     }
 
