@@ -106,11 +106,9 @@ def run_count(bench: Any, args: argparse.Namespace, count: int) -> dict[str, Any
         "seconds": seconds,
         "files_per_s": round(count / seconds, 1),
         "xcom_bytes": row.get("xcom_bytes"),
-        "rss_before_mib": row.get("rss_before_mib"),
+        "rss_after_warm_up_mib": row.get("rss_after_warm_up_mib"),
         "peak_rss_mib": row.get("peak_rss_mib"),
-        "rss_growth_mib": round(row["peak_rss_mib"] - row["rss_before_mib"], 1)
-        if "peak_rss_mib" in row
-        else None,
+        "rss_growth_mib": row.get("rss_growth_after_warm_up_mib"),
         "task_cpu_s": row.get("cpu_s"),
         "sshd_cpu_s": row.get("sshd_cpu_s"),
         "moto_cpu_s": row.get("moto_cpu_s"),
@@ -120,6 +118,7 @@ def run_count(bench: Any, args: argparse.Namespace, count: int) -> dict[str, Any
         "loadavg_1m": row.get("loadavg_1m"),
         "error": row.get("error"),
     }
+    result["row"] = {k: v for k, v in row.items() if k not in ("sftp", "summary")}
     print(json.dumps({k: v for k, v in result.items() if k != "sftp_requests"}), flush=True)
     return result
 
