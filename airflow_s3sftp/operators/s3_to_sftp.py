@@ -98,7 +98,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
     naming (the first 20 of) the failures.
 
     With ``s3_prefix`` the prefix is listed page by page, twice: first to check every name for
-    clashes against a compact index (about 50 to 100 bytes per object, see
+    clashes against a compact index (32 to 64 bytes per object, see
     :class:`~airflow_s3sftp.core.paths.PlanIndex`), then again, each object delivered as it is
     listed; memory stays flat in the object count apart from that index.
 
