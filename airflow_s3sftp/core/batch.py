@@ -57,6 +57,8 @@ class Batch:
     :param connect: opens a new SFTP session
     :param endpoint: returns ``user@host:port`` for messages (asked only when one needs it)
     :param max_concurrency: objects (and SFTP sessions) in flight at once
+    :param max_connections: SSH connections open at once at most, each carrying up to
+        ``max_concurrency / max_connections`` sessions on channels of their own; None for one per session
     :param sleep: waits between connection attempts (a parameter so unit tests need not wait)
     """
 
@@ -69,6 +71,7 @@ class Batch:
         connect: Callable[[], SFTPSession],
         endpoint: Callable[[], str],
         max_concurrency: int = 4,
+        max_connections: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.planned = list(planned)
@@ -78,6 +81,7 @@ class Batch:
         self._endpoint = endpoint
         self._sleep = sleep
         self.workers = max(1, min(max_concurrency, len(self.planned)))
+        self.max_connections = max_connections
         finals = [path for _, _, path in self.planned]
         # Every name the task writes, known before the first sweep: the first object runs alone.
         self.sweeper = LeftoverSweeper(
@@ -91,7 +95,7 @@ class Batch:
     def run(self) -> list[dict[str, Any]]:
         """Deliver every planned object; return their records, or raise a task-wide failure once."""
         stop = self._stop
-        with SessionPool(self._connect, self.workers) as pool:
+        with SessionPool(self._connect, self.workers, self.max_connections) as pool:
             try:
                 first = self._first_session(pool)
             except Exception as err:

@@ -411,8 +411,11 @@ class _ParamikoRemote:
         # SFTP channel of the same connection opens and renames files; OpenSSH and asyncssh do not.
         if self._session is None or self._session.profile.name not in ("openssh", "asyncssh"):
             return None
+        side = self._session.side_channel()
+        if side is None:
+            return None
         return type(self)(
-            self._session.side_channel(),
+            side,
             endpoint=self.endpoint,
             lost=self._lost,
             write_size=self.write_size,

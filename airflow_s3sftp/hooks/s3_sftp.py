@@ -222,9 +222,14 @@ class S3ToSFTPHook(BaseHook):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return SFTPSession(sftp, close=hook.close, endpoint=endpoint)
 
-    def session_pool(self, size: int = 1) -> SessionPool:
-        """Return a pool of up to ``size`` SFTP sessions, opened on demand and reused across objects."""
-        return SessionPool(self.connect_session, size)
+    def session_pool(self, size: int = 1, max_connections: int | None = None) -> SessionPool:
+        """Return a pool of up to ``size`` SFTP sessions, opened on demand and reused across objects.
+
+        :param size: sessions open at once at most
+        :param max_connections: SSH connections open at once at most (the sessions share them as
+            SFTP channels of their own); None for one connection per session
+        """
+        return SessionPool(self.connect_session, size, max_connections)
 
     @contextmanager
     def _reading(self, bucket: str, key: str, *, listing: bool = False) -> Iterator[None]:
@@ -417,6 +422,7 @@ class S3ToSFTPHook(BaseHook):
         options: DeliveryOptions | None = None,
         *,
         max_concurrency: int = 4,
+        max_connections: int | None = None,
     ) -> list[dict[str, Any]]:
         """Deliver ``(bucket, key, sftp_path)`` triples on a pool of reused sessions; return their records.
 
@@ -429,6 +435,8 @@ class S3ToSFTPHook(BaseHook):
         :param planned: what to deliver where
         :param options: how to deliver; the defaults are safe
         :param max_concurrency: objects (and SFTP sessions) in flight at once
+        :param max_connections: SSH connections open at once at most, the sessions spread over them
+            as SFTP channels of their own; None for one connection per session
         """
         self.s3_client  # noqa: B018 - built once here, then shared by the threads (boto3 clients are thread-safe)
         return Batch(
@@ -438,6 +446,7 @@ class S3ToSFTPHook(BaseHook):
             connect=self.connect_session,
             endpoint=lambda: self.sftp_endpoint,
             max_concurrency=max_concurrency,
+            max_connections=max_connections,
         ).run()
 
 

@@ -100,6 +100,9 @@ class S3ToSFTPStreamOperator(BaseOperator):
     :param s3_regex: with ``s3_prefix``, only keys whose path below the prefix matches this regex
     :param max_concurrency: objects delivered at once in one task; each of up to this many SFTP
         sessions serves one object after another
+    :param max_connections: SSH connections open at once at most in one task (partners cap them:
+        OpenSSH's ``MaxStartups``, ``MaxSessions``); with ``max_concurrency`` above it, the sessions
+        share the connections as SFTP channels of their own, spread evenly
     :param allow_empty: with ``s3_prefix``, succeed when nothing matches instead of failing
     :param aws_conn_id: Airflow ``aws`` connection (templated)
     :param sftp_conn_id: Airflow ``sftp`` connection (templated)
@@ -169,6 +172,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
         s3_glob: str | None = None,
         s3_regex: str | None = None,
         max_concurrency: int = 4,
+        max_connections: int = 4,
         allow_empty: bool = False,
         aws_conn_id: str | None = "aws_default",
         sftp_conn_id: str = "sftp_default",
@@ -194,6 +198,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
         self.s3_glob = s3_glob
         self.s3_regex = s3_regex
         self.max_concurrency = max_concurrency
+        self.max_connections = max_connections
         self.allow_empty = allow_empty
         self.sftp_path = sftp_path
         self.aws_conn_id = aws_conn_id
@@ -215,6 +220,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
     def _check_arguments(self) -> None:
         """Refuse bad non-templated arguments (types, ranges, patterns), naming the parameter."""
         validate.integer("max_concurrency", self.max_concurrency, minimum=1)
+        validate.integer("max_connections", self.max_connections, minimum=1)
         validate.flag("allow_empty", self.allow_empty)
         validate.text("s3_glob", self.s3_glob, optional=True)
         validate.text("s3_regex", self.s3_regex, optional=True)
@@ -322,8 +328,15 @@ class S3ToSFTPStreamOperator(BaseOperator):
     def _deliver_many(
         self, hook: S3ToSFTPHook, planned: list[tuple[str, str, str]], options: DeliveryOptions
     ) -> dict[str, Any]:
-        self.log.info("Delivering %s objects with up to %s at once", len(planned), self.max_concurrency)
-        records = hook.stream_objects(planned, options, max_concurrency=self.max_concurrency)
+        self.log.info(
+            "Delivering %s objects with up to %s at once on up to %s SSH connections",
+            len(planned),
+            self.max_concurrency,
+            self.max_connections,
+        )
+        records = hook.stream_objects(
+            planned, options, max_concurrency=self.max_concurrency, max_connections=self.max_connections
+        )
         summary = summarize(records)
         done, failed = summary["objects"], summary["failed"]
         self.log.info(
