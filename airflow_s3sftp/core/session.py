@@ -65,6 +65,7 @@ class SFTPSession:
         self._close = close
         self._writes_in_order = writes_in_order
         self._origin = origin  # the connection's first session: what it learnt holds for this one too
+        self._learning = threading.Lock()
         self._lanes: list[SFTPClient] = []
         self._side: SFTPClient | None = None
         self._lanes_refused = False
@@ -74,9 +75,12 @@ class SFTPSession:
 
     def _learnt(self, name: str, ask: Callable[[], _T]) -> _T:
         """Return what this connection learnt as ``name``, else ask on this channel and keep it."""
-        known = self.__dict__ if self._origin is None else self._origin.__dict__
+        origin = self._origin or self
+        known = origin.__dict__
         if name not in known:
-            known[name] = ask()  # two channels asking at once learn the same answer
+            with origin._learning:  # one question at a time: a probe may take a channel of its own
+                if name not in known:
+                    known[name] = ask()
         value: _T = known[name]
         return value
 
@@ -112,6 +116,10 @@ class SFTPSession:
             return min(samples)
 
         return self._learnt("_round_trip_learnt", measure)
+
+    def shares_connection(self) -> bool:
+        """Return whether sessions on several SFTP channels of this connection may work at once."""
+        return self.profile.channels_side_by_side
 
     def open_channel(self) -> SFTPSession:
         """Return a new session on an SFTP channel of its own on this session's SSH connection.
@@ -483,7 +491,7 @@ class SessionPool:
 
     def _open_channel(self, connection: _Connection) -> SFTPSession:
         try:
-            session = connection.base.open_channel()
+            session = connection.base.open_channel() if connection.base.shares_connection() else None
         except ChannelRefusedError as err:
             with self._cond:
                 connection.opening -= 1
@@ -511,11 +519,23 @@ class SessionPool:
             raise
         with self._cond:
             connection.opening -= 1
-            connection.channels += 1
-            self._of[id(session)] = connection
-            self.channels_opened += 1
-            self._cond.notify_all()
-        return session
+            if session is None:  # the server is not known to take it: one session per connection
+                if self._channels:
+                    self._channels = False
+                    self._size = min(self._size, self._max_connections)
+                    log.info(
+                        "%s is not known to serve several SFTP channels of one connection at once: "
+                        "one session per connection, %s at once",
+                        connection.base.endpoint,
+                        self._size,
+                    )
+                self._cond.notify_all()
+            else:
+                connection.channels += 1
+                self._of[id(session)] = connection
+                self.channels_opened += 1
+                self._cond.notify_all()
+        return session if session is not None else self.acquire()
 
     def release(self, session: SFTPSession) -> None:
         """Give a healthy session back for the next delivery."""
