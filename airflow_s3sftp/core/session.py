@@ -131,11 +131,17 @@ class SFTPSession:
         """
         origin = self._origin or self
         transport = self.sftp.get_channel().get_transport()  # type: ignore[union-attr]
+        timeout = origin._timeout or _CHANNEL_OPEN_TIMEOUT
+        begin = time.monotonic()
         try:
-            channel = transport.open_session(timeout=origin._timeout or _CHANNEL_OPEN_TIMEOUT)
-        except paramiko.ChannelException as err:
-            raise ChannelRefusedError(f"{self.endpoint} refused one more SFTP channel: {err}") from err
+            channel = transport.open_session(timeout=timeout)
         except (paramiko.SSHException, OSError, EOFError) as err:
+            # paramiko keeps one failure per transport: of two channels refused at once, one sees
+            # ChannelException and the other a bare SSHException. A live connection that answered
+            # in time refused it; one that did not answer is stalled.
+            answered = time.monotonic() - begin < timeout
+            if isinstance(err, paramiko.SSHException) and transport.is_active() and answered:
+                raise ChannelRefusedError(f"{self.endpoint} refused one more SFTP channel: {err}") from err
             raise ConnectionLostError(
                 f"connection to {self.endpoint} lost while opening an SFTP channel: {err}"
             ) from err
@@ -146,7 +152,7 @@ class SFTPSession:
             sftp = paramiko.SFTPClient(channel)
         except (paramiko.SSHException, OSError, EOFError) as err:
             channel.close()
-            if transport.is_active():
+            if transport.is_active() and not isinstance(err, (socket.timeout, TimeoutError)):
                 raise ChannelRefusedError(
                     f"{self.endpoint} refused an SFTP subsystem on one more channel: {err}"
                 ) from err
@@ -495,7 +501,7 @@ class SessionPool:
         except ChannelRefusedError as err:
             with self._cond:
                 connection.opening -= 1
-                granted = max(1, connection.channels + connection.opening)
+                granted = max(1, connection.channels)  # those opening at once are refused likewise
                 connection.cap = min(connection.cap or granted, granted)
                 self._size = min(self._size, self._capacity())
                 if not self._refusal_logged:
