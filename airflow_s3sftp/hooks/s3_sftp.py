@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.sdk import BaseHook
+from botocore.config import Config
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -290,10 +291,26 @@ class S3ToSFTPHook(BaseHook):
         the stream. The delivery already hashes every byte and compares with S3's full-object
         checksum before the rename; the second pass cost ~0.8 CPU s/GiB (measured, benchmarks/).
         """
-        client: S3Client = self.s3_hook.get_conn()
+        return self._tuned(self.s3_hook.get_conn())
+
+    def _tuned(self, client: S3Client) -> S3Client:
         if getattr(self.s3_hook.config, "response_checksum_validation", None) is None:  # config_kwargs may
             client.meta.config.response_checksum_validation = "when_required"  # type: ignore[attr-defined]
         return client
+
+    def _share_s3_client(self, threads: int) -> None:
+        """Build :attr:`s3_client` once for ``threads`` threads, with a pooled HTTP connection for each.
+
+        botocore pools 10 by default: with more threads urllib3 discards a connection after a request
+        ("Connection pool is full", a warning each time) and opens another for the next.
+        """
+        config = self.s3_hook.config
+        if threads <= (config.max_pool_connections or 10):  # type: ignore[attr-defined]
+            self.s3_client  # noqa: B018 - built once here, then shared by the threads (thread-safe)
+            return
+        wider = config.merge(Config(max_pool_connections=threads))
+        client = self.s3_hook.get_client_type(region_name=self.s3_hook.region_name, config=wider)
+        self.__dict__["s3_client"] = self._tuned(client)
 
     def _opener(
         self, bucket: str, key: str, head: dict[str, Any], first: _FirstBody | None = None
@@ -438,7 +455,7 @@ class S3ToSFTPHook(BaseHook):
         :param max_connections: SSH connections open at once at most, the sessions spread over them
             as SFTP channels of their own; None for one connection per session
         """
-        self.s3_client  # noqa: B018 - built once here, then shared by the threads (boto3 clients are thread-safe)
+        self._share_s3_client(max(1, min(max_concurrency, len(planned))))
         return Batch(
             planned,
             options or DeliveryOptions(),

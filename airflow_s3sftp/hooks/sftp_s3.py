@@ -286,7 +286,7 @@ class SFTPToS3Hook(S3ToSFTPHook):
         At most ``max_connections`` SSH connections (None: one per session) carry the sessions.
         """
         options = options or InboundOptions()
-        self.s3_client  # noqa: B018 - built once here, then shared by the threads
+        self._share_s3_client(max(1, min(max_concurrency, len(items))))
         with self.session_pool(max(1, min(max_concurrency, len(items))), max_connections) as pool:
             return transfer_all(
                 items,
