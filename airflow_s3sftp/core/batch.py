@@ -111,7 +111,8 @@ class Batch:
                 if posixpath.dirname(item[2]) in missing:
                     stop.failed(item, missing[posixpath.dirname(item[2])])
             stop.raise_if_task_wide()
-            with ThreadPoolExecutor(max_workers=self.workers) as threads:
+            # The pool may hold fewer sessions than asked (a short link, a server granting fewer).
+            with ThreadPoolExecutor(max_workers=min(self.workers, pool.size)) as threads:
                 records = list(threads.map(lambda item: self._one(item, pool), self.planned))
         stop.raise_if_task_wide(records)
         return records

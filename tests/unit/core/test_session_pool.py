@@ -119,9 +119,9 @@ def test_pool_size_must_be_positive():
 class FakeConnection(FakeSession):
     """A session on a new connection; :meth:`open_channel` adds sessions on it, up to ``granted`` channels."""
 
-    def __init__(self, granted: int = 10, shares: bool = True) -> None:
+    def __init__(self, granted: int = 10, shares: bool = True, round_trip: float = 0.1) -> None:
         super().__init__()
-        self.granted, self.shares = granted, shares
+        self.granted, self.shares, self.round_trip = granted, shares, round_trip
         self.channels: list[FakeSession] = [self]
         self.connection_closed = False
 
@@ -233,3 +233,12 @@ def test_a_lost_connection_while_opening_a_channel_fails_that_object_only():
 def test_max_connections_must_be_positive():
     with pytest.raises(ValueError, match="positive max_connections"):
         SessionPool(Connector(), 4, max_connections=0)  # type: ignore[arg-type]
+
+
+def test_on_a_short_link_sessions_do_not_share_connections(caplog):
+    connect = ChannelConnector(round_trip=0.0005)  # loopback: the client's CPU is the limit
+    pool = SessionPool(connect, 16, max_connections=4)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="airflow_s3sftp.core.session"):
+        sessions = [pool.acquire() for _ in range(4)]
+    assert pool.size == 4 and connect.attempts == 4 and pool.channels_opened == 0
+    assert len({id(s) for s in sessions}) == 4 and "one session per connection" in caplog.text
