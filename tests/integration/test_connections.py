@@ -5,8 +5,9 @@
 # is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
 """Many objects in flight over at most ``max_connections`` SSH connections, each on an SFTP channel of its own.
 
-A counting TCP proxy in front of each real server counts the connections that reach it; the files
-on the server's disk are compared byte for byte with the objects.
+A TCP proxy in front of each real server holds every byte 8 ms each way (a 16 ms round trip, where
+sessions share connections) and counts the connections that reach it; the files on the server's
+disk are compared byte for byte with the objects.
 """
 
 from __future__ import annotations
@@ -22,10 +23,16 @@ import pytest
 
 from airflow_s3sftp.exceptions import AuthenticationError
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
+from benchmarks.throttle import ThrottleProxy
 from tests.faults import FaultyProxy
 from tests.servers import SSHDServer, start_proftpd, start_sshd
 
 OBJECTS = 40
+
+
+def _link(port: int) -> ThrottleProxy:
+    """Return a proxy for a 16 ms round trip: above the 10 ms from which sessions share connections."""
+    return ThrottleProxy(port, rate=0, latency=0.008, depth=8192)
 
 
 def _body(i: int) -> bytes:
@@ -51,7 +58,7 @@ def _target(server: SSHDServer, tmp_path: Path) -> Path:
     return directory
 
 
-def _conn(server: SSHDServer, proxy: FaultyProxy, **extra: object) -> dict[str, object]:
+def _conn(server: SSHDServer, proxy: FaultyProxy | ThrottleProxy, **extra: object) -> dict[str, object]:
     return server.connection(**extra) | {"port": proxy.port}
 
 
@@ -85,7 +92,7 @@ def test_many_objects_in_flight_over_at_most_max_connections(
 ):
     bucket, bodies = objects
     target = _target(server, tmp_path)
-    with FaultyProxy(server.port, after=1 << 62, faulty=0) as counted:
+    with _link(server.port) as counted:
         set_connection("sftp_few", _conn(server, counted))
         with caplog.at_level(logging.INFO, logger="airflow_s3sftp"):
             result = _deliver(bucket, target, "sftp_few", max_concurrency=12, max_connections=3)
@@ -110,7 +117,7 @@ def test_max_sessions_2_still_delivers_everything_on_fewer_channels(
 ):
     bucket, bodies = objects
     target = _target(two_sessions, tmp_path)
-    with FaultyProxy(two_sessions.port, after=1 << 62, faulty=0) as counted:
+    with _link(two_sessions.port) as counted:
         set_connection("sftp_max_sessions", _conn(two_sessions, counted))
         with caplog.at_level(logging.INFO, logger="airflow_s3sftp"):
             result = _deliver(bucket, target, "sftp_max_sessions", max_concurrency=12, max_connections=2)
@@ -135,3 +142,17 @@ def test_a_wrong_key_makes_exactly_one_login_attempt(sshd, objects, tmp_path, se
         connections = counted.connections
     assert connections == 1
     assert list(target.iterdir()) == []
+
+
+def test_on_loopback_sessions_keep_a_connection_each(sshd, objects, tmp_path, set_connection, caplog):
+    bucket, bodies = objects
+    target = _target(sshd, tmp_path)
+    with FaultyProxy(sshd.port, after=1 << 62, faulty=0) as counted:
+        set_connection("sftp_loopback", _conn(sshd, counted))
+        with caplog.at_level(logging.INFO, logger="airflow_s3sftp"):
+            result = _deliver(bucket, target, "sftp_loopback", max_concurrency=12, max_connections=3)
+        connections = counted.connections
+    assert result["transferred"] == OBJECTS
+    _assert_delivered(target, bodies)
+    assert 1 <= connections <= 3
+    assert "one session per connection, 3 at once" in caplog.text  # CPU, not round trips, is the limit
