@@ -68,7 +68,7 @@ LONG_VARIANTS = (
 LONG_DEFAULT = "openssh-sftp,ours,ours-1-channel,rclone"
 LONG_MANY_METHODS = (
     Method("openssh-sftp", "many-openssh", note="sftp -b: one put per file over one connection"),
-    Method("ours", "many-ours", note="s3_prefix, defaults (max_concurrency=4)"),
+    Method("ours", "many-ours", note="s3_prefix, defaults (max_concurrency=16, max_connections=4)"),
     Method("ours-1-channel", "many-ours", {"op": {"tuning": {"channels": 1}}}, "channels=1"),
     Method("rclone", "many-rclone", note="rclone copy s3 -> sftp, defaults"),
 )
