@@ -68,10 +68,21 @@ LONG_VARIANTS = (
 LONG_DEFAULT = "openssh-sftp,ours,ours-1-channel,rclone"
 LONG_MANY_METHODS = (
     Method("openssh-sftp", "many-openssh", note="sftp -b: one put per file over one connection"),
-    Method("ours", "many-ours", note="s3_prefix, defaults (max_concurrency=4)"),
+    Method("ours", "many-ours", note="s3_prefix, defaults (max_concurrency=16, max_connections=4)"),
     Method("ours-1-channel", "many-ours", {"op": {"tuning": {"channels": 1}}}, "channels=1"),
     Method("rclone", "many-rclone", note="rclone copy s3 -> sftp, defaults"),
 )
+#: Measurement variants (``--long-many-methods``): objects in flight over at most so many SSH connections.
+LONG_MANY_VARIANTS = tuple(
+    Method(
+        f"ours-{n}-on-{c}",
+        "many-ours",
+        {"op": {"max_concurrency": n, "max_connections": c}},
+        f"max_concurrency={n}, max_connections={c}",
+    )
+    for n, c in ((4, 4), (8, 4), (16, 4), (24, 4), (32, 4), (8, 1), (16, 2), (40, 4))
+)
+LONG_MANY_DEFAULT = ",".join(m.name for m in LONG_MANY_METHODS)
 ONE_SMALL = Method("ours-one-64KiB", "ours", note="one 64 KiB object alone: its sequential round trips")
 #: Bytes the proxy may hold per direction (in 64 KiB units): far above any window in flight.
 PROXY_DEPTH = 8192
@@ -86,6 +97,15 @@ def long_methods(names: str) -> list[Method]:
     return [known[name] for name in wanted]
 
 
+def long_many_methods(names: str) -> list[Method]:
+    """Return the small-object methods named (comma-separated) from the long-link ones and their variants."""
+    known = {m.name: m for m in (*LONG_MANY_METHODS, *LONG_MANY_VARIANTS)}
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    if unknown := [name for name in wanted if name not in known]:
+        raise SystemExit(f"unknown long-link small-object methods {unknown}; choose from {', '.join(known)}")
+    return [known[name] for name in wanted]
+
+
 def run_long_link(
     run: Run,
     *,
@@ -93,6 +113,7 @@ def run_long_link(
     sizes: Sequence[int],
     many: Sequence[tuple[int, int]],
     methods: Sequence[Method],
+    many_methods: Sequence[Method] = LONG_MANY_METHODS,
 ) -> None:
     """Every long-link method on the big objects and on each small-object set, per delay, in rounds.
 
@@ -150,7 +171,7 @@ def run_long_link(
                         data=human(big["size"]).replace(" ", ""),
                     )
                 for dataset in datasets:
-                    for method in LONG_MANY_METHODS:
+                    for method in many_methods:
                         if method.kind == "many-rclone" and "rclone" in run.skipped:
                             continue
                         before = proxy.connections

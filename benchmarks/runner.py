@@ -39,8 +39,10 @@ from benchmarks.harness import (
 from benchmarks.long_link import (
     LONG_DEFAULT,
     LONG_FORCED_STRIPES,
+    LONG_MANY_DEFAULT,
     format_long,
     long_chart_groups,
+    long_many_methods,
     long_methods,
     run_long_link,
     summarize_long,
@@ -172,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--long-methods", default=LONG_DEFAULT, help=f"big-object methods there ({LONG_DEFAULT})"
     )
     parser.add_argument("--long-many", default="200x64KiB", help="small-object sets there ('' for none)")
+    parser.add_argument(
+        "--long-many-methods",
+        default=LONG_MANY_DEFAULT,
+        help=f"small-object methods there ({LONG_MANY_DEFAULT}; variants ours-N-on-C)",
+    )
     parser.add_argument("--long-rounds", type=int, default=1, help="rounds there (default 1)")
     parser.add_argument(
         "--memory-sizes",
@@ -596,6 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sizes=_sizes(args.long_sizes),
                 many=parse_many(args.long_many),
                 methods=long_methods(args.long_methods),
+                many_methods=long_many_methods(args.long_many_methods),
             )
         rclone = None if "rclone" in run.skipped else bench.rclone
     return report(

@@ -62,6 +62,8 @@ class Batch:
     :param connect: opens a new SFTP session
     :param endpoint: returns ``user@host:port`` for messages (asked only when one needs it)
     :param max_concurrency: objects (and SFTP sessions) in flight at once
+    :param max_connections: SSH connections open at once at most, each carrying up to
+        ``max_concurrency / max_connections`` sessions on channels of their own; None for one per session
     :param sleep: waits between connection attempts (a parameter so unit tests need not wait)
     :param total: how many objects an iterator will yield, when known (for progress and messages)
     """
@@ -75,6 +77,7 @@ class Batch:
         connect: Callable[[], SFTPSession],
         endpoint: Callable[[], str],
         max_concurrency: int = 4,
+        max_connections: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
         total: int | None = None,
     ) -> None:
@@ -87,6 +90,7 @@ class Batch:
         self._endpoint = endpoint
         self._sleep = sleep
         self.workers = max(1, min(max_concurrency, len(known))) if known is not None else max_concurrency
+        self.max_connections = max_connections
         finals = [path for _, _, path in known or ()]
         # With a list, every name the task writes is known before the first sweep; with an iterator
         # each object's names are added as it comes up (before its delivery sweeps its directory).
@@ -122,15 +126,17 @@ class Batch:
                 delivered += "error" not in record
                 sink(index, record)
 
-        with SessionPool(self._connect, self.workers) as pool:
+        with SessionPool(self._connect, self.workers, self.max_connections) as pool:
             try:
                 first = self._first_session(pool)
             except Exception as err:
                 stop.ends_all(err)
                 raise
             pool.release(first)
-            ahead = threading.BoundedSemaphore(2 * self.workers)
-            with ThreadPoolExecutor(max_workers=self.workers) as threads:
+            # The pool may hold fewer sessions than asked (a short link, a server granting fewer).
+            workers = min(self.workers, pool.size)
+            ahead = threading.BoundedSemaphore(2 * workers)
+            with ThreadPoolExecutor(max_workers=workers) as threads:
                 for index, item in enumerate(self.planned):
                     if stop.error is not None:
                         if stop.known:

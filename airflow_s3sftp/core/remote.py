@@ -407,12 +407,13 @@ class _ParamikoRemote:
             return None
 
     def side(self) -> Remote | None:
-        # Measured: ProFTPD 1.3.8 answers "Invalid handle" to a WRITE now and then while another
-        # SFTP channel of the same connection opens and renames files; OpenSSH and asyncssh do not.
-        if self._session is None or self._session.profile.name not in ("openssh", "asyncssh"):
+        if self._session is None or not self._session.profile.channels_side_by_side:
+            return None
+        side = self._session.side_channel()
+        if side is None:
             return None
         return type(self)(
-            self._session.side_channel(),
+            side,
             endpoint=self.endpoint,
             lost=self._lost,
             write_size=self.write_size,

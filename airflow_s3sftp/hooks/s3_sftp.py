@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.sdk import BaseHook
+from botocore.config import Config
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -241,9 +242,14 @@ class S3ToSFTPHook(BaseHook):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return SFTPSession(sftp, close=hook.close, endpoint=endpoint)
 
-    def session_pool(self, size: int = 1) -> SessionPool:
-        """Return a pool of up to ``size`` SFTP sessions, opened on demand and reused across objects."""
-        return SessionPool(self.connect_session, size)
+    def session_pool(self, size: int = 1, max_connections: int | None = None) -> SessionPool:
+        """Return a pool of up to ``size`` SFTP sessions, opened on demand and reused across objects.
+
+        :param size: sessions open at once at most
+        :param max_connections: SSH connections open at once at most (the sessions share them as
+            SFTP channels of their own); None for one connection per session
+        """
+        return SessionPool(self.connect_session, size, max_connections)
 
     @contextmanager
     def _reading(self, bucket: str, key: str, *, listing: bool = False) -> Iterator[None]:
@@ -304,10 +310,26 @@ class S3ToSFTPHook(BaseHook):
         the stream. The delivery already hashes every byte and compares with S3's full-object
         checksum before the rename; the second pass cost ~0.8 CPU s/GiB (measured, benchmarks/).
         """
-        client: S3Client = self.s3_hook.get_conn()
+        return self._tuned(self.s3_hook.get_conn())
+
+    def _tuned(self, client: S3Client) -> S3Client:
         if getattr(self.s3_hook.config, "response_checksum_validation", None) is None:  # config_kwargs may
             client.meta.config.response_checksum_validation = "when_required"  # type: ignore[attr-defined]
         return client
+
+    def _share_s3_client(self, threads: int) -> None:
+        """Build :attr:`s3_client` once for ``threads`` threads, with a pooled HTTP connection for each.
+
+        botocore pools 10 by default: with more threads urllib3 discards a connection after a request
+        ("Connection pool is full", a warning each time) and opens another for the next.
+        """
+        config = self.s3_hook.config
+        if threads <= (config.max_pool_connections or 10):  # type: ignore[attr-defined]
+            self.s3_client  # noqa: B018 - built once here, then shared by the threads (thread-safe)
+            return
+        wider = config.merge(Config(max_pool_connections=threads))
+        client = self.s3_hook.get_client_type(region_name=self.s3_hook.region_name, config=wider)
+        self.__dict__["s3_client"] = self._tuned(client)
 
     def _opener(
         self, bucket: str, key: str, head: dict[str, Any], first: _FirstBody | None = None
@@ -436,6 +458,7 @@ class S3ToSFTPHook(BaseHook):
         options: DeliveryOptions | None = None,
         *,
         max_concurrency: int = 4,
+        max_connections: int | None = None,
     ) -> list[dict[str, Any]]:
         """Deliver ``(bucket, key, sftp_path)`` triples on a pool of reused sessions; return their records.
 
@@ -448,8 +471,10 @@ class S3ToSFTPHook(BaseHook):
         :param planned: what to deliver where
         :param options: how to deliver; the defaults are safe
         :param max_concurrency: objects (and SFTP sessions) in flight at once
+        :param max_connections: SSH connections open at once at most, the sessions spread over them
+            as SFTP channels of their own; None for one connection per session
         """
-        self.s3_client  # noqa: B018 - built once here, then shared by the threads (boto3 clients are thread-safe)
+        self._share_s3_client(max(1, min(max_concurrency, len(planned))))
         return Batch(
             planned,
             options or DeliveryOptions(),
@@ -457,6 +482,7 @@ class S3ToSFTPHook(BaseHook):
             connect=self.connect_session,
             endpoint=lambda: self.sftp_endpoint,
             max_concurrency=max_concurrency,
+            max_connections=max_connections,
         ).run()
 
     def deliver_objects(
@@ -466,6 +492,7 @@ class S3ToSFTPHook(BaseHook):
         sink: Callable[[dict[str, Any]], None],
         *,
         max_concurrency: int = 4,
+        max_connections: int | None = None,
         total: int | None = None,
     ) -> None:
         """Deliver ``(bucket, key, sftp_path)`` triples as they come, handing each record to ``sink``.
@@ -478,9 +505,11 @@ class S3ToSFTPHook(BaseHook):
         :param options: how to deliver
         :param sink: takes each object's record
         :param max_concurrency: objects (and SFTP sessions) in flight at once
+        :param max_connections: SSH connections open at once at most, the sessions spread over them
+            as SFTP channels of their own; None for one connection per session
         :param total: how many objects ``planned`` yields, when known (for progress and messages)
         """
-        self.s3_client  # noqa: B018 - built once here, then shared by the threads (boto3 clients are thread-safe)
+        self._share_s3_client(max(1, min(max_concurrency, total if total is not None else max_concurrency)))
         Batch(
             planned,
             options,
@@ -488,6 +517,7 @@ class S3ToSFTPHook(BaseHook):
             connect=self.connect_session,
             endpoint=lambda: self.sftp_endpoint,
             max_concurrency=max_concurrency,
+            max_connections=max_connections,
             total=total,
         ).stream(lambda _index, record: sink(record))
 

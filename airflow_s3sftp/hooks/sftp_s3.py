@@ -279,15 +279,17 @@ class SFTPToS3Hook(S3ToSFTPHook):
         options: InboundOptions | None = None,
         *,
         max_concurrency: int = 4,
+        max_connections: int | None = None,
         sink: Callable[[dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Bring in every item, up to ``max_concurrency`` at once on reused sessions; failures are records.
 
+        At most ``max_connections`` SSH connections (None: one per session) carry the sessions;
         ``sink`` gets each record as its file finishes (one call at a time).
         """
         options = options or InboundOptions()
-        self.s3_client  # noqa: B018 - built once here, then shared by the threads
-        with self.session_pool(max(1, min(max_concurrency, len(items)))) as pool:
+        self._share_s3_client(max(1, min(max_concurrency, len(items))))
+        with self.session_pool(max(1, min(max_concurrency, len(items))), max_connections) as pool:
             return transfer_all(
                 items,
                 lambda item: self.object_store(item.bucket, item.key),

@@ -78,6 +78,8 @@ class SFTPToS3StreamOperator(BaseOperator):
     :param sftp_conn_id: Airflow ``sftp`` connection (templated)
     :param aws_conn_id: Airflow ``aws`` connection (templated)
     :param max_concurrency: files brought in at once (each on its own SFTP session)
+    :param max_connections: SSH connections open at once at most; with ``max_concurrency`` above
+        it, the sessions share the connections as SFTP channels of their own
     :param allow_empty: with a glob, succeed when nothing matches instead of failing
     :param report: ``s3://bucket/key.jsonl``: write every file's record there as one JSON line, as
         the task goes (the empty object first, so a wrong bucket fails before any file; parts of 5
@@ -121,6 +123,7 @@ class SFTPToS3StreamOperator(BaseOperator):
         sftp_conn_id: str = "sftp_default",
         aws_conn_id: str | None = "aws_default",
         max_concurrency: int = 4,
+        max_connections: int = 4,
         allow_empty: bool = False,
         report: str | None = None,
         tuning: dict[str, Any] | None = None,
@@ -140,6 +143,7 @@ class SFTPToS3StreamOperator(BaseOperator):
         self.sftp_conn_id = sftp_conn_id
         self.aws_conn_id = aws_conn_id
         self.max_concurrency = max_concurrency
+        self.max_connections = max_connections
         self.allow_empty = allow_empty
         self.report = report
         self.tuning = tuning
@@ -150,6 +154,8 @@ class SFTPToS3StreamOperator(BaseOperator):
             raise ValueError("Set exactly one of s3_key (one file) or s3_prefix (each file under its name)")
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency <= 0:
             raise ValueError(f"max_concurrency must be a positive int (got {max_concurrency!r})")
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections <= 0:
+            raise ValueError(f"max_connections must be a positive int (got {max_connections!r})")
         if not isinstance(allow_empty, bool):
             raise TypeError(f"allow_empty must be True or False (got {allow_empty!r})")
         if tuning is not None and not isinstance(tuning, Mapping):
@@ -272,7 +278,13 @@ class SFTPToS3StreamOperator(BaseOperator):
             return {**record, "report": self.report} if self.report is not None else record
         self.log.info("Bringing %s files into S3 with up to %s at once", len(planned), self.max_concurrency)
         if planned:
-            hook.stream_files(planned, options, max_concurrency=self.max_concurrency, sink=sink)
+            hook.stream_files(
+                planned,
+                options,
+                max_concurrency=self.max_concurrency,
+                max_connections=self.max_connections,
+                sink=sink,
+            )
         summary = sink.summary
         result = {**summary.to_dict(), "report": self.report}
         self.log.info(

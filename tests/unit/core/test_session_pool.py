@@ -7,12 +7,13 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from airflow_s3sftp.core.session import SessionPool
+from airflow_s3sftp.core.session import ChannelRefusedError, SessionPool
 from airflow_s3sftp.exceptions import AuthenticationError, ConnectionLostError
 
 
@@ -113,3 +114,131 @@ def test_a_refused_extra_session_shrinks_the_pool_instead_of_failing():
 def test_pool_size_must_be_positive():
     with pytest.raises(ValueError, match="positive size"):
         SessionPool(Connector(), 0)  # type: ignore[arg-type]
+
+
+class FakeConnection(FakeSession):
+    """A session on a new connection; :meth:`open_channel` adds sessions on it, up to ``granted`` channels."""
+
+    def __init__(self, granted: int = 10, shares: bool = True, round_trip: float = 0.1) -> None:
+        super().__init__()
+        self.granted, self.shares, self.round_trip = granted, shares, round_trip
+        self.channels: list[FakeSession] = [self]
+        self.connection_closed = False
+
+    def shares_connection(self) -> bool:
+        return self.shares
+
+    def open_channel(self) -> FakeSession:
+        if self.connection_closed:
+            raise ConnectionLostError("connection gone")
+        if sum(not c.closed for c in self.channels) >= self.granted:
+            raise ChannelRefusedError("u@h:22 refused one more SFTP channel: administratively prohibited")
+        child = FakeSession()
+        self.channels.append(child)
+        return child
+
+    def close_channel(self) -> None:
+        self.closed = True
+
+    def close(self) -> None:
+        self.closed = self.connection_closed = True
+
+
+class ChannelConnector(Connector):
+    def __init__(self, **connection: object) -> None:
+        super().__init__()
+        self.release_first.set()
+        self.connection = connection
+        self.made: list[FakeConnection] = []
+
+    def __call__(self) -> FakeConnection:
+        with self.lock:
+            self.attempts += 1
+            made = FakeConnection(**self.connection)  # type: ignore[arg-type]
+            self.made.append(made)
+            return made
+
+
+def test_many_sessions_share_few_connections_spread_evenly():
+    connect = ChannelConnector()
+    pool = SessionPool(connect, 16, max_connections=4)  # type: ignore[arg-type]
+    sessions = _acquire_all(pool, 16)
+    assert len({id(s) for s in sessions}) == 16
+    assert connect.attempts == 4 and pool.opened == 4 and pool.channels_opened == 12
+    assert sorted(len(c.channels) for c in connect.made) == [4, 4, 4, 4]
+    for session in sessions:
+        pool.release(session)  # type: ignore[arg-type]
+    assert [pool.acquire() for _ in range(16)]  # reused: no new channel, no new connection
+    assert connect.attempts == 4 and pool.channels_opened == 12
+
+
+def test_a_refused_channel_shrinks_the_pool_and_is_no_login(caplog):
+    connect = ChannelConnector(granted=2)  # MaxSessions 2
+    pool = SessionPool(connect, 8, max_connections=2)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="airflow_s3sftp.core.session"):
+        first = [pool.acquire() for _ in range(4)]
+        got: list[object] = []
+        waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive()  # the fifth waits for a session instead of failing
+        pool.release(first[0])  # type: ignore[arg-type]
+        waiter.join(5)
+    assert got == [first[0]]
+    assert connect.attempts == 2 and pool.size == 4
+    refusals = [r for r in caplog.records if "refused one more channel" in r.getMessage()]
+    assert len(refusals) == 1
+
+
+def test_a_server_not_known_to_share_gets_one_session_per_connection(caplog):
+    connect = ChannelConnector(shares=False)  # ProFTPD
+    pool = SessionPool(connect, 8, max_connections=2)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="airflow_s3sftp.core.session"):
+        a, b = pool.acquire(), pool.acquire()
+    assert connect.attempts == 2 and pool.size == 2
+    assert all(len(c.channels) == 1 for c in connect.made)
+    assert a is not b and "one session per connection" in caplog.text
+
+
+def test_a_broken_session_retires_its_connection_which_closes_with_its_last_channel():
+    connect = ChannelConnector()
+    pool = SessionPool(connect, 4, max_connections=2)  # type: ignore[arg-type]
+    sessions = [pool.acquire() for _ in range(4)]
+    old = next(c for c in connect.made if c.channels[1] in sessions)
+    base, child = old.channels
+    pool.discard(child)  # type: ignore[arg-type]
+    assert child.closed and not old.connection_closed  # the other session on it goes on
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire()))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()  # two connections open already: no third one
+    pool.release(base)  # type: ignore[arg-type]  # healthy, but its connection is retired
+    waiter.join(5)
+    assert old.connection_closed and connect.attempts == 3
+    assert got and got[0] is connect.made[2]
+
+
+def test_a_lost_connection_while_opening_a_channel_fails_that_object_only():
+    connect = ChannelConnector()
+    pool = SessionPool(connect, 4, max_connections=1)  # type: ignore[arg-type]
+    first = pool.acquire()
+    connect.made[0].connection_closed = True
+    with pytest.raises(ConnectionLostError):
+        pool.acquire()
+    pool.discard(first)  # type: ignore[arg-type]
+    assert pool.acquire() is connect.made[1]  # a fresh connection; the old one is gone
+
+
+def test_max_connections_must_be_positive():
+    with pytest.raises(ValueError, match="positive max_connections"):
+        SessionPool(Connector(), 4, max_connections=0)  # type: ignore[arg-type]
+
+
+def test_on_a_short_link_sessions_do_not_share_connections(caplog):
+    connect = ChannelConnector(round_trip=0.0005)  # loopback: the client's CPU is the limit
+    pool = SessionPool(connect, 16, max_connections=4)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="airflow_s3sftp.core.session"):
+        sessions = [pool.acquire() for _ in range(4)]
+    assert pool.size == 4 and connect.attempts == 4 and pool.channels_opened == 0
+    assert len({id(s) for s in sessions}) == 4 and "one session per connection" in caplog.text
