@@ -657,16 +657,14 @@ class Delivery:
         if len(lanes) < 2:
             _note_once(remote.endpoint, "granted fewer than 2 extra SFTP channels: one channel per object")
             return target
-        parts = []
+        paths = [
+            hidden_path_for(self.path, part_token(self._token, number), STRIPE_SUFFIX)
+            for number in range(len(lanes))
+        ]
+        self._parts.extend(paths)  # named by our fresh token: ours, removed on any failure
         try:
-            for number, lane in enumerate(lanes):
-                path = hidden_path_for(self.path, part_token(self._token, number), STRIPE_SUFFIX)
-                self._parts.append(path)
-                part, _ = lane.create(path, exclusive=True, size=self.source.size)
-                parts.append(part)
+            parts = remote.create_each(lanes, paths, size=self.source.size)
         except BaseException:
-            for part in parts:
-                part.abort()
             target.abort()
             raise
         log.info(
@@ -683,8 +681,8 @@ class Delivery:
     def _remove_parts(self, remote: Remote) -> None:
         """Remove the part files of this delivery (joined into the temp file, or abandoned)."""
         parts, self._parts = self._parts, []
-        for path in parts:
-            remote.remove(path)
+        if parts:
+            remote.remove_all(parts)
 
     def _resume(self, remote: Remote, fresh: Digests) -> tuple[RemoteFile, Digests] | None:
         """Reopen our file after the longest prefix whose read-back digest matches what was sent."""

@@ -27,10 +27,9 @@ back to one channel (logged) where the server offers no ``copy-data``, grants no
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import hashlib
 import logging
-import queue
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -91,49 +90,74 @@ def part_token(token: str, lane: int) -> str:
 
 
 class _Lane(threading.Thread):
-    """One channel's worker: appends the stripes it is handed to its part file, in order."""
+    """One channel's worker: appends the stripes it is handed to its part file, in order.
 
-    def __init__(self, file: RemoteFile, depth: int) -> None:
+    It holds up to ``budget`` bytes handed over and not yet sent (at least one piece): enough for
+    the producer to hand a whole stripe to each of the other lanes in turn while this one keeps
+    its channel's window full.
+    """
+
+    def __init__(self, file: RemoteFile, budget: int) -> None:
         super().__init__(name=f"s3sftp-lane-{file.path.rsplit('/', 1)[-1]}", daemon=True)
         self.file = file
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self.budget = budget
+        self.pending: collections.deque[bytes | None] = collections.deque()
+        self.held = 0  # bytes in ``pending``
+        self.room = threading.Condition()
         self.error: BaseException | None = None
         self.landed: SFTPAttributes | None = None
         self._sync = True
+        self._aborted = False
 
     def run(self) -> None:
         try:
             while True:
-                data = self.queue.get()
+                with self.room:
+                    self.room.wait_for(lambda: bool(self.pending))
+                    data = self.pending[0]
                 if data is None:
                     break
-                self.file.write(data)
-            self.landed = self.file.finish(sync=self._sync)
-        except BaseException as err:  # handed to the caller's thread, which raises it
-            self.error = err
-            self._drain()
-
-    def _drain(self) -> None:
-        """Keep taking items so that a producer blocked on a full queue is released."""
-        while True:
-            try:
-                if self.queue.get(timeout=0.5) is None:
+                if self._aborted:
                     return
-            except queue.Empty:
-                return
+                self.file.write(data)
+                with self.room:
+                    self.pending.popleft()
+                    self.held -= len(data)
+                    self.room.notify_all()
+            if not self._aborted:
+                self.landed = self.file.finish(sync=self._sync)
+        except BaseException as err:  # handed to the caller's thread, which raises it
+            with self.room:
+                self.error = err
+                self.pending.clear()
+                self.held = 0
+                self.room.notify_all()
 
     def put(self, data: bytes | None, stop: threading.Event) -> None:
-        while True:
-            if self.error is not None:
-                raise self.error
-            if stop.is_set():
-                raise RuntimeError("striped write aborted")
-            try:
-                self.queue.put(data, timeout=0.2)
-                return
-            except queue.Full:
+        size = 0 if data is None else len(data)
+        with self.room:
+            while True:
+                if self.error is not None:
+                    raise self.error
+                if stop.is_set():
+                    raise RuntimeError("striped write aborted")
+                if not self.held or self.held + size <= self.budget:
+                    self.pending.append(data)
+                    self.held += size
+                    self.room.notify_all()
+                    return
                 if not self.is_alive():
-                    raise self.error or RuntimeError("a lane stopped") from None
+                    raise RuntimeError("a lane stopped")
+                self.room.wait(timeout=0.5)  # woken by the lane; the timeout re-checks ``stop``
+
+    def stop(self) -> None:
+        """End the lane without finishing its file (after a failure)."""
+        with self.room:
+            self._aborted = True
+            self.pending.clear()
+            self.pending.append(None)
+            self.held = 0
+            self.room.notify_all()
 
     def finish(self, sync: bool) -> None:
         self._sync = sync
@@ -147,7 +171,9 @@ class StripedFile:
     :param parts: one part file per channel, each created on its own channel's port, empty
     :param striping: how the object is spread
     :param size: the object's size
-    :param depth: chunks queued per channel at most (memory: about ``depth`` chunks per channel)
+    :param budget: bytes handed to a channel and not yet sent, at most (memory: about ``budget`` per
+        channel); None: two stripes, so that every channel keeps its window full while the others
+        receive a stripe each
     """
 
     def __init__(
@@ -158,11 +184,11 @@ class StripedFile:
         striping: Striping,
         size: int,
         *,
-        depth: int = 4,
+        budget: int | None = None,
     ) -> None:
         self.path = target.path
         self._remote, self._target, self._striping, self._size = remote, target, striping, size
-        self._lanes = [_Lane(part, depth) for part in parts]
+        self._lanes = [_Lane(part, budget or 2 * striping.stripe_size) for part in parts]
         self._stop = threading.Event()
         self._position = target.position
         for lane in self._lanes:
@@ -182,7 +208,11 @@ class StripedFile:
         while view:
             room = stripe - self._position % stripe
             piece, view = view[:room], view[room:]
-            self._lanes[self._striping.lane_of(self._position)].put(bytes(piece), self._stop)
+            # A whole chunk within one stripe goes as it is; only a chunk across stripes is copied.
+            whole = len(piece) == len(data) and isinstance(data, bytes)
+            self._lanes[self._striping.lane_of(self._position)].put(
+                data if whole else bytes(piece), self._stop
+            )
             self._position += len(piece)
         return len(data)
 
@@ -212,8 +242,7 @@ class StripedFile:
     def abort(self) -> None:
         self._stop.set()
         for lane in self._lanes:
-            with contextlib.suppress(queue.Full):
-                lane.queue.put_nowait(None)
+            lane.stop()
         for lane in self._lanes:
             lane.join(timeout=5)  # a lane stuck on a stalled channel ends with the channel's timeout
             lane.file.abort()

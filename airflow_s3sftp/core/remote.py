@@ -27,17 +27,32 @@ import errno
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-from paramiko.sftp import CMD_EXTENDED, SFTP_FLAG_READ, SFTP_OK, int64
+from paramiko import SFTPAttributes, SFTPFile
+from paramiko.sftp import (
+    CMD_CLOSE,
+    CMD_EXTENDED,
+    CMD_FSETSTAT,
+    CMD_HANDLE,
+    CMD_OPEN,
+    CMD_REMOVE,
+    SFTP_FLAG_CREATE,
+    SFTP_FLAG_EXCL,
+    SFTP_FLAG_READ,
+    SFTP_FLAG_TRUNC,
+    SFTP_FLAG_WRITE,
+    SFTP_NO_SUCH_FILE,
+    SFTP_OK,
+    int64,
+)
 
 from airflow_s3sftp.core.sftp import (
     PipelinedWriter,
     Replies,
-    close_handle,
     create_private,
     ensure_directory,
     free_bytes,
     fsync,
-    open_handle,
+    mode_attrs,
     publish,
     read_range,
     remove_quietly,
@@ -51,7 +66,7 @@ from airflow_s3sftp.core.sftp import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from paramiko import Message, SFTPAttributes, SFTPClient, SFTPFile
+    from paramiko import Message, SFTPClient
 
     from airflow_s3sftp.core.session import SFTPSession
 
@@ -158,6 +173,9 @@ class Remote(Protocol):
     def remove(self, path: str) -> bool:
         """Remove ``path``; return False (logged) instead of raising when that fails."""
 
+    def remove_all(self, paths: list[str]) -> None:
+        """Remove every one of ``paths`` (the REMOVEs sent at once where the wire mode allows); never raises."""
+
     def free_bytes(self, path: str) -> int | None:
         """Return the bytes free to us on the filesystem of ``path`` (None: the server will not say)."""
 
@@ -169,6 +187,13 @@ class Remote(Protocol):
 
     def lanes(self, count: int) -> list[Remote]:
         """Return up to ``count`` ports on SFTP channels of their own (same connection, as granted)."""
+
+    def create_each(self, lanes: list[Remote], paths: list[str], *, size: int | None) -> list[RemoteFile]:
+        """Create ``paths[i]`` (exclusive, readable by us alone) on ``lanes[i]``, all OPENs sent at once.
+
+        On a refusal, the files that were created are closed (not removed: the caller knows their
+        names) and the first error is raised.
+        """
 
     def join(self, target: RemoteFile, parts: list[str], pieces: list[tuple[int, int, int, int]]) -> None:
         """Have the server copy ``pieces`` (part, offset in it, length, offset in ``target``) in order."""
@@ -428,6 +453,22 @@ class _ParamikoRemote:
     def remove(self, path: str) -> bool:
         return remove_quietly(self.sftp, path)
 
+    def remove_all(self, paths: list[str]) -> None:
+        if not self.pipelined or len(paths) < 2:
+            for path in paths:
+                self.remove(path)
+            return
+        # Independent of each other: one round trip for all of them.
+        try:
+            replies = Replies(self.sftp)
+            sent = [(path, replies.send(CMD_REMOVE, path)) for path in paths]
+            for path, num in sent:
+                code, text = replies.status(num)
+                if code not in (SFTP_OK, SFTP_NO_SUCH_FILE):
+                    log.warning("Could not remove %s: %s", path, text or f"SFTP status {code}")
+        except Exception as err:  # cleanup after a failure must not mask that failure
+            log.warning("Could not remove %s: %s", ", ".join(paths), err)
+
     def free_bytes(self, path: str) -> int | None:
         return free_bytes(self.sftp, path)
 
@@ -452,15 +493,69 @@ class _ParamikoRemote:
             for sftp in self._session.lanes(count)
         ]
 
+    def create_each(self, lanes: list[Remote], paths: list[str], *, size: int | None) -> list[RemoteFile]:
+        ports = [lane for lane in lanes if isinstance(lane, _ParamikoRemote)]
+        if len(ports) != len(lanes):
+            raise TypeError("create_each takes the lanes of this session's port")
+        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC | SFTP_FLAG_EXCL
+        # Each OPEN travels on its own channel: every one is sent before any answer is read. The mode
+        # rides in the OPEN (OpenSSH creates the file 0600); the FSETSTAT below covers other servers.
+        sent = []
+        for port, path in zip(ports, paths, strict=True):
+            replies = Replies(port.sftp)
+            sent.append((port, path, replies, replies.send(CMD_OPEN, path, flags, mode_attrs(0o600))))
+        files: list[_File] = []
+        error: OSError | None = None
+        for port, path, replies, num in sent:
+            try:
+                kind, msg = replies.wait(num)
+            except OSError as err:
+                error = error or err
+                continue
+            if kind != CMD_HANDLE:
+                refused = status_error(*reply_status(kind, msg)) or OSError(f"SFTP create {path!r}")
+                error = error or sftp_error(refused, "create", path)
+                continue
+            handle = SFTPFile(port.sftp, msg.get_binary(), "wb", 0)
+            if port.pipelined:
+                chmod = replies.send(CMD_FSETSTAT, handle.handle, mode_attrs(0o600))
+                replies.check_later(
+                    chmod,
+                    lambda reason, path=path: log.debug("Server refused chmod on %s (%s)", path, reason),
+                )
+                files.append(_File(port, handle, path, start=0, size=size, replies=replies))
+            else:
+                with contextlib.suppress(OSError):
+                    handle.chmod(0o600)
+                files.append(_File(port, handle, path, start=0, size=size, replies=None))
+        if error is not None:
+            for file in files:
+                file.abort()
+            raise error
+        return list(files)
+
     def join(self, target: RemoteFile, parts: list[str], pieces: list[tuple[int, int, int, int]]) -> None:
         if not isinstance(target, _File):
             raise TypeError(f"cannot join into {target!r}: not a file of this session")
-        handles = [open_handle(self.sftp, path, SFTP_FLAG_READ) for path in parts]
+        replies = Replies(self.sftp)
+        # The parts' OPENs are independent: sent at once, one round trip for all.
+        opened = [(path, replies.send(CMD_OPEN, path, SFTP_FLAG_READ, SFTPAttributes())) for path in parts]
+        handles: list[bytes] = []
+        error: OSError | None = None
+        for path, num in opened:
+            kind, msg = replies.wait(num)
+            if kind == CMD_HANDLE:
+                handles.append(bytes(msg.get_binary()))
+            else:
+                refused = status_error(*reply_status(kind, msg)) or OSError(f"SFTP open {path!r}")
+                error = error or sftp_error(refused, "open", path)
+        closes: list[int] = []
         try:
-            # Pipelined where the server applies requests in arrival order: the stripes still land in
-            # offset order, and the whole join costs about one round trip. Else one at a time.
-            replies = Replies(self.sftp)
-            window = 64 if self.pipelined else 1
+            if error is not None:
+                raise error
+            # Pipelined where the server applies requests in arrival order (as for WRITEs): the stripes
+            # still land in offset order, and the copies cost about one round trip. Else one at a time.
+            window = 256 if self.pipelined else 1
             pending: list[int] = []
             for lane, offset, length, at in pieces:
                 if len(pending) >= window:
@@ -476,11 +571,22 @@ class _ParamikoRemote:
                         int64(at),
                     )
                 )
+            if self.pipelined:  # behind the last copy, applied after it: no extra round trip
+                closes = [replies.send(CMD_CLOSE, handle) for handle in handles]
             for num in pending:
                 self._copied(replies, num, target.path)
         finally:
-            for handle in handles:
-                close_handle(self.sftp, handle)
+            if not closes:
+                with contextlib.suppress(Exception):  # a lost connection: the error that matters is raised
+                    closes = [replies.send(CMD_CLOSE, handle) for handle in handles]
+            for num in closes:
+                try:
+                    code, text = replies.status(num)
+                except Exception as err:  # a lost connection: the error that matters is raised elsewhere
+                    log.debug("Closing a part file's handle failed: %s", err)
+                    break
+                if code != SFTP_OK:
+                    log.debug("Closing a part file's handle failed: %s", text)
 
     @staticmethod
     def _copied(replies: Replies, num: int, path: str) -> None:

@@ -106,30 +106,46 @@ class SFTPSession:
     def lanes(self, count: int) -> list[SFTPClient]:
         """Return up to ``count`` SFTP channels of their own on this connection, opened once and kept.
 
-        The server may grant fewer (OpenSSH's ``MaxSessions`` defaults to 10 channels per
+        The missing channels are opened at once, each on a thread of its own: opening one costs
+        three round trips (channel open, subsystem, SFTP version), not three per channel. The
+        server may grant fewer (OpenSSH's ``MaxSessions`` defaults to 10 channels per
         connection); what it refuses is not asked again in this session.
         """
-        while len(self._lanes) < count and not self._lanes_refused:
+        missing = 0 if self._lanes_refused else max(0, count - len(self._lanes))
+        if missing:
             transport = self.sftp.get_channel().get_transport()  # type: ignore[union-attr]
-            try:
-                lane = paramiko.SFTPClient.from_transport(transport)
-            except (paramiko.SSHException, OSError) as err:
+            opened: list[SFTPClient | BaseException | None] = [None] * missing
+
+            def open_one(index: int) -> None:
+                try:
+                    opened[index] = paramiko.SFTPClient.from_transport(transport)
+                except (paramiko.SSHException, OSError) as err:
+                    opened[index] = err
+
+            threads = [
+                threading.Thread(target=open_one, args=(index,), name=f"s3sftp-open-lane-{index}", daemon=True)
+                for index in range(missing)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            refusals = [item for item in opened if not isinstance(item, paramiko.SFTPClient)]
+            for lane in opened:
+                if isinstance(lane, paramiko.SFTPClient):
+                    channel = lane.get_channel()
+                    if channel is not None and self._timeout is not None:
+                        channel.settimeout(self._timeout)
+                    self._lanes.append(lane)
+            if refusals:
+                self._lanes_refused = True
                 log.info(
                     "%s granted %s extra SFTP channels of the %s asked for (%s)",
                     self.endpoint,
                     len(self._lanes),
                     count,
-                    err,
+                    next((err for err in refusals if err is not None), "refused"),
                 )
-                self._lanes_refused = True
-                break
-            if lane is None:
-                self._lanes_refused = True
-                break
-            channel = lane.get_channel()
-            if channel is not None and self._timeout is not None:
-                channel.settimeout(self._timeout)
-            self._lanes.append(lane)
         return self._lanes[:count]
 
     def remote(

@@ -358,27 +358,6 @@ class Replies:
         self._replies[num] = (kind, msg)
 
 
-def open_handle(sftp: SFTPClient, path: str, flags: int) -> bytes:
-    """Open ``path`` with SFTP ``flags`` and return the server's raw handle (for extension requests)."""
-    replies = Replies(sftp)
-    kind, msg = replies.wait(replies.send(CMD_OPEN, path, flags, SFTPAttributes()))
-    if kind == CMD_HANDLE:
-        return bytes(msg.get_binary())
-    raise sftp_error(status_error(*reply_status(kind, msg)) or OSError(f"SFTP open {path!r}"), "open", path)
-
-
-def close_handle(sftp: SFTPClient, handle: bytes) -> None:
-    """Close a raw handle from :func:`open_handle`; a failure is logged (nothing is lost by it)."""
-    replies = Replies(sftp)
-    try:
-        code, text = replies.status(replies.send(CMD_CLOSE, handle))
-    except Exception as err:  # a lost connection: the error that matters is raised elsewhere
-        log.debug("Closing an SFTP handle failed: %s", err)
-        return
-    if code != SFTP_OK:
-        log.debug("Closing an SFTP handle failed: %s", text)
-
-
 def mode_attrs(mode: int) -> SFTPAttributes:
     """Return attributes that set only the permission bits (for SETSTAT / FSETSTAT)."""
     attrs = SFTPAttributes()

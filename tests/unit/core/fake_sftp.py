@@ -248,6 +248,10 @@ class FakeRemote:
             return False
         return self.fs.files.pop(path, None) is not None
 
+    def remove_all(self, paths: list[str]) -> None:
+        for path in paths:
+            self.remove(path)
+
     def free_bytes(self, path: str) -> int | None:
         return self.fs.free
 
@@ -262,6 +266,9 @@ class FakeRemote:
         if not hasattr(self, "_lanes"):
             self._lanes = [FakeRemote(self.fs, lane=True) for _ in range(self.fs.lanes_granted)]
         return self._lanes[:count]
+
+    def create_each(self, lanes: list[FakeRemote], paths: list[str], *, size: int | None) -> list[FakeFile]:
+        return [lane.create(path, exclusive=True, size=size)[0] for lane, path in zip(lanes, paths, strict=True)]
 
     def join(self, target: Any, parts: list[str], pieces: list[tuple[int, int, int, int]]) -> None:
         self.check("join")
