@@ -14,13 +14,19 @@ reach its final size before its bytes are there: the race this package exists to
   ``j mod N``, appended to that channel's hidden **part file**: every part file is written strictly
   in offset order, by one channel, from the one in-order S3 stream (which hashes the whole object
   in order as it is read);
-- when every part file is complete (fsynced, its size checked), the server copies the stripes, in
-  the order of their offsets, into the delivery's hidden temp file with OpenSSH's ``copy-data``
-  extension (all requests pipelined: one round trip or so for the whole join); the temp file thus
-  also receives every byte in offset order; then the part files are removed, and the delivery
-  verifies and renames the temp file as always.
+- as soon as the server has acknowledged every write of a stripe to its part file, and the
+  stripe before it was sent for copying, the server copies it into the delivery's hidden temp file
+  with OpenSSH's ``copy-data`` extension (a thread of its own on the delivery's channel, requests
+  pipelined): the temp file thus receives every byte in offset order while the data still flows,
+  and only the last stripes' copies are left once the parts are complete (their sizes checked);
+  then the part files are removed (all REMOVEs at once), and the delivery verifies and renames the
+  temp file as always.
 
-The parts need the object's size twice on the server for a moment; :func:`plan_striping` falls
+Set-up and clean-up are pipelined too: the extra channels open at once, the part files' OPENs go
+out together, the join's OPENs and CLOSEs too. Every channel holds up to two stripes handed over
+and not yet sent, so that it keeps its window full while the producer serves the others.
+
+The parts need the object's size twice on the server for a moment; ``Delivery._striping`` falls
 back to one channel (logged) where the server offers no ``copy-data``, grants no extra channel, or
 ``statvfs`` says the room is not there.
 """
@@ -39,7 +45,7 @@ if TYPE_CHECKING:
 
     from paramiko import SFTPAttributes
 
-    from airflow_s3sftp.core.remote import Remote, RemoteFile
+    from airflow_s3sftp.core.remote import Joiner, Remote, RemoteFile
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +103,11 @@ class _Lane(threading.Thread):
     its channel's window full.
     """
 
-    def __init__(self, file: RemoteFile, budget: int) -> None:
+    def __init__(self, file: RemoteFile, budget: int, progress: threading.Condition) -> None:
         super().__init__(name=f"s3sftp-lane-{file.path.rsplit('/', 1)[-1]}", daemon=True)
         self.file = file
+        self.progress = progress  # notified when the server acknowledged more of the part file
+        self.done = False
         self.budget = budget
         self.pending: collections.deque[bytes | None] = collections.deque()
         self.held = 0  # bytes in ``pending``
@@ -124,6 +132,8 @@ class _Lane(threading.Thread):
                     self.pending.popleft()
                     self.held -= len(data)
                     self.room.notify_all()
+                with self.progress:
+                    self.progress.notify_all()
             if not self._aborted:
                 self.landed = self.file.finish(sync=self._sync)
         except BaseException as err:  # handed to the caller's thread, which raises it
@@ -132,6 +142,10 @@ class _Lane(threading.Thread):
                 self.pending.clear()
                 self.held = 0
                 self.room.notify_all()
+        finally:
+            with self.progress:
+                self.done = True
+                self.progress.notify_all()
 
     def put(self, data: bytes | None, stop: threading.Event) -> None:
         size = 0 if data is None else len(data)
@@ -163,10 +177,59 @@ class _Lane(threading.Thread):
         self._sync = sync
 
 
+class _Join(threading.Thread):
+    """Has the server copy each stripe into the temp file as soon as its part file holds it, in order.
+
+    Stripe ``k`` is copied once the server acknowledged every write of it to its part file, and only
+    after stripe ``k - 1`` was sent for copying: the temp file grows strictly in offset order while
+    the data still flows, so the join costs the last few stripes' copies, not the whole object's.
+    """
+
+    def __init__(
+        self,
+        remote: Remote,
+        target: RemoteFile,
+        lanes: Sequence[_Lane],
+        pieces: list[tuple[int, int, int, int]],
+        progress: threading.Condition,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name="s3sftp-join", daemon=True)
+        self._remote, self._target, self._lanes, self._pieces = remote, target, lanes, pieces
+        self._progress, self._halt = progress, stop
+        self.joiner: Joiner | None = None
+        self.error: BaseException | None = None
+        self.copied = 0  # stripes sent for copying
+
+    def run(self) -> None:
+        try:
+            self.joiner = self._remote.joiner(self._target, [lane.file.path for lane in self._lanes])
+            for part, offset, length, at in self._pieces:
+                lane = self._lanes[part]
+                with self._progress:
+                    while not (lane.file.confirmed >= offset + length or lane.done or self._halt.is_set()):
+                        # Woken after every write a lane hands on; the timeout catches acknowledgements
+                        # read while a lane waits for its channel's window.
+                        self._progress.wait(timeout=0.05)
+                if self._halt.is_set() or lane.error is not None:
+                    return  # the lane's error (or the abort's cause) is raised by the caller
+                if lane.file.confirmed < offset + length:
+                    raise OSError(
+                        f"SFTP part file {lane.file.path!r} ended at byte {lane.file.confirmed} before "
+                        f"its stripe at {offset}-{offset + length - 1} was complete"
+                    )
+                self.joiner.copy(part, offset, length, at)
+                self.copied += 1
+            self.joiner.finish()
+        except BaseException as err:  # handed to the caller's thread, which raises it
+            self.error = err
+
+
 class StripedFile:
     """A :class:`~airflow_s3sftp.core.remote.RemoteFile` spread over several channels, joined on the server.
 
-    :param remote: the delivery's port (its channel joins the parts into ``target``)
+    :param remote: the delivery's port (its channel joins the parts into ``target``: from the first
+        write until :meth:`finish` or :meth:`abort`, nothing else may use that channel)
     :param target: the delivery's temp file, open and still empty
     :param parts: one part file per channel, each created on its own channel's port, empty
     :param striping: how the object is spread
@@ -188,11 +251,15 @@ class StripedFile:
     ) -> None:
         self.path = target.path
         self._remote, self._target, self._striping, self._size = remote, target, striping, size
-        self._lanes = [_Lane(part, budget or 2 * striping.stripe_size) for part in parts]
+        self._progress = threading.Condition()
+        self._lanes = [_Lane(part, budget or 2 * striping.stripe_size, self._progress) for part in parts]
         self._stop = threading.Event()
         self._position = target.position
         for lane in self._lanes:
             lane.start()
+        # Started by the first write: until then the delivery still speaks on its channel (the sweep,
+        # the journal); from then until finish or abort, that channel is the join's alone.
+        self._join = _Join(remote, target, self._lanes, striping.pieces(size), self._progress, self._stop)
 
     @property
     def part_paths(self) -> list[str]:
@@ -202,7 +269,15 @@ class StripedFile:
     def position(self) -> int:
         return self._position
 
+    @property
+    def confirmed(self) -> int:
+        return self._target.confirmed
+
     def write(self, data: bytes) -> int:
+        if not self._join.is_alive() and self._join.ident is None:
+            self._join.start()
+        if self._join.error is not None:
+            raise self._join.error
         view = memoryview(data)
         stripe = self._striping.stripe_size
         while view:
@@ -217,8 +292,13 @@ class StripedFile:
         return len(data)
 
     def finish(self, *, sync: bool) -> SFTPAttributes | None:
+        """Complete every part file, wait for the last copies into the temp file, then finish that.
+
+        The part files are not fsynced: they are read by the server's copies and removed; the temp
+        file holding the whole object is (with ``sync``).
+        """
         for lane in self._lanes:
-            lane.finish(sync)
+            lane.finish(False)
             lane.put(None, self._stop)
         for lane in self._lanes:
             lane.join()
@@ -230,7 +310,11 @@ class StripedFile:
             if lane.landed is None or lane.landed.st_size != wanted:
                 got = None if lane.landed is None else lane.landed.st_size
                 raise OSError(f"SFTP part file {lane.file.path!r} holds {got} bytes, expected {wanted}")
-        self._remote.join(self._target, self.part_paths, self._striping.pieces(self._size))
+        if self._join.ident is None:
+            self._join.start()
+        self._join.join()
+        if self._join.error is not None:
+            raise self._join.error
         return self._target.finish(sync=sync)
 
     def checkpoint(self, on_synced: Callable[[int], None]) -> None:
@@ -243,7 +327,13 @@ class StripedFile:
         self._stop.set()
         for lane in self._lanes:
             lane.stop()
+        with self._progress:
+            self._progress.notify_all()
         for lane in self._lanes:
             lane.join(timeout=5)  # a lane stuck on a stalled channel ends with the channel's timeout
             lane.file.abort()
+        if self._join.ident is not None:
+            self._join.join(timeout=5)  # as for a lane
+        if self._join.joiner is not None and not self._join.is_alive():
+            self._join.joiner.abort()
         self._target.abort()

@@ -22,6 +22,7 @@ The delivery never asks which one it has. A unit fake implements the same protoc
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import logging
@@ -81,6 +82,10 @@ class RemoteFile(Protocol):
     @property
     def position(self) -> int:
         """Return the offset at which the next write lands."""
+
+    @property
+    def confirmed(self) -> int:
+        """Return the offset below which the server has acknowledged every write."""
 
     def write(self, data: bytes) -> int:
         """Append ``data`` in offset order; a refused write raises an error naming the cause."""
@@ -195,8 +200,25 @@ class Remote(Protocol):
         names) and the first error is raised.
         """
 
-    def join(self, target: RemoteFile, parts: list[str], pieces: list[tuple[int, int, int, int]]) -> None:
-        """Have the server copy ``pieces`` (part, offset in it, length, offset in ``target``) in order."""
+    def joiner(self, target: RemoteFile, parts: list[str]) -> Joiner:
+        """Open ``parts`` for reading, to have the server copy their stripes into ``target`` in order."""
+
+
+class Joiner(Protocol):
+    """Server-side copies (``copy-data``) of part files' stripes into a temp file, in offset order."""
+
+    def copy(self, part: int, offset: int, length: int, at: int) -> None:
+        """Have the server copy ``length`` bytes at ``offset`` of part ``part`` to ``at`` in the target.
+
+        ``at`` is the target's current end: each copy appends. Requests may be pipelined; a failure
+        is raised by a later call.
+        """
+
+    def finish(self) -> None:
+        """Wait for every copy, raise the first failure, and close the parts."""
+
+    def abort(self) -> None:
+        """Close the parts after a failure without raising."""
 
 
 class _File:
@@ -229,6 +251,10 @@ class _File:
     @property
     def position(self) -> int:
         return self._writes.offset
+
+    @property
+    def confirmed(self) -> int:
+        return self._writes.confirmed
 
     @property
     def handle(self) -> bytes:
@@ -534,65 +560,92 @@ class _ParamikoRemote:
             raise error
         return list(files)
 
-    def join(self, target: RemoteFile, parts: list[str], pieces: list[tuple[int, int, int, int]]) -> None:
+    def joiner(self, target: RemoteFile, parts: list[str]) -> Joiner:
         if not isinstance(target, _File):
             raise TypeError(f"cannot join into {target!r}: not a file of this session")
-        replies = Replies(self.sftp)
+        return _Joiner(self, target, parts)
+
+
+class _Joiner:
+    """Copy stripes of part files into a temp file on the server (``copy-data``), in offset order.
+
+    Pipelined where the server applies requests in arrival order (as for WRITEs): the copies land in
+    the order sent, a window of them in flight; else one at a time.
+    """
+
+    def __init__(self, remote: _ParamikoRemote, target: _File, parts: list[str]) -> None:
+        self._replies = Replies(remote.sftp)
+        self._path, self._target = target.path, target.handle
+        self._pipelined = remote.pipelined
+        self._window = 64 if remote.pipelined else 1
+        self._pending: collections.deque[int] = collections.deque()
+        self._handles: list[bytes] = []
         # The parts' OPENs are independent: sent at once, one round trip for all.
-        opened = [(path, replies.send(CMD_OPEN, path, SFTP_FLAG_READ, SFTPAttributes())) for path in parts]
-        handles: list[bytes] = []
+        sent = [
+            (path, self._replies.send(CMD_OPEN, path, SFTP_FLAG_READ, SFTPAttributes())) for path in parts
+        ]
         error: OSError | None = None
-        for path, num in opened:
-            kind, msg = replies.wait(num)
+        for path, num in sent:
+            kind, msg = self._replies.wait(num)
             if kind == CMD_HANDLE:
-                handles.append(bytes(msg.get_binary()))
+                self._handles.append(bytes(msg.get_binary()))
             else:
                 refused = status_error(*reply_status(kind, msg)) or OSError(f"SFTP open {path!r}")
                 error = error or sftp_error(refused, "open", path)
-        closes: list[int] = []
-        try:
-            if error is not None:
-                raise error
-            # Pipelined where the server applies requests in arrival order (as for WRITEs): the stripes
-            # still land in offset order, and the copies cost about one round trip. Else one at a time.
-            window = 256 if self.pipelined else 1
-            pending: list[int] = []
-            for lane, offset, length, at in pieces:
-                if len(pending) >= window:
-                    self._copied(replies, pending.pop(0), target.path)
-                pending.append(
-                    replies.send(
-                        CMD_EXTENDED,
-                        "copy-data",
-                        handles[lane],
-                        int64(offset),
-                        int64(length),
-                        target.handle,
-                        int64(at),
-                    )
-                )
-            if self.pipelined:  # behind the last copy, applied after it: no extra round trip
-                closes = [replies.send(CMD_CLOSE, handle) for handle in handles]
-            for num in pending:
-                self._copied(replies, num, target.path)
-        finally:
-            if not closes:
-                with contextlib.suppress(Exception):  # a lost connection: the error that matters is raised
-                    closes = [replies.send(CMD_CLOSE, handle) for handle in handles]
-            for num in closes:
-                try:
-                    code, text = replies.status(num)
-                except Exception as err:  # a lost connection: the error that matters is raised elsewhere
-                    log.debug("Closing a part file's handle failed: %s", err)
-                    break
-                if code != SFTP_OK:
-                    log.debug("Closing a part file's handle failed: %s", text)
-
-    @staticmethod
-    def _copied(replies: Replies, num: int, path: str) -> None:
-        error = status_error(*replies.status(num))
         if error is not None:
-            raise sftp_error(error, "copy-data into", path)
+            self.abort()
+            raise error
+
+    def copy(self, part: int, offset: int, length: int, at: int) -> None:
+        while len(self._pending) >= self._window:
+            self._copied(self._pending.popleft())
+        self._pending.append(
+            self._replies.send(
+                CMD_EXTENDED,
+                "copy-data",
+                self._handles[part],
+                int64(offset),
+                int64(length),
+                self._target,
+                int64(at),
+            )
+        )
+
+    def finish(self) -> None:
+        # Pipelined, the CLOSEs go right behind the last copy (applied after it): no extra round trip.
+        closes = self._send_closes() if self._pipelined else []
+        try:
+            while self._pending:
+                self._copied(self._pending.popleft())
+        finally:
+            self._collect(closes or self._send_closes())
+
+    def abort(self) -> None:
+        try:
+            closes = self._send_closes()
+        except Exception as err:  # a lost connection: the error that matters is raised elsewhere
+            log.debug("Closing the part files' handles failed: %s", err)
+            return
+        self._collect(closes)
+
+    def _send_closes(self) -> list[int]:
+        handles, self._handles = self._handles, []
+        return [self._replies.send(CMD_CLOSE, handle) for handle in handles]
+
+    def _collect(self, closes: list[int]) -> None:
+        for num in closes:
+            try:
+                code, text = self._replies.status(num)
+            except Exception as err:  # a lost connection: the error that matters is raised elsewhere
+                log.debug("Closing a part file's handle failed: %s", err)
+                return
+            if code != SFTP_OK:
+                log.debug("Closing a part file's handle failed: %s", text)
+
+    def _copied(self, num: int) -> None:
+        error = status_error(*self._replies.status(num))
+        if error is not None:
+            raise sftp_error(error, "copy-data into", self._path)
 
 
 class PipelinedRemote(_ParamikoRemote):

@@ -123,7 +123,9 @@ class SFTPSession:
                     opened[index] = err
 
             threads = [
-                threading.Thread(target=open_one, args=(index,), name=f"s3sftp-open-lane-{index}", daemon=True)
+                threading.Thread(
+                    target=open_one, args=(index,), name=f"s3sftp-open-lane-{index}", daemon=True
+                )
                 for index in range(missing)
             ]
             for thread in threads:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import posixpath
@@ -224,6 +225,8 @@ class PipelinedWriter:
         self._write_size = write_size
         self._max_in_flight = max(1, max_in_flight)
         self._outstanding: set[int] = set()
+        self._sent: collections.deque[tuple[int, int]] = collections.deque()  # (request, end), in order
+        self._confirmed = start
         self._error: OSError | None = None
 
     def write(self, data: bytes) -> int:
@@ -238,12 +241,18 @@ class PipelinedWriter:
             )
             self._outstanding.add(num)
             self._offset += len(piece)
+            self._sent.append((num, self._offset))
         return len(data)
 
     @property
     def offset(self) -> int:
         """Return the offset of the next write."""
         return self._offset
+
+    @property
+    def confirmed(self) -> int:
+        """Return the offset below which the server has acknowledged every write (none failed)."""
+        return self._confirmed
 
     def flush(self) -> None:
         """Wait for every outstanding reply and raise the first error."""
@@ -262,6 +271,9 @@ class PipelinedWriter:
         """Called by paramiko with the reply to one of our requests."""
         self._outstanding.discard(num)
         error = status_error(*reply_status(kind, msg))
+        if error is None and self._error is None:
+            while self._sent and self._sent[0][0] not in self._outstanding:
+                self._confirmed = self._sent.popleft()[1]
         if error is not None and self._error is None:
             self._error = error
 
