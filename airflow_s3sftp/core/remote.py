@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import functools
 import logging
 from typing import TYPE_CHECKING, Protocol
 
@@ -179,7 +180,10 @@ class Remote(Protocol):
         """Remove ``path``; return False (logged) instead of raising when that fails."""
 
     def remove_all(self, paths: list[str]) -> None:
-        """Remove every one of ``paths`` (the REMOVEs sent at once where the wire mode allows); never raises."""
+        """Remove every one of ``paths`` (the REMOVEs sent at once where the wire mode allows).
+
+        Never raises: a failure is logged.
+        """
 
     def free_bytes(self, path: str) -> int | None:
         """Return the bytes free to us on the filesystem of ``path`` (None: the server will not say)."""
@@ -313,6 +317,10 @@ class _File:
             self._handle.close()
         except Exception:  # the connection may be gone; the error that got us here matters more
             log.debug("Closing %s after a failure failed", self.path, exc_info=True)
+
+
+def _chmod_refused(path: str, reason: str) -> None:
+    log.debug("Server refused chmod on %s (%s); keeping its mode", path, reason)
 
 
 class _WhenSynced:
@@ -545,10 +553,7 @@ class _ParamikoRemote:
             handle = SFTPFile(port.sftp, msg.get_binary(), "wb", 0)
             if port.pipelined:
                 chmod = replies.send(CMD_FSETSTAT, handle.handle, mode_attrs(0o600))
-                replies.check_later(
-                    chmod,
-                    lambda reason, path=path: log.debug("Server refused chmod on %s (%s)", path, reason),
-                )
+                replies.check_later(chmod, functools.partial(_chmod_refused, path))
                 files.append(_File(port, handle, path, start=0, size=size, replies=replies))
             else:
                 with contextlib.suppress(OSError):

@@ -17,12 +17,9 @@ from typing import TYPE_CHECKING
 from paramiko import SFTPAttributes
 from paramiko.sftp import (
     CMD_ATTRS,
-    CMD_CLOSE,
     CMD_EXTENDED,
     CMD_EXTENDED_REPLY,
     CMD_FSETSTAT,
-    CMD_HANDLE,
-    CMD_OPEN,
     CMD_READ,
     CMD_SETSTAT,
     CMD_STAT,
