@@ -51,9 +51,11 @@ from airflow_s3sftp.core.sftp import (
     PipelinedWriter,
     Replies,
     create_private,
+    create_private_sent,
     ensure_directory,
     free_bytes,
     fsync,
+    list_directory,
     mode_attrs,
     publish,
     read_range,
@@ -237,9 +239,11 @@ class _File:
         start: int,
         size: int | None,
         replies: Replies | None,
+        mtime: float | None = None,
     ) -> None:
         self.path = path
         self._size = size
+        self._mtime = mtime  # the server's clock when the file was created, if asked with the OPEN
         self._remote = remote
         self._pending_syncs: list[_WhenSynced] = []
         self._handle = handle
@@ -307,6 +311,8 @@ class _File:
         )
 
     def server_time(self) -> float | None:
+        if self._mtime is not None:
+            return self._mtime
         mtime = self._handle.stat().st_mtime
         return None if mtime is None else float(mtime)
 
@@ -395,19 +401,34 @@ class _ParamikoRemote:
         self, path: str, *, exclusive: bool, look_at: str | None = None, size: int | None = None
     ) -> tuple[RemoteFile, SFTPAttributes | None]:
         replies = self._replies()
-        # Pipelined, the STAT of ``look_at`` travels with the OPEN; strict, it goes first, alone.
-        probe = replies.send_stat(look_at) if replies is not None and look_at is not None else None
-        target = stat_or_none(self.sftp, look_at) if replies is None and look_at is not None else None
+        if replies is None:  # strict: the STAT of ``look_at`` first, alone, then the OPEN
+            target = stat_or_none(self.sftp, look_at) if look_at is not None else None
+            try:
+                handle = create_private(self.sftp, path, exclusive=exclusive)
+            except OSError as err:
+                err.target = target  # type: ignore[attr-defined]  # may explain the refusal
+                raise
+            return _File(self, handle, path, start=0, size=size, replies=None), target
+        # Pipelined, one round trip: the STAT of ``look_at``, the OPEN, and a STAT of the new file (its
+        # mtime is the server's clock, for the sweep); the chmod follows, read with the tail.
+        probe = replies.send_stat(look_at) if look_at is not None else None
+        opened = replies.send_create(path, exclusive=exclusive)
+        mine = replies.send_stat(path)
         try:
-            handle = create_private(self.sftp, path, exclusive=exclusive, replies=replies)
+            handle = create_private_sent(
+                self.sftp, path, replies, opened, exists=lambda: replies.attrs(mine, path) is not None
+            )
         except OSError as err:
-            if replies is not None and probe is not None:
-                target = replies.attrs(probe, look_at or "")
-            err.target = target  # type: ignore[attr-defined]  # may explain the refusal
+            looked = replies.attrs(probe, look_at or "") if probe is not None else None
+            err.target = looked  # type: ignore[attr-defined]  # may explain the refusal
             raise
-        if replies is not None and probe is not None:
-            target = replies.attrs(probe, look_at or "")
-        return _File(self, handle, path, start=0, size=size, replies=replies), target
+        target = replies.attrs(probe, look_at or "") if probe is not None else None
+        try:
+            created = replies.attrs(mine, path)
+        except OSError:
+            created = None  # asked again by server_time() when needed
+        mtime = None if created is None or created.st_mtime is None else float(created.st_mtime)
+        return _File(self, handle, path, start=0, size=size, replies=replies, mtime=mtime), target
 
     def reopen(self, path: str, offset: int, *, size: int | None = None) -> RemoteFile:
         try:
@@ -479,6 +500,8 @@ class _ParamikoRemote:
         )
 
     def listdir(self, directory: str) -> list[SFTPAttributes]:
+        if self.pipelined:
+            return list_directory(self.sftp, directory or ".")
         try:
             return self.sftp.listdir_attr(directory or ".")
         except OSError as err:

@@ -15,8 +15,15 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 import paramiko
+from paramiko.sftp import CMD_EXTENDED
 
-from airflow_s3sftp.core.sftp import DEFAULT_WRITE_SIZE, advertised_write_limit, server_write_size
+from airflow_s3sftp.core.sftp import (
+    DEFAULT_WRITE_SIZE,
+    Replies,
+    advertised_write_limit,
+    write_limit_of,
+    write_size_for,
+)
 from airflow_s3sftp.exceptions import ConnectionLostError, is_final
 
 if TYPE_CHECKING:
@@ -59,12 +66,13 @@ class SFTPSession:
         self._side: SFTPClient | None = None
         self._lanes_refused = False
         self._timeout: float | None = None
+        self._limit_asked: tuple[Replies, int] | None = None  # limits@openssh.com sent, not yet read
         self.closed = False
 
     @cached_property
     def write_size(self) -> int:
         """Return the largest WRITE the server accepts (asked once per session)."""
-        return server_write_size(self.sftp)
+        return write_size_for(self.write_limit)
 
     @cached_property
     def profile(self) -> ServerProfile:
@@ -169,6 +177,8 @@ class SFTPSession:
 
         if io_timeout is not None:
             self.set_timeout(io_timeout)
+        if write_size is None or write_size > DEFAULT_WRITE_SIZE:
+            self._ask_write_limit()
         strict = strict_order if strict_order is not None else not self.writes_in_order
         kind = StrictRemote if strict else PipelinedRemote
         return kind(
@@ -201,7 +211,24 @@ class SFTPSession:
     @cached_property
     def write_limit(self) -> int | None:
         """Return the largest WRITE the server advertises (``limits@openssh.com``), or None."""
+        if self._limit_asked is not None:
+            replies, num = self._limit_asked
+            self._limit_asked = None
+            return write_limit_of(*replies.wait(num))
         return advertised_write_limit(self.sftp)
+
+    def _ask_write_limit(self) -> None:
+        """Send ``limits@openssh.com`` without waiting when the server's profile is still to be probed.
+
+        The probe runs on a channel of its own (three round trips); the answer arrives meanwhile,
+        so the write size costs no round trip of its own.
+        """
+        if "write_limit" in self.__dict__ or self._limit_asked is not None:
+            return
+        if self._writes_in_order is not None or "profile" in self.__dict__:
+            return  # nothing to overlap with: asked when needed
+        replies = Replies(self.sftp)
+        self._limit_asked = (replies, replies.send(CMD_EXTENDED, "limits@openssh.com"))
 
     def set_timeout(self, seconds: float) -> None:
         """Make a request that stalls longer than ``seconds`` fail instead of hanging."""
