@@ -77,7 +77,7 @@ AUTO_MIN_ROUND_TRIP = 0.050
 #: 250 ms) and at 1 GiB (18.7 vs 16.4 MB/s at 250 ms), with fewer set-up round trips and less memory
 #: (+44 to +48 MiB over an import-only process, 8 channels +54 to +74); 4 x 2 MiB of window still
 #: allow ~84 MB/s at 100 ms, more than the CPU gave here.
-AUTO_CHANNELS = 4
+AUTO_CHANNELS = 8
 
 _noted: set[tuple[str, str]] = set()
 _noted_lock = threading.Lock()

@@ -50,6 +50,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+#: Bytes all the channels of one object hold, handed over and not yet sent (each at least a stripe,
+#: at most two): 8 channels of 2 MiB stripes hold 3 MiB each. Two stripes per channel let every
+#: channel keep its window full while the producer deals the others a stripe each; one (the old
+#: four chunks against 8 MiB stripes) left the channels waiting in turn (docs/performance.md).
+LANES_MEMORY = 24 * MiB
 
 
 @dataclass(frozen=True)
@@ -235,8 +240,7 @@ class StripedFile:
     :param striping: how the object is spread
     :param size: the object's size
     :param budget: bytes handed to a channel and not yet sent, at most (memory: about ``budget`` per
-        channel); None: two stripes, so that every channel keeps its window full while the others
-        receive a stripe each
+        channel); None: :data:`LANES_MEMORY` shared out, at least one stripe and at most two
     """
 
     def __init__(
@@ -252,7 +256,9 @@ class StripedFile:
         self.path = target.path
         self._remote, self._target, self._striping, self._size = remote, target, striping, size
         self._progress = threading.Condition()
-        self._lanes = [_Lane(part, budget or 2 * striping.stripe_size, self._progress) for part in parts]
+        stripe = striping.stripe_size
+        budget = budget or min(2 * stripe, max(stripe, LANES_MEMORY // max(1, len(parts))))
+        self._lanes = [_Lane(part, budget, self._progress) for part in parts]
         self._stop = threading.Event()
         self._position = target.position
         for lane in self._lanes:
