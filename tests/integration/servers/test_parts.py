@@ -260,3 +260,29 @@ def test_a_striped_delivery_costs_a_few_sequential_round_trips_more_than_one_cha
     assert main <= single + 4, counts
     # Each lane: its part file's OPEN, then its writes with the tail behind them (STAT, CLOSE).
     assert all(lane <= 2 for lane in lanes), counts
+
+
+@JOINING
+def test_one_small_delivery_waits_for_five_sequential_round_trips(
+    openssh: MatrixServer, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: nine (the write-size probe, STAT + OPEN, FSETSTAT + FSTAT, the sweep's four, tail, publish).
+
+    Now the write-size probe is answered while the server's profile is probed on its own channel,
+    the new file's STAT (the sweep's clock) rides with the OPEN, the sweep's READDIRs go together
+    and its CLOSE rides with the tail: STAT + OPEN + STAT, FSETSTAT + OPENDIR, the READDIRs, the tail,
+    the publish.
+    """
+    data = os.urandom(64 * 1024)
+    s3.put_object(Bucket=bucket, Key="small", Body=data)
+    local = openssh.new_dir()
+    trips = RoundTrips(monkeypatch)
+    hook = S3ToSFTPHook(aws_conn_id="aws_default", sftp_conn_id=conn_id(openssh))
+    hook.stream_object(bucket, "small", openssh.remote(local / "small.bin"), options(channels=None))
+    assert (local / "small.bin").read_bytes() == data
+    (main,) = trips.per_channel.values()
+    waited = [step for step in main if step.startswith("+")]
+    # limits@openssh.com leaves first, alone; its answer is read only after the probe of the server.
+    assert waited[0] == "+limits@openssh.com", main
+    assert len(waited) <= 1 + 5, main
+    assert "fstat" not in main, main
