@@ -62,22 +62,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Auto striping (``channels=None``): objects at least this large... Striping costs sequential
-#: round trips before and after the data (about 30 with 4 channels, 55 with 8: opening the channels and part
-#: files, the join's opens and closes, removing the parts), paid back only by a big object. Measured
-#: through a delay proxy (docs/performance.md, "Long links"): 64 MiB was slower striped at every
-#: round trip from 10 to 250 ms (e.g. 7.6 vs 9.5 MB/s at 100 ms); 256 MiB 1.9x faster at 100 ms
-#: (20.6 vs 10.9 MB/s) and 1.6x at 250 ms.
+#: round trips before and after the data (about 10 now that the channels, part files, join and
+#: removes go pipelined; about 30 with 4 channels before), paid back only by a big object. Measured
+#: through a delay proxy (docs/performance.md, "Long links"), before the pipelining: 64 MiB was
+#: slower striped at every round trip from 10 to 250 ms (e.g. 7.6 vs 9.5 MB/s at 100 ms); 256 MiB
+#: 1.9x faster at 100 ms (20.6 vs 10.9 MB/s) and 1.6x at 250 ms.
 AUTO_MIN_SIZE = 256 * 1024 * 1024
 #: ...over links whose SFTP round trip is at least this long... Measured at 256 MiB: striping lost at
 #: 10 ms (63.0 vs 81.7 MB/s) and 20 ms (59.7 vs 61.4), won at 100 ms and 250 ms; one channel's window
 #: (2 MiB on OpenSSH) allows about 42 MB/s at 50 ms, near what the CPU allows here.
 AUTO_MIN_ROUND_TRIP = 0.050
-#: ...are spread over this many channels (OpenSSH grants 10 per connection by default). Measured: 4
-#: channels as fast as or faster than 8 at 256 MiB (20.6 vs 17.5 MB/s at 100 ms, 10.5 vs 9.4 at
-#: 250 ms) and at 1 GiB (18.7 vs 16.4 MB/s at 250 ms), with fewer set-up round trips and less memory
-#: (+44 to +48 MiB over an import-only process, 8 channels +54 to +74); 4 x 2 MiB of window still
-#: allow ~84 MB/s at 100 ms, more than the CPU gave here.
-AUTO_CHANNELS = 4
+#: ...are spread over this many channels (OpenSSH grants 10 per connection by default). Measured
+#: at 100 ms, 1 GiB, side by side, once every channel holds up to two stripes and the join overlaps
+#: the transfer: 8 x 2 MiB 47.3 MB/s at +67 MiB over an import-only process, 4 x 8 MiB 46.9 at +93,
+#: 4 x 2 MiB 26.5; at 256 MiB 8 channels 37-39 MB/s, 4 channels 25-26. Raw striped writes without S3:
+#: 8 x 2 MiB 131 MB/s, 4 x 2 MiB 75. The channels' memory is capped by ``parts.LANES_MEMORY``.
+AUTO_CHANNELS = 8
 
 _noted: set[tuple[str, str]] = set()
 _noted_lock = threading.Lock()
@@ -484,8 +484,8 @@ class Delivery:
         """Stop writing the journal and remove it (the delivery is published, or nothing is kept)."""
         self._stop_journal()
         if self._journal is not None:
-            remote.remove(journal_path_for(self.path))
-            remote.remove(journal_temp_path_for(self.path))  # left there by a write cut short
+            # the temp one: left there by a write cut short
+            remote.remove_all([journal_path_for(self.path), journal_temp_path_for(self.path)])
             self._proven = 0
 
     def _adopt(
@@ -657,24 +657,25 @@ class Delivery:
         if len(lanes) < 2:
             _note_once(remote.endpoint, "granted fewer than 2 extra SFTP channels: one channel per object")
             return target
-        parts = []
+        paths = [
+            hidden_path_for(self.path, part_token(self._token, number), STRIPE_SUFFIX)
+            for number in range(len(lanes))
+        ]
+        self._parts.extend(paths)  # named by our fresh token: ours, removed on any failure
         try:
-            for number, lane in enumerate(lanes):
-                path = hidden_path_for(self.path, part_token(self._token, number), STRIPE_SUFFIX)
-                self._parts.append(path)
-                part, _ = lane.create(path, exclusive=True, size=self.source.size)
-                parts.append(part)
+            parts = remote.create_each(lanes, paths, size=self.source.size)
         except BaseException:
-            for part in parts:
-                part.abort()
             target.abort()
             raise
         log.info(
-            "Spreading %s over %s SFTP channels in stripes of %s bytes (round trip %.0f ms)",
+            "Spreading %s over %s SFTP channels in stripes of %s bytes%s",
             self.source.uri,
             len(lanes),
             striping.stripe_size,
-            remote.round_trip() * 1000,
+            # measured for auto striping; not asked (two round trips) only to be logged
+            f" (round trip {remote.round_trip() * 1000:.0f} ms)"
+            if self.options.streaming.channels is None
+            else "",
         )
         return StripedFile(
             remote, target, parts, Striping(len(lanes), striping.stripe_size), self.source.size
@@ -683,8 +684,8 @@ class Delivery:
     def _remove_parts(self, remote: Remote) -> None:
         """Remove the part files of this delivery (joined into the temp file, or abandoned)."""
         parts, self._parts = self._parts, []
-        for path in parts:
-            remote.remove(path)
+        if parts:
+            remote.remove_all(parts)
 
     def _resume(self, remote: Remote, fresh: Digests) -> tuple[RemoteFile, Digests] | None:
         """Reopen our file after the longest prefix whose read-back digest matches what was sent."""

@@ -126,7 +126,7 @@ class Streaming:
     io_timeout: float = 120.0
     progress_interval: float = 10.0
     channels: int | None = None
-    stripe_size: int = 8 * MiB
+    stripe_size: int = 2 * MiB
 
     def __post_init__(self) -> None:
         validate.integer("channels", self.channels, minimum=1, optional=True)

@@ -22,22 +22,41 @@ The delivery never asks which one it has. A unit fake implements the same protoc
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
+import functools
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-from paramiko.sftp import CMD_EXTENDED, SFTP_FLAG_READ, SFTP_OK, int64
+from paramiko import SFTPAttributes, SFTPFile
+from paramiko.sftp import (
+    CMD_CLOSE,
+    CMD_EXTENDED,
+    CMD_FSETSTAT,
+    CMD_HANDLE,
+    CMD_OPEN,
+    CMD_REMOVE,
+    SFTP_FLAG_CREATE,
+    SFTP_FLAG_EXCL,
+    SFTP_FLAG_READ,
+    SFTP_FLAG_TRUNC,
+    SFTP_FLAG_WRITE,
+    SFTP_NO_SUCH_FILE,
+    SFTP_OK,
+    int64,
+)
 
 from airflow_s3sftp.core.sftp import (
     PipelinedWriter,
     Replies,
-    close_handle,
     create_private,
+    create_private_sent,
     ensure_directory,
     free_bytes,
     fsync,
-    open_handle,
+    list_directory,
+    mode_attrs,
     publish,
     read_range,
     remove_quietly,
@@ -51,7 +70,7 @@ from airflow_s3sftp.core.sftp import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from paramiko import Message, SFTPAttributes, SFTPClient, SFTPFile
+    from paramiko import Message, SFTPClient
 
     from airflow_s3sftp.core.session import SFTPSession
 
@@ -66,6 +85,10 @@ class RemoteFile(Protocol):
     @property
     def position(self) -> int:
         """Return the offset at which the next write lands."""
+
+    @property
+    def confirmed(self) -> int:
+        """Return the offset below which the server has acknowledged every write."""
 
     def write(self, data: bytes) -> int:
         """Append ``data`` in offset order; a refused write raises an error naming the cause."""
@@ -158,6 +181,12 @@ class Remote(Protocol):
     def remove(self, path: str) -> bool:
         """Remove ``path``; return False (logged) instead of raising when that fails."""
 
+    def remove_all(self, paths: list[str]) -> None:
+        """Remove every one of ``paths`` (the REMOVEs sent at once where the wire mode allows).
+
+        Never raises: a failure is logged.
+        """
+
     def free_bytes(self, path: str) -> int | None:
         """Return the bytes free to us on the filesystem of ``path`` (None: the server will not say)."""
 
@@ -170,8 +199,32 @@ class Remote(Protocol):
     def lanes(self, count: int) -> list[Remote]:
         """Return up to ``count`` ports on SFTP channels of their own (same connection, as granted)."""
 
-    def join(self, target: RemoteFile, parts: list[str], pieces: list[tuple[int, int, int, int]]) -> None:
-        """Have the server copy ``pieces`` (part, offset in it, length, offset in ``target``) in order."""
+    def create_each(self, lanes: list[Remote], paths: list[str], *, size: int | None) -> list[RemoteFile]:
+        """Create ``paths[i]`` (exclusive, readable by us alone) on ``lanes[i]``, all OPENs sent at once.
+
+        On a refusal, the files that were created are closed (not removed: the caller knows their
+        names) and the first error is raised.
+        """
+
+    def joiner(self, target: RemoteFile, parts: list[str]) -> Joiner:
+        """Open ``parts`` for reading, to have the server copy their stripes into ``target`` in order."""
+
+
+class Joiner(Protocol):
+    """Server-side copies (``copy-data``) of part files' stripes into a temp file, in offset order."""
+
+    def copy(self, part: int, offset: int, length: int, at: int) -> None:
+        """Have the server copy ``length`` bytes at ``offset`` of part ``part`` to ``at`` in the target.
+
+        ``at`` is the target's current end: each copy appends. Requests may be pipelined; a failure
+        is raised by a later call.
+        """
+
+    def finish(self) -> None:
+        """Wait for every copy, raise the first failure, and close the parts."""
+
+    def abort(self) -> None:
+        """Close the parts after a failure without raising."""
 
 
 class _File:
@@ -186,9 +239,11 @@ class _File:
         start: int,
         size: int | None,
         replies: Replies | None,
+        mtime: float | None = None,
     ) -> None:
         self.path = path
         self._size = size
+        self._mtime = mtime  # the server's clock when the file was created, if asked with the OPEN
         self._remote = remote
         self._pending_syncs: list[_WhenSynced] = []
         self._handle = handle
@@ -204,6 +259,10 @@ class _File:
     @property
     def position(self) -> int:
         return self._writes.offset
+
+    @property
+    def confirmed(self) -> int:
+        return self._writes.confirmed
 
     @property
     def handle(self) -> bytes:
@@ -252,6 +311,8 @@ class _File:
         )
 
     def server_time(self) -> float | None:
+        if self._mtime is not None:
+            return self._mtime
         mtime = self._handle.stat().st_mtime
         return None if mtime is None else float(mtime)
 
@@ -262,6 +323,10 @@ class _File:
             self._handle.close()
         except Exception:  # the connection may be gone; the error that got us here matters more
             log.debug("Closing %s after a failure failed", self.path, exc_info=True)
+
+
+def _chmod_refused(path: str, reason: str) -> None:
+    log.debug("Server refused chmod on %s (%s); keeping its mode", path, reason)
 
 
 class _WhenSynced:
@@ -336,19 +401,34 @@ class _ParamikoRemote:
         self, path: str, *, exclusive: bool, look_at: str | None = None, size: int | None = None
     ) -> tuple[RemoteFile, SFTPAttributes | None]:
         replies = self._replies()
-        # Pipelined, the STAT of ``look_at`` travels with the OPEN; strict, it goes first, alone.
-        probe = replies.send_stat(look_at) if replies is not None and look_at is not None else None
-        target = stat_or_none(self.sftp, look_at) if replies is None and look_at is not None else None
+        if replies is None:  # strict: the STAT of ``look_at`` first, alone, then the OPEN
+            target = stat_or_none(self.sftp, look_at) if look_at is not None else None
+            try:
+                handle = create_private(self.sftp, path, exclusive=exclusive)
+            except OSError as err:
+                err.target = target  # type: ignore[attr-defined]  # may explain the refusal
+                raise
+            return _File(self, handle, path, start=0, size=size, replies=None), target
+        # Pipelined, one round trip: the STAT of ``look_at``, the OPEN, and a STAT of the new file (its
+        # mtime is the server's clock, for the sweep); the chmod follows, read with the tail.
+        probe = replies.send_stat(look_at) if look_at is not None else None
+        opened = replies.send_create(path, exclusive=exclusive)
+        mine = replies.send_stat(path)
         try:
-            handle = create_private(self.sftp, path, exclusive=exclusive, replies=replies)
+            handle = create_private_sent(
+                self.sftp, path, replies, opened, exists=lambda: replies.attrs(mine, path) is not None
+            )
         except OSError as err:
-            if replies is not None and probe is not None:
-                target = replies.attrs(probe, look_at or "")
-            err.target = target  # type: ignore[attr-defined]  # may explain the refusal
+            looked = replies.attrs(probe, look_at or "") if probe is not None else None
+            err.target = looked  # type: ignore[attr-defined]  # may explain the refusal
             raise
-        if replies is not None and probe is not None:
-            target = replies.attrs(probe, look_at or "")
-        return _File(self, handle, path, start=0, size=size, replies=replies), target
+        target = replies.attrs(probe, look_at or "") if probe is not None else None
+        try:
+            created = replies.attrs(mine, path)
+        except OSError:
+            created = None  # asked again by server_time() when needed
+        mtime = None if created is None or created.st_mtime is None else float(created.st_mtime)
+        return _File(self, handle, path, start=0, size=size, replies=replies, mtime=mtime), target
 
     def reopen(self, path: str, offset: int, *, size: int | None = None) -> RemoteFile:
         try:
@@ -421,6 +501,8 @@ class _ParamikoRemote:
         )
 
     def listdir(self, directory: str) -> list[SFTPAttributes]:
+        if self.pipelined:
+            return list_directory(self.sftp, directory or ".")
         try:
             return self.sftp.listdir_attr(directory or ".")
         except OSError as err:
@@ -428,6 +510,22 @@ class _ParamikoRemote:
 
     def remove(self, path: str) -> bool:
         return remove_quietly(self.sftp, path)
+
+    def remove_all(self, paths: list[str]) -> None:
+        if not self.pipelined or len(paths) < 2:
+            for path in paths:
+                self.remove(path)
+            return
+        # Independent of each other: one round trip for all of them.
+        try:
+            replies = Replies(self.sftp)
+            sent = [(path, replies.send(CMD_REMOVE, path)) for path in paths]
+            for path, num in sent:
+                code, text = replies.status(num)
+                if code not in (SFTP_OK, SFTP_NO_SUCH_FILE):
+                    log.warning("Could not remove %s: %s", path, text or f"SFTP status {code}")
+        except Exception as err:  # cleanup after a failure must not mask that failure
+            log.warning("Could not remove %s: %s", ", ".join(paths), err)
 
     def free_bytes(self, path: str) -> int | None:
         return free_bytes(self.sftp, path)
@@ -453,41 +551,130 @@ class _ParamikoRemote:
             for sftp in self._session.lanes(count)
         ]
 
-    def join(self, target: RemoteFile, parts: list[str], pieces: list[tuple[int, int, int, int]]) -> None:
+    def create_each(self, lanes: list[Remote], paths: list[str], *, size: int | None) -> list[RemoteFile]:
+        ports = [lane for lane in lanes if isinstance(lane, _ParamikoRemote)]
+        if len(ports) != len(lanes):
+            raise TypeError("create_each takes the lanes of this session's port")
+        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC | SFTP_FLAG_EXCL
+        # Each OPEN travels on its own channel: every one is sent before any answer is read. The mode
+        # rides in the OPEN (OpenSSH creates the file 0600); the FSETSTAT below covers other servers.
+        sent = []
+        for port, path in zip(ports, paths, strict=True):
+            replies = Replies(port.sftp)
+            sent.append((port, path, replies, replies.send(CMD_OPEN, path, flags, mode_attrs(0o600))))
+        files: list[_File] = []
+        error: OSError | None = None
+        for port, path, replies, num in sent:
+            try:
+                kind, msg = replies.wait(num)
+            except OSError as err:
+                error = error or err
+                continue
+            if kind != CMD_HANDLE:
+                refused = status_error(*reply_status(kind, msg)) or OSError(f"SFTP create {path!r}")
+                error = error or sftp_error(refused, "create", path)
+                continue
+            handle = SFTPFile(port.sftp, msg.get_binary(), "wb", 0)
+            if port.pipelined:
+                chmod = replies.send(CMD_FSETSTAT, handle.handle, mode_attrs(0o600))
+                replies.check_later(chmod, functools.partial(_chmod_refused, path))
+                files.append(_File(port, handle, path, start=0, size=size, replies=replies))
+            else:
+                with contextlib.suppress(OSError):
+                    handle.chmod(0o600)
+                files.append(_File(port, handle, path, start=0, size=size, replies=None))
+        if error is not None:
+            for file in files:
+                file.abort()
+            raise error
+        return list(files)
+
+    def joiner(self, target: RemoteFile, parts: list[str]) -> Joiner:
         if not isinstance(target, _File):
             raise TypeError(f"cannot join into {target!r}: not a file of this session")
-        handles = [open_handle(self.sftp, path, SFTP_FLAG_READ) for path in parts]
-        try:
-            # Pipelined where the server applies requests in arrival order: the stripes still land in
-            # offset order, and the whole join costs about one round trip. Else one at a time.
-            replies = Replies(self.sftp)
-            window = 64 if self.pipelined else 1
-            pending: list[int] = []
-            for lane, offset, length, at in pieces:
-                if len(pending) >= window:
-                    self._copied(replies, pending.pop(0), target.path)
-                pending.append(
-                    replies.send(
-                        CMD_EXTENDED,
-                        "copy-data",
-                        handles[lane],
-                        int64(offset),
-                        int64(length),
-                        target.handle,
-                        int64(at),
-                    )
-                )
-            for num in pending:
-                self._copied(replies, num, target.path)
-        finally:
-            for handle in handles:
-                close_handle(self.sftp, handle)
+        return _Joiner(self, target, parts)
 
-    @staticmethod
-    def _copied(replies: Replies, num: int, path: str) -> None:
-        error = status_error(*replies.status(num))
+
+class _Joiner:
+    """Copy stripes of part files into a temp file on the server (``copy-data``), in offset order.
+
+    Pipelined where the server applies requests in arrival order (as for WRITEs): the copies land in
+    the order sent, a window of them in flight; else one at a time.
+    """
+
+    def __init__(self, remote: _ParamikoRemote, target: _File, parts: list[str]) -> None:
+        self._replies = Replies(remote.sftp)
+        self._path, self._target = target.path, target.handle
+        self._pipelined = remote.pipelined
+        self._window = 64 if remote.pipelined else 1
+        self._pending: collections.deque[int] = collections.deque()
+        self._handles: list[bytes] = []
+        # The parts' OPENs are independent: sent at once, one round trip for all.
+        sent = [
+            (path, self._replies.send(CMD_OPEN, path, SFTP_FLAG_READ, SFTPAttributes())) for path in parts
+        ]
+        error: OSError | None = None
+        for path, num in sent:
+            kind, msg = self._replies.wait(num)
+            if kind == CMD_HANDLE:
+                self._handles.append(bytes(msg.get_binary()))
+            else:
+                refused = status_error(*reply_status(kind, msg)) or OSError(f"SFTP open {path!r}")
+                error = error or sftp_error(refused, "open", path)
         if error is not None:
-            raise sftp_error(error, "copy-data into", path)
+            self.abort()
+            raise error
+
+    def copy(self, part: int, offset: int, length: int, at: int) -> None:
+        while len(self._pending) >= self._window:
+            self._copied(self._pending.popleft())
+        self._pending.append(
+            self._replies.send(
+                CMD_EXTENDED,
+                "copy-data",
+                self._handles[part],
+                int64(offset),
+                int64(length),
+                self._target,
+                int64(at),
+            )
+        )
+
+    def finish(self) -> None:
+        # Pipelined, the CLOSEs go right behind the last copy (applied after it): no extra round trip.
+        closes = self._send_closes() if self._pipelined else []
+        try:
+            while self._pending:
+                self._copied(self._pending.popleft())
+        finally:
+            self._collect(closes or self._send_closes())
+
+    def abort(self) -> None:
+        try:
+            closes = self._send_closes()
+        except Exception as err:  # a lost connection: the error that matters is raised elsewhere
+            log.debug("Closing the part files' handles failed: %s", err)
+            return
+        self._collect(closes)
+
+    def _send_closes(self) -> list[int]:
+        handles, self._handles = self._handles, []
+        return [self._replies.send(CMD_CLOSE, handle) for handle in handles]
+
+    def _collect(self, closes: list[int]) -> None:
+        for num in closes:
+            try:
+                code, text = self._replies.status(num)
+            except Exception as err:  # a lost connection: the error that matters is raised elsewhere
+                log.debug("Closing a part file's handle failed: %s", err)
+                return
+            if code != SFTP_OK:
+                log.debug("Closing a part file's handle failed: %s", text)
+
+    def _copied(self, num: int) -> None:
+        error = status_error(*self._replies.status(num))
+        if error is not None:
+            raise sftp_error(error, "copy-data into", self._path)
 
 
 class PipelinedRemote(_ParamikoRemote):

@@ -14,8 +14,15 @@ import time
 from typing import TYPE_CHECKING, TypeVar
 
 import paramiko
+from paramiko.sftp import CMD_EXTENDED
 
-from airflow_s3sftp.core.sftp import DEFAULT_WRITE_SIZE, advertised_write_limit, server_write_size
+from airflow_s3sftp.core.sftp import (
+    DEFAULT_WRITE_SIZE,
+    Replies,
+    advertised_write_limit,
+    write_limit_of,
+    write_size_for,
+)
 from airflow_s3sftp.exceptions import ConnectionLostError, is_final
 
 if TYPE_CHECKING:
@@ -75,6 +82,7 @@ class SFTPSession:
         self._side: SFTPClient | None = None
         self._lanes_refused = False
         self._timeout: float | None = None
+        self._limit_asked: tuple[Replies, int] | None = None  # limits@openssh.com sent, not yet read
         self.closed = False
         self._connection_closed = False
 
@@ -92,7 +100,7 @@ class SFTPSession:
     @property
     def write_size(self) -> int:
         """Return the largest WRITE the server accepts (asked once per connection)."""
-        return self._learnt("_write_size_learnt", lambda: server_write_size(self.sftp))
+        return write_size_for(self.write_limit)
 
     @property
     def profile(self) -> ServerProfile:
@@ -202,30 +210,48 @@ class SFTPSession:
     def lanes(self, count: int) -> list[SFTPClient]:
         """Return up to ``count`` SFTP channels of their own on this connection, opened once and kept.
 
-        The server may grant fewer (OpenSSH's ``MaxSessions`` defaults to 10 channels per
+        The missing channels are opened at once, each on a thread of its own: opening one costs
+        three round trips (channel open, subsystem, SFTP version), not three per channel. The
+        server may grant fewer (OpenSSH's ``MaxSessions`` defaults to 10 channels per
         connection); what it refuses is not asked again in this session.
         """
-        while len(self._lanes) < count and not self._lanes_refused:
+        missing = 0 if self._lanes_refused else max(0, count - len(self._lanes))
+        if missing:
             transport = self.sftp.get_channel().get_transport()  # type: ignore[union-attr]
-            try:
-                lane = paramiko.SFTPClient.from_transport(transport)
-            except (paramiko.SSHException, OSError) as err:
+            opened: list[SFTPClient | BaseException | None] = [None] * missing
+
+            def open_one(index: int) -> None:
+                try:
+                    opened[index] = paramiko.SFTPClient.from_transport(transport)
+                except (paramiko.SSHException, OSError) as err:
+                    opened[index] = err
+
+            threads = [
+                threading.Thread(
+                    target=open_one, args=(index,), name=f"s3sftp-open-lane-{index}", daemon=True
+                )
+                for index in range(missing)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            refusals = [item for item in opened if not isinstance(item, paramiko.SFTPClient)]
+            for lane in opened:
+                if isinstance(lane, paramiko.SFTPClient):
+                    channel = lane.get_channel()
+                    if channel is not None and self._timeout is not None:
+                        channel.settimeout(self._timeout)
+                    self._lanes.append(lane)
+            if refusals:
+                self._lanes_refused = True
                 log.info(
                     "%s granted %s extra SFTP channels of the %s asked for (%s)",
                     self.endpoint,
                     len(self._lanes),
                     count,
-                    err,
+                    next((err for err in refusals if err is not None), "refused"),
                 )
-                self._lanes_refused = True
-                break
-            if lane is None:
-                self._lanes_refused = True
-                break
-            channel = lane.get_channel()
-            if channel is not None and self._timeout is not None:
-                channel.settimeout(self._timeout)
-            self._lanes.append(lane)
         return self._lanes[:count]
 
     def remote(
@@ -247,6 +273,8 @@ class SFTPSession:
 
         if io_timeout is not None:
             self.set_timeout(io_timeout)
+        if write_size is None or write_size > DEFAULT_WRITE_SIZE:
+            self._ask_write_limit()
         strict = strict_order if strict_order is not None else not self.writes_in_order
         kind = StrictRemote if strict else PipelinedRemote
         return kind(
@@ -279,7 +307,29 @@ class SFTPSession:
     @property
     def write_limit(self) -> int | None:
         """Return the largest WRITE the server advertises (``limits@openssh.com``), or None."""
-        return self._learnt("_write_limit_learnt", lambda: advertised_write_limit(self.sftp))
+
+        def ask() -> int | None:
+            if self._limit_asked is not None:
+                replies, num = self._limit_asked
+                self._limit_asked = None
+                return write_limit_of(*replies.wait(num))
+            return advertised_write_limit(self.sftp)
+
+        return self._learnt("_write_limit_learnt", ask)
+
+    def _ask_write_limit(self) -> None:
+        """Send ``limits@openssh.com`` without waiting when the server's profile is still to be probed.
+
+        The probe runs on a channel of its own (three round trips); the answer arrives meanwhile,
+        so the write size costs no round trip of its own.
+        """
+        known = (self._origin or self).__dict__
+        if "_write_limit_learnt" in known or self._limit_asked is not None:
+            return
+        if self._writes_in_order is not None or "_profile_learnt" in known:
+            return  # nothing to overlap with: asked when needed
+        replies = Replies(self.sftp)
+        self._limit_asked = (replies, replies.send(CMD_EXTENDED, "limits@openssh.com"))
 
     def set_timeout(self, seconds: float) -> None:
         """Make a request that stalls longer than ``seconds`` fail instead of hanging."""

@@ -7,13 +7,14 @@
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import posixpath
 import stat
 from typing import TYPE_CHECKING
 
-from paramiko import SFTPAttributes
+from paramiko import SFTPAttributes, SFTPFile
 from paramiko.sftp import (
     CMD_ATTRS,
     CMD_CLOSE,
@@ -21,14 +22,21 @@ from paramiko.sftp import (
     CMD_EXTENDED_REPLY,
     CMD_FSETSTAT,
     CMD_HANDLE,
+    CMD_NAME,
     CMD_OPEN,
+    CMD_OPENDIR,
     CMD_READ,
+    CMD_READDIR,
     CMD_SETSTAT,
     CMD_STAT,
     CMD_STATUS,
     CMD_WRITE,
     SFTP_EOF,
     SFTP_FAILURE,
+    SFTP_FLAG_CREATE,
+    SFTP_FLAG_EXCL,
+    SFTP_FLAG_TRUNC,
+    SFTP_FLAG_WRITE,
     SFTP_NO_SUCH_FILE,
     SFTP_OK,
     SFTP_OP_UNSUPPORTED,
@@ -39,7 +47,7 @@ from paramiko.sftp import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from paramiko import Message, SFTPClient, SFTPFile
+    from paramiko import Message, SFTPClient
 
     from airflow_s3sftp.core.reader import Hasher
 
@@ -159,6 +167,11 @@ def advertised_write_limit(sftp: SFTPClient) -> int | None:
         kind, msg = _extended(sftp, "limits@openssh.com")
     except OSError:
         return None
+    return write_limit_of(kind, msg)
+
+
+def write_limit_of(kind: int, msg: Message) -> int | None:
+    """Return the largest write in the answer ``(kind, msg)`` to ``limits@openssh.com``, or None."""
     if kind != CMD_EXTENDED_REPLY:
         return None
     msg.get_int64()  # max packet length
@@ -166,10 +179,14 @@ def advertised_write_limit(sftp: SFTPClient) -> int | None:
     return int(msg.get_int64()) or None
 
 
+def write_size_for(limit: int | None) -> int:
+    """Return the bytes per WRITE for a server whose advertised limit is ``limit``: within 32-256 KiB."""
+    return max(DEFAULT_WRITE_SIZE, min(limit or DEFAULT_WRITE_SIZE, MAX_WRITE_SIZE))
+
+
 def server_write_size(sftp: SFTPClient) -> int:
     """Return the largest write the server accepts (``limits@openssh.com``), within 32-256 KiB."""
-    max_write = advertised_write_limit(sftp)
-    return max(DEFAULT_WRITE_SIZE, min(max_write or DEFAULT_WRITE_SIZE, MAX_WRITE_SIZE))
+    return write_size_for(advertised_write_limit(sftp))
 
 
 def create_private(
@@ -177,25 +194,44 @@ def create_private(
 ) -> SFTPFile:
     """Create ``path`` (refusing an existing one when ``exclusive``) readable by us alone until published.
 
-    With ``replies`` (a server applying requests in arrival order) the chmod is not waited for:
-    it still reaches the server before any WRITE; its answer is read by ``replies.settle()``.
+    With ``replies`` (a server applying requests in arrival order) the OPEN carries the mode 0600
+    (OpenSSH creates the file so) and the chmod is not waited for: it still reaches the server
+    before any WRITE; its answer is read by ``replies.settle()``.
     """
+    if replies is not None:
+        return create_private_sent(sftp, path, replies, replies.send_create(path, exclusive=exclusive))
     try:
         handle = sftp.open(path, "wbx" if exclusive else "wb", bufsize=0)
     except OSError as err:
         if _name_too_long(err, path) is None and exclusive and stat_or_none(sftp, path) is not None:
             raise FileExistsError(errno.EEXIST, f"SFTP file {path!r} already exists") from err
         raise sftp_error(err, "create", path) from err
-    if replies is not None:
-        num = replies.send(CMD_FSETSTAT, handle.handle, mode_attrs(0o600))
-        replies.check_later(
-            num, lambda reason: log.debug("Server refused chmod on %s (%s); keeping its mode", path, reason)
-        )
-        return handle
     try:
         handle.chmod(0o600)  # nobody but us reads it before it is verified
     except OSError:
         log.debug("Server refused chmod on %s; keeping its default mode", path)
+    return handle
+
+
+def create_private_sent(
+    sftp: SFTPClient, path: str, replies: Replies, opened: int, *, exists: Callable[[], bool] | None = None
+) -> SFTPFile:
+    """Return the file a :meth:`Replies.send_create` ``opened``, its chmod sent behind it (not waited for).
+
+    ``exists`` tells whether ``path`` exists after a refusal (default: ask the server).
+    """
+    kind, msg = replies.wait(opened)
+    if kind != CMD_HANDLE:
+        err = status_error(*reply_status(kind, msg)) or OSError(f"SFTP open {path!r}")
+        there = exists() if exists is not None else stat_or_none(sftp, path) is not None
+        if _name_too_long(err, path) is None and there and replies.last_create_exclusive:
+            raise FileExistsError(errno.EEXIST, f"SFTP file {path!r} already exists") from err
+        raise sftp_error(err, "create", path) from err
+    handle = SFTPFile(sftp, msg.get_binary(), "wb", 0)
+    num = replies.send(CMD_FSETSTAT, handle.handle, mode_attrs(0o600))
+    replies.check_later(
+        num, lambda reason: log.debug("Server refused chmod on %s (%s); keeping its mode", path, reason)
+    )
     return handle
 
 
@@ -224,6 +260,8 @@ class PipelinedWriter:
         self._write_size = write_size
         self._max_in_flight = max(1, max_in_flight)
         self._outstanding: set[int] = set()
+        self._sent: collections.deque[tuple[int, int]] = collections.deque()  # (request, end), in order
+        self._confirmed = start
         self._error: OSError | None = None
 
     def write(self, data: bytes) -> int:
@@ -238,12 +276,18 @@ class PipelinedWriter:
             )
             self._outstanding.add(num)
             self._offset += len(piece)
+            self._sent.append((num, self._offset))
         return len(data)
 
     @property
     def offset(self) -> int:
         """Return the offset of the next write."""
         return self._offset
+
+    @property
+    def confirmed(self) -> int:
+        """Return the offset below which the server has acknowledged every write (none failed)."""
+        return self._confirmed
 
     def flush(self) -> None:
         """Wait for every outstanding reply and raise the first error."""
@@ -262,6 +306,9 @@ class PipelinedWriter:
         """Called by paramiko with the reply to one of our requests."""
         self._outstanding.discard(num)
         error = status_error(*reply_status(kind, msg))
+        if error is None and self._error is None:
+            while self._sent and self._sent[0][0] not in self._outstanding:
+                self._confirmed = self._sent.popleft()[1]
         if error is not None and self._error is None:
             self._error = error
 
@@ -281,6 +328,7 @@ class Replies:
         self._sftp = sftp
         self._replies: dict[int, tuple[int, Message]] = {}
         self._later: list[tuple[int, Callable[[str], None]]] = []
+        self.last_create_exclusive = True
 
     def check_later(self, num: int, on_refusal: Callable[[str], None]) -> None:
         """Have :meth:`settle` call ``on_refusal(reason)`` if request ``num`` did not succeed."""
@@ -332,6 +380,12 @@ class Replies:
             return None
         raise sftp_error(error, "stat", path)
 
+    def send_create(self, path: str, *, exclusive: bool) -> int:
+        """Send an OPEN creating ``path`` with the mode 0600; read it with :func:`create_private_sent`."""
+        self.last_create_exclusive = exclusive
+        flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC | (SFTP_FLAG_EXCL if exclusive else 0)
+        return self.send(CMD_OPEN, path, flags, mode_attrs(0o600))
+
     def send_stat(self, path: str) -> int:
         """Send a STAT of ``path``; read the answer with :meth:`attrs`."""
         return self.send(CMD_STAT, path)
@@ -358,25 +412,43 @@ class Replies:
         self._replies[num] = (kind, msg)
 
 
-def open_handle(sftp: SFTPClient, path: str, flags: int) -> bytes:
-    """Open ``path`` with SFTP ``flags`` and return the server's raw handle (for extension requests)."""
-    replies = Replies(sftp)
-    kind, msg = replies.wait(replies.send(CMD_OPEN, path, flags, SFTPAttributes()))
-    if kind == CMD_HANDLE:
-        return bytes(msg.get_binary())
-    raise sftp_error(status_error(*reply_status(kind, msg)) or OSError(f"SFTP open {path!r}"), "open", path)
+def list_directory(sftp: SFTPClient, directory: str) -> list[SFTPAttributes]:
+    """Return the entries of ``directory`` (not ``.`` and ``..``) with their attributes, READDIRs pipelined.
 
-
-def close_handle(sftp: SFTPClient, handle: bytes) -> None:
-    """Close a raw handle from :func:`open_handle`; a failure is logged (nothing is lost by it)."""
+    For servers that apply requests in arrival order: two READDIRs stay in flight, so a directory
+    that fits in one answer costs two round trips (OPENDIR, then both READDIRs), not four; the CLOSE
+    goes out behind the last READDIR and is not waited for (its answer is read with a later one).
+    """
     replies = Replies(sftp)
+    kind, msg = replies.wait(replies.send(CMD_OPENDIR, directory))
+    if kind != CMD_HANDLE:
+        raise sftp_error(status_error(*reply_status(kind, msg)) or OSError(directory), "list", directory)
+    handle = msg.get_binary()
+    entries: list[SFTPAttributes] = []
+    pending = collections.deque(replies.send(CMD_READDIR, handle) for _ in range(2))
+    ended = False
     try:
-        code, text = replies.status(replies.send(CMD_CLOSE, handle))
-    except Exception as err:  # a lost connection: the error that matters is raised elsewhere
-        log.debug("Closing an SFTP handle failed: %s", err)
-        return
-    if code != SFTP_OK:
-        log.debug("Closing an SFTP handle failed: %s", text)
+        while pending:
+            kind, msg = replies.wait(pending.popleft())
+            if kind == CMD_STATUS:
+                code, text = msg.get_int(), msg.get_text()
+                if code != SFTP_EOF:
+                    raise sftp_error(status_error(code, text) or OSError(text), "list", directory)
+                ended = True
+                continue
+            if kind != CMD_NAME:
+                raise OSError(f"SFTP list {directory!r} failed: unexpected reply type {kind}")
+            for _ in range(msg.get_int()):
+                name = msg.get_text()
+                longname = msg.get_text()
+                attrs = SFTPAttributes._from_msg(msg, name, longname)  # type: ignore[attr-defined]
+                if name not in (".", ".."):
+                    entries.append(attrs)
+            if not ended and not pending:  # a big directory: two more, still one round trip for both
+                pending.extend(replies.send(CMD_READDIR, handle) for _ in range(2))
+    finally:
+        sftp._async_request(type(None), CMD_CLOSE, handle)  # type: ignore[attr-defined]
+    return entries
 
 
 def mode_attrs(mode: int) -> SFTPAttributes:

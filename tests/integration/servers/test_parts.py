@@ -193,3 +193,96 @@ def test_every_connection_cut_leaves_no_part_and_no_temp_file(
             )
     assert proxy.faults >= 2
     assert list(local.iterdir()) == []
+
+
+class RoundTrips:
+    """Count, per SFTP channel, the requests that left while nothing of that channel was in flight.
+
+    Such a request waited for the answer to the one before it: it starts a round trip of its own. A
+    request sent behind others still outstanding rides on their round trip. Channels are counted
+    apart: the lanes run side by side, so the delivery waits for the slowest of them, not their sum.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import paramiko
+
+        self.per_channel: dict[int, list[str]] = {}
+        send = paramiko.SFTPClient._async_request  # type: ignore[attr-defined]
+        lock = threading.Lock()
+
+        def counted(client: Any, owner: Any, kind: int, *args: Any) -> Any:
+            from paramiko.sftp import CMD_EXTENDED, CMD_NAMES
+
+            name = str(args[0]) if kind == CMD_EXTENDED else CMD_NAMES.get(kind, str(kind))
+            with lock:
+                trace = self.per_channel.setdefault(id(client), [])
+                trace.append(("+" if not client._expecting else "") + name)
+            return send(client, owner, kind, *args)
+
+        monkeypatch.setattr(paramiko.SFTPClient, "_async_request", counted)
+
+    def counts(self) -> list[int]:
+        """Return the round trips of each channel, in the order the channels were first used.
+
+        The copies of the join are left out: sent while the data still flows, as stripes complete,
+        they overlap it; the last of them ride with the join's CLOSEs, counted as one trip.
+        """
+        out = []
+        for trace in self.per_channel.values():
+            copies = any(step.endswith("copy-data") for step in trace)
+            trips = sum(step.startswith("+") and not step.endswith("copy-data") for step in trace)
+            out.append(trips + copies)
+        return out
+
+
+@JOINING
+def test_a_striped_delivery_costs_a_few_sequential_round_trips_more_than_one_channel(
+    openssh: MatrixServer, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Set-up and clean-up go pipelined: the parts' OPENs, the join's OPENs and CLOSEs, the REMOVEs."""
+    data = os.urandom(9 * MiB + 5)
+    s3.put_object(Bucket=bucket, Key="trips", Body=data)
+    local = openssh.new_dir()
+    counts = {}
+    for channels in (1, 4):
+        trips = RoundTrips(monkeypatch)
+        hook = S3ToSFTPHook(aws_conn_id="aws_default", sftp_conn_id=conn_id(openssh))
+        path = local / f"trips-{channels}.bin"
+        hook.stream_object(bucket, "trips", openssh.remote(path), options(channels=channels))
+        assert path.read_bytes() == data
+        counts[channels] = trips.counts()
+    # The journal's channel comes last in both (it opens when the journal is first written).
+    (single, _), (main, *lanes, _) = counts[1], counts[4]
+    assert len(lanes) == 4, counts
+    # Striped, on the delivery's channel: + statvfs, + the join's OPENs (all at once), + the last
+    # copies with the CLOSEs behind them, + the part files' REMOVEs (all at once). Before: one OPEN,
+    # one CLOSE and one REMOVE per part, each waited for, and two more to log the round trip (+17).
+    assert main <= single + 4, counts
+    # Each lane: its part file's OPEN, then its writes with the tail behind them (STAT, CLOSE).
+    assert all(lane <= 2 for lane in lanes), counts
+
+
+@JOINING
+def test_one_small_delivery_waits_for_five_sequential_round_trips(
+    openssh: MatrixServer, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: nine (the write-size probe, STAT + OPEN, FSETSTAT + FSTAT, the sweep's four, tail, publish).
+
+    Now the write-size probe is answered while the server's profile is probed on its own channel,
+    the new file's STAT (the sweep's clock) rides with the OPEN, the sweep's READDIRs go together
+    and its CLOSE rides with the tail: STAT + OPEN + STAT, FSETSTAT + OPENDIR, the READDIRs, the tail,
+    the publish.
+    """
+    data = os.urandom(64 * 1024)
+    s3.put_object(Bucket=bucket, Key="small", Body=data)
+    local = openssh.new_dir()
+    trips = RoundTrips(monkeypatch)
+    hook = S3ToSFTPHook(aws_conn_id="aws_default", sftp_conn_id=conn_id(openssh))
+    hook.stream_object(bucket, "small", openssh.remote(local / "small.bin"), options(channels=None))
+    assert (local / "small.bin").read_bytes() == data
+    (main,) = trips.per_channel.values()
+    waited = [step for step in main if step.startswith("+")]
+    # limits@openssh.com leaves first, alone; its answer is read only after the probe of the server.
+    assert waited[0] == "+limits@openssh.com", main
+    assert len(waited) <= 1 + 5, main
+    assert "fstat" not in main, main

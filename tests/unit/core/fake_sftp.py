@@ -72,6 +72,10 @@ class FakeFile:
     def position(self) -> int:
         return self._position
 
+    @property
+    def confirmed(self) -> int:
+        return self._position  # every write is applied before it returns
+
     def write(self, data: bytes) -> int:
         fs = self.remote.fs
         self.remote.check()
@@ -248,6 +252,10 @@ class FakeRemote:
             return False
         return self.fs.files.pop(path, None) is not None
 
+    def remove_all(self, paths: list[str]) -> None:
+        for path in paths:
+            self.remove(path)
+
     def free_bytes(self, path: str) -> int | None:
         return self.fs.free
 
@@ -263,13 +271,36 @@ class FakeRemote:
             self._lanes = [FakeRemote(self.fs, lane=True) for _ in range(self.fs.lanes_granted)]
         return self._lanes[:count]
 
-    def join(self, target: Any, parts: list[str], pieces: list[tuple[int, int, int, int]]) -> None:
-        self.check("join")
-        self.fs.joins += 1
-        out = self.fs.files[target.path]
-        for lane, offset, length, at in pieces:
-            assert at == len(out), "the join must write the temp file in offset order"
-            out += self.fs.files[parts[lane]][offset : offset + length]
+    def create_each(self, lanes: list[FakeRemote], paths: list[str], *, size: int | None) -> list[FakeFile]:
+        return [
+            lane.create(path, exclusive=True, size=size)[0] for lane, path in zip(lanes, paths, strict=True)
+        ]
+
+    def joiner(self, target: Any, parts: list[str]) -> FakeJoiner:
+        self.check()
+        return FakeJoiner(self, target.path, parts)
+
+
+class FakeJoiner:
+    """Server-side copies of part files' stripes into the temp file, each checked to append."""
+
+    def __init__(self, remote: FakeRemote, path: str, parts: list[str]) -> None:
+        self.remote, self.path, self.parts = remote, path, parts
+
+    def copy(self, part: int, offset: int, length: int, at: int) -> None:
+        self.remote.check()
+        out = self.remote.fs.files[self.path]
+        assert at == len(out), "the join must write the temp file in offset order"
+        source = self.remote.fs.files[self.parts[part]]
+        assert offset + length <= len(source), "a stripe was copied before its part file held it"
+        out += source[offset : offset + length]
+
+    def finish(self) -> None:
+        self.remote.check("join")
+        self.remote.fs.joins += 1
+
+    def abort(self) -> None:
+        pass
 
 
 class FakeSession:

@@ -74,3 +74,19 @@ def test_every_ok_reply_passes():
     writer.write(b"x" * 1024 * 40)
     writer.flush()
     assert server.writes == 40 and server.queue == []
+
+
+def test_confirmed_covers_only_writes_the_server_acknowledged_and_stops_at_a_failure():
+    """The progressive join copies a stripe only below ``confirmed``: it must never run ahead."""
+    server = Server(fail_at=6, code=SFTP_FAILURE)
+    writer = PipelinedWriter(server, Handle(), start=4096, write_size=1024, max_in_flight=4)  # type: ignore[arg-type]
+    writer.write(b"x" * 4096)  # four writes in flight, none answered
+    assert writer.confirmed == 4096 and writer.offset == 8192
+    server._read_response()
+    server._read_response()
+    assert writer.confirmed == 4096 + 2048
+    writer.write(b"x" * 4096)  # four more: the window fills, so two more answers are read first
+    assert writer.confirmed == 8192
+    with pytest.raises(OSError, match="refused"):
+        writer.flush()  # the seventh write (bytes 10240-11263) fails, the eighth succeeds
+    assert writer.confirmed == 10240  # neither the failed write nor the one after it is covered
