@@ -109,6 +109,14 @@ class DeliveryFailedError(S3SFTPError):
         self.summary = summary
 
 
+class ReportError(S3SFTPError):
+    """The per-object report could not be written; the deliveries went on (``summary`` counts them)."""
+
+    def __init__(self, message: str, summary: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 class UnsupportedAirflowVersionError(S3SFTPError, RuntimeError):
     """A feature was asked for that the running Airflow version does not provide."""
 

@@ -39,6 +39,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_s3sftp.operators.s3_to_sftp",
                     "airflow_s3sftp.operators.sftp_to_s3",
+                    "airflow_s3sftp.sharding",
                 ],
             }
         ],

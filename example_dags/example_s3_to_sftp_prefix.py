@@ -14,12 +14,13 @@ Three steps:
    a ``<name>.sha256`` sidecar (``sha256sum -c`` format) and last an empty ``<name>.done`` marker, so
    the partner can pick up a file as soon as its marker appears.
 2. ``confirm`` waits, with one :class:`~airflow_s3sftp.sensors.sftp.SFTPFileStableSensor` per
-   delivered file (dynamic task mapping over ``deliver``'s XCom: each record of its ``objects`` list
-   gives the ``sftp_path`` and the ``checksum`` computed while streaming), until the file on the server
-   reads back to that checksum. Each file gets its own task instance, log and state; mapping is capped
-   by ``[core] max_map_length`` (1024 by default).
-3. ``summarize`` logs and returns how many objects were found, transferred and skipped, and the bytes
-   sent.
+   delivered file (dynamic task mapping over the records of ``deliver``'s report: the JSON Lines object
+   ``report=`` names, one record per object, giving the ``sftp_path`` and the ``checksum`` computed
+   while streaming; the XCom itself holds only counts), until the file on the server reads back to that
+   checksum. Each file gets its own task instance, log and state; mapping is capped by
+   ``[core] max_map_length`` (1024 by default): for larger prefixes see the sharded example.
+3. ``summarize`` logs and returns how many objects were found, transferred and skipped, the bytes sent
+   and where each file landed.
 
 Re-running a day is cheap and safe: ``if_exists="skip_identical"`` skips every file the server already
 holds byte for byte (proved from the sidecar against S3's own checksum without reading anything when S3
@@ -35,6 +36,7 @@ Bucket, prefix and target directory are Params (override them per run with
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -106,14 +108,24 @@ with DAG(
         checksum="sha256",
         sidecar=True,
         done_marker=".done",
+        # Every object's record, one JSON line each, written as the task goes (the XCom keeps counts).
+        report="s3://{{ params.bucket }}/reports/{{ dag.dag_id }}/{{ run_id }}.jsonl",
     )
+
+    def delivered_records(delivered: dict[str, Any]) -> list[dict[str, Any]]:
+        """Return the records of the delivered (or identical, skipped) objects from the task's report."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        bucket, _, key = delivered["report"][len("s3://") :].partition("/")
+        lines = S3Hook(aws_conn_id=AWS_CONN_ID).read_key(key, bucket).splitlines()
+        return [record for record in map(json.loads, lines) if "error" not in record]
 
     @task
     def files_to_confirm(delivered: dict[str, Any]) -> list[dict[str, str]]:
         """Return one sensor's arguments per delivered (or identical, skipped) file."""
         return [
             {"path": record["sftp_path"], "expected_checksum": record["checksum"]}
-            for record in delivered["objects"]
+            for record in delivered_records(delivered)
         ]
 
     # One sensor per file, each proving that the published file reads back to the checksum the delivery
@@ -135,7 +147,7 @@ with DAG(
             "transferred": delivered["transferred"],
             "skipped": delivered["skipped"],
             "bytes": delivered["bytes"],
-            "files": sorted(record["sftp_path"] for record in delivered["objects"]),
+            "files": sorted(record["sftp_path"] for record in delivered_records(delivered)),
         }
         log.info(
             "%s objects: %s transferred (%s bytes), %s already identical on the server",

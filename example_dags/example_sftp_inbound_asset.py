@@ -129,4 +129,6 @@ with DAG(
         allow_empty=True,  # another run may have taken every file of this run's events
         sftp_conn_id=SFTP_CONN_ID,
         aws_conn_id=AWS_CONN_ID,
+        # Every file's record (its checksum, where it was moved), one JSON line each; the XCom keeps counts.
+        report=f"s3://{BUCKET}/reports/{{{{ dag.dag_id }}}}/{{{{ run_id }}}}.jsonl",
     )

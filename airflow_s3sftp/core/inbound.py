@@ -1038,8 +1038,12 @@ def transfer_all(
     sessions: SessionPool,
     *,
     max_concurrency: int = 1,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Bring in every item, up to ``max_concurrency`` at once; a failure becomes a record with ``error``.
+
+    ``on_record`` gets each record as its file finishes (from the worker threads, one call at a
+    time), e.g. to write a report as the task goes.
 
     A task-wide failure (:func:`~airflow_s3sftp.exceptions.is_final`: a refused login, a missing
     bucket) is raised once the files in flight are done; the files not yet started are not attempted.
@@ -1050,7 +1054,16 @@ def transfer_all(
     progress = BatchProgress(len(planned), options.progress_interval)
     final: list[BaseException] = []  # a task-wide failure: the other files are not attempted
 
+    handed = threading.Lock()
+
     def one(item: InboundFile) -> dict[str, Any]:
+        record = attempt(item)
+        if on_record is not None:
+            with handed:
+                on_record(record)
+        return record
+
+    def attempt(item: InboundFile) -> dict[str, Any]:
         if final:
             return {"s3_uri": item.s3_uri, "sftp_path": item.sftp_path, "error": "not attempted"}
         try:

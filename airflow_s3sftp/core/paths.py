@@ -11,6 +11,11 @@ import hashlib
 import posixpath
 import re
 import secrets
+from array import array
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 TEMP_SUFFIX = ".s3sftp-part"  # a delivery's temp file: always a byte-exact prefix of the object
 STRIPE_SUFFIX = ".s3sftp-stripe"  # a part file of a striped delivery (core/parts.py): its stripes, in order
@@ -260,3 +265,165 @@ def check_name_length(path: str, name_max: int, what: str) -> None:
         raise ValueError(
             f"The temp name of {path!r} ({what}) cannot fit the server's name limit of {name_max} bytes"
         )
+
+
+class DigestSet:
+    """A set of 8-byte digests of strings in one flat array: 16 to 32 bytes per member, not ~100.
+
+    Open addressing with linear probing in an ``array('Q')`` kept at most half full (it doubles
+    when it passes that): 8 bytes a slot, two to four slots a member. Zero marks an empty slot, so
+    a digest of zero is stored as one. Two different strings share a digest with a chance of about
+    ``n**2 / 2**65`` (1e-7 at a million members); a shared digest reads as "already there".
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        size = 1024
+        while size < 2 * capacity:
+            size *= 2
+        self._slots = array("Q", bytes(8 * size))
+        self._mask = size - 1
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        """Return the bytes the slots take."""
+        return len(self._slots) * self._slots.itemsize
+
+    @staticmethod
+    def digest(text: str) -> int:
+        """Return the 8-byte digest of ``text`` (blake2b), never zero."""
+        value = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest())
+        return value or 1
+
+    def _find(self, value: int) -> int:
+        slots, mask = self._slots, self._mask
+        index = value & mask
+        while True:
+            held = slots[index]
+            if held == 0 or held == value:
+                return index
+            index = (index + 1) & mask
+
+    def __contains__(self, text: object) -> bool:
+        if not isinstance(text, str):
+            return False
+        return self._slots[self._find(self.digest(text))] != 0
+
+    def add(self, text: str) -> bool:
+        """Add ``text``; return False when it (or a string with its digest) was already there."""
+        value = self.digest(text)
+        index = self._find(value)
+        if self._slots[index] != 0:
+            return False
+        self._slots[index] = value
+        self._count += 1
+        if 2 * self._count > len(self._slots):
+            self._grow()
+        return True
+
+    def _grow(self) -> None:
+        old = self._slots
+        self._slots = array("Q", bytes(16 * len(old)))
+        self._mask = len(self._slots) - 1
+        for value in old:
+            if value:
+                self._slots[self._find(value)] = value
+
+
+class PlanIndex:
+    """Name-clash checks for a plan that arrives one object at a time (a listing, page by page).
+
+    The same rules as :func:`check_plan` (a final name shaped like our temp files; two objects onto
+    one name; an object onto another's sidecar, manifest or done marker; a file name that is also
+    a directory of another's path; names too long for the server), checked as each object comes
+    up against the objects before it, so the later object of a clashing pair is the one refused.
+    Memory: two :class:`DigestSet` members per object (its final path, and its directory when new):
+    about 32 to 64 bytes per object.
+
+    :param sidecar_suffix: suffix of the checksum sidecars, None for none
+    :param done_marker: suffix of the done markers, None for none
+    :param manifest: range manifests are written
+    :param name_max: the longest name (one path segment, in bytes) the server takes
+    :param source_of: returns the source of an earlier object from its final path, for messages
+        (the index keeps digests only)
+    """
+
+    def __init__(
+        self,
+        *,
+        sidecar_suffix: str | None,
+        done_marker: str | None,
+        manifest: bool = False,
+        name_max: int = NAME_MAX,
+        source_of: Callable[[str], str] | None = None,
+    ) -> None:
+        self._source_of = source_of or (lambda path: f"the object delivered to {path!r}")
+        self._roles: list[tuple[str, str]] = [("", "the file")]
+        if sidecar_suffix:
+            self._roles.append((sidecar_suffix, "the checksum sidecar"))
+        if manifest:
+            self._roles.append((MANIFEST_SUFFIX, "the range manifest"))
+        if done_marker:
+            self._roles.append((done_marker, "the done marker"))
+        self._name_max = name_max
+        self._files = DigestSet()  # final paths planned so far
+        self._directories = DigestSet()  # every directory a planned file needs
+
+    @property
+    def nbytes(self) -> int:
+        """Return the bytes the index takes."""
+        return self._files.nbytes + self._directories.nbytes
+
+    def _owner(self, name: str) -> tuple[str, str] | None:
+        """Return ``(final path, role)`` of an earlier object that creates ``name``, or None."""
+        for suffix, role in self._roles:
+            if name.endswith(suffix):
+                owner = name[: len(name) - len(suffix)] if suffix else name
+                if owner and owner in self._files:
+                    return owner, role
+        return None
+
+    def add(self, source: str, path: str) -> None:
+        """Check an object's names against the objects before it, then add them; ``ValueError`` on a clash."""
+        directory, name = posixpath.split(path)
+        if is_reserved_name(name):
+            raise ValueError(
+                f"{source!r} would land on {path!r}, a name reserved for airflow-s3sftp's temp files "
+                f"(hidden names ending in {', '.join(HIDDEN_SUFFIXES)}); rename it or filter it out"
+            )
+        names = [(path + suffix, role) for suffix, role in self._roles]
+        seen: dict[str, str] = {}
+        for created, role in names:
+            check_name_length(created, self._name_max, f"{role} of {source!r}")
+            if created in seen:
+                raise ValueError(f"{created!r} would be both {seen[created]} and {role} of {source!r}")
+            seen[created] = role
+            owner = self._owner(created)
+            if owner is not None:
+                other = self._source_of(owner[0])
+                raise ValueError(
+                    f"S3 sources {other!r} and {source!r} clash: {created!r} would be both {owner[1]} of "
+                    f"{other!r} and {role} of {source!r}"
+                )
+            if created in self._directories:
+                raise ValueError(
+                    f"S3 sources {source!r} and an earlier object clash: {created!r} would be both {role} "
+                    f"of {source!r} and a directory holding the earlier object's file"
+                )
+        parent = directory
+        while parent not in ("", "/"):
+            owner = self._owner(parent)
+            if owner is not None:
+                other = self._source_of(owner[0])
+                raise ValueError(
+                    f"S3 sources {other!r} and {source!r} clash: {parent!r} would be both {owner[1]} of "
+                    f"{other!r} and a directory holding {source!r}"
+                )
+            parent = posixpath.dirname(parent)
+        self._files.add(path)
+        parent = directory
+        while parent not in ("", "/") and self._directories.add(parent):
+            parent = posixpath.dirname(parent)

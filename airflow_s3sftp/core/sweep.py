@@ -46,49 +46,78 @@ class LeftoverSweeper:
     ) -> None:
         self._older_than = older_than
         self._earlier_tries_after = earlier_tries_after
-        self._names: dict[str, dict[str, str]] = {}  # directory -> {what leftover_of says: final name}
-        self._swept: set[str] = set()
+        # directory -> {what leftover_of says: final name}, for names not yet matched with a listing
+        self._names: dict[str, dict[str, str]] = {}
+        # directory -> (server time of the listing, entries shaped like leftovers not yet matched)
+        self._listed: dict[str, tuple[float, list[Any]]] = {}
         self._lock = threading.Lock()
         self.include(final_paths)
 
     def include(self, paths: Iterable[str]) -> None:
-        """Also sweep the leftovers of ``paths`` (e.g. a delivery's sidecar and done marker)."""
+        """Also sweep the leftovers of ``paths`` (e.g. a delivery's sidecar and done marker).
+
+        Names are kept only until their directory's leftovers are matched against them, so a task of
+        a million objects holds the names of the deliveries under way, not of all it delivered.
+        """
         with self._lock:
             for path in paths:
                 directory, name = posixpath.split(path)
+                listed = self._listed.get(directory)
+                if listed is not None and not listed[1]:
+                    continue  # the directory was listed and holds no leftover: nothing to match
                 names = self._names.setdefault(directory, {})
                 names[name] = name
                 names[short_stem(name)] = name  # the temp names of a long name use its short form
 
     def pending(self, directory: str) -> bool:
-        """Return True when ``directory`` has not been swept yet."""
+        """Return True when ``directory`` was not listed yet, or has leftovers and names to match them."""
         with self._lock:
-            return directory not in self._swept
+            listed = self._listed.get(directory)
+            if listed is None:
+                return True
+            if not listed[1]:
+                self._names.pop(directory, None)
+                return False
+            return bool(self._names.get(directory))
 
     def sweep(self, remote: Remote, directory: str, server_now: float) -> list[str]:
-        """Remove the abandoned leftovers in ``directory`` (the first time it is asked) and list them."""
+        """Remove the abandoned leftovers in ``directory`` of the names included so far, and list them.
+
+        The directory is listed once (the first time it is asked); its entries shaped like our temp
+        files are kept and matched with the names included since, each time it is asked again.
+        """
         with self._lock:
-            if directory in self._swept:
+            listed = self._listed.get(directory)
+            names = self._names.pop(directory, {})
+        if listed is None:
+            try:
+                entries = remote.listdir(directory or ".")
+            except OSError as err:
+                log.warning("Could not list %s to look for abandoned temp files: %s", directory, err)
+                with self._lock:
+                    self._listed[directory] = (server_now, [])
                 return []
-            self._swept.add(directory)
-        with self._lock:
-            names = dict(self._names.get(directory, {}))
+            candidates = [
+                attrs
+                for attrs in entries
+                if attrs.st_mtime is not None and leftover_of(attrs.filename) is not None
+            ]
+            with self._lock:
+                listed = self._listed.setdefault(directory, (server_now, candidates))
+        listed_at, candidates = listed
+        if not names or not candidates:
+            return []
         removed: list[str] = []
-        try:
-            entries = remote.listdir(directory or ".")
-        except OSError as err:
-            log.warning("Could not list %s to look for abandoned temp files: %s", directory, err)
-            return removed
         journals = {
             posixpath.basename(journal_path_for(posixpath.join(directory, name))) for name in names.values()
         }
-        kept = self._named_by_journals(remote, directory, entries, journals)
-        for attrs in entries:
+        kept = self._named_by_journals(remote, directory, candidates, journals)
+        for attrs in list(candidates):
             stem = leftover_of(attrs.filename)
             owner = names.get(stem) if stem is not None else None
-            if owner is None or attrs.st_mtime is None:
+            if owner is None:
                 continue
-            age = server_now - attrs.st_mtime
+            age = listed_at - (attrs.st_mtime or 0)  # candidates all have an mtime
             path = posixpath.join(directory, attrs.filename)
             if age > self._older_than:
                 why = f"abandoned {age:.0f}s ago (stale_temp_after={self._older_than:.0f}s)"
@@ -105,6 +134,10 @@ class LeftoverSweeper:
                 )
             else:
                 continue
+            with self._lock:
+                if attrs not in candidates:
+                    continue  # another thread matched it
+                candidates.remove(attrs)
             log.warning("Removing %s (%s bytes), a temp file of %s %s", path, attrs.st_size, owner, why)
             if remote.remove(path):
                 removed.append(path)

@@ -39,7 +39,7 @@ from airflow_s3sftp.exceptions import (
 from airflow_s3sftp.hooks.sftp import bulk_sftp_hook, connection_not_found_errors
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from airflow.providers.sftp.hooks.sftp import SFTPHook
     from mypy_boto3_s3.client import S3Client
@@ -194,6 +194,25 @@ class S3ToSFTPHook(BaseHook):
         """Return the keys under ``prefix``; missing bucket or credentials raise the errors reads raise."""
         with self._reading(bucket, prefix, listing=True):
             return list(self.s3_hook.list_keys(bucket_name=bucket, prefix=prefix) or [])
+
+    def iter_keys(self, bucket: str, prefix: str, *, start_after: str | None = None) -> Iterator[str]:
+        """Yield the keys under ``prefix`` page by page (1,000 a request), in S3's order, as they are listed.
+
+        ``start_after`` starts the listing after that key (S3's ``StartAfter``); memory holds one page.
+        A missing bucket or credentials raise the errors reads raise.
+        """
+        args: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if start_after is not None and start_after > prefix:
+            args["StartAfter"] = start_after
+        if self._s3_settings.get("requester_pays"):
+            args["RequestPayer"] = "requester"
+        owner = (self._s3_settings.get("extra_args") or {}).get("ExpectedBucketOwner")
+        if owner:
+            args["ExpectedBucketOwner"] = owner
+        with self._reading(bucket, prefix, listing=True):
+            for page in self.s3_client.get_paginator("list_objects_v2").paginate(**args):
+                for item in page.get("Contents") or ():
+                    yield item["Key"]
 
     @cached_property
     def sftp_hook(self) -> SFTPHook:
@@ -439,6 +458,35 @@ class S3ToSFTPHook(BaseHook):
             endpoint=lambda: self.sftp_endpoint,
             max_concurrency=max_concurrency,
         ).run()
+
+    def deliver_objects(
+        self,
+        planned: Iterable[tuple[str, str, str]],
+        options: DeliveryOptions,
+        sink: Callable[[dict[str, Any]], None],
+        *,
+        max_concurrency: int = 4,
+    ) -> None:
+        """Deliver ``(bucket, key, sftp_path)`` triples as they come, handing each record to ``sink``.
+
+        As :meth:`stream_objects`, but ``planned`` may be an iterator (a listing, page by page) that
+        is consumed as the objects go, and no list of records is kept: ``sink`` gets each record as
+        its object finishes (from the worker threads, one call at a time).
+
+        :param planned: what to deliver where
+        :param options: how to deliver
+        :param sink: takes each object's record
+        :param max_concurrency: objects (and SFTP sessions) in flight at once
+        """
+        self.s3_client  # noqa: B018 - built once here, then shared by the threads (boto3 clients are thread-safe)
+        Batch(
+            planned,
+            options,
+            source=lambda bucket, key: self.open_source(bucket, key, describe_with="get"),
+            connect=self.connect_session,
+            endpoint=lambda: self.sftp_endpoint,
+            max_concurrency=max_concurrency,
+        ).stream(lambda _index, record: sink(record))
 
 
 # The arguments of S3Hook.extra_args that a read takes (boto3's ALLOWED_DOWNLOAD_ARGS without the

@@ -34,7 +34,7 @@ from airflow_s3sftp.hooks.s3_sftp import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from mypy_boto3_s3.client import S3Client
 
@@ -274,9 +274,17 @@ class SFTPToS3Hook(S3ToSFTPHook):
             )
 
     def stream_files(
-        self, items: Sequence[InboundFile], options: InboundOptions | None = None, *, max_concurrency: int = 4
+        self,
+        items: Sequence[InboundFile],
+        options: InboundOptions | None = None,
+        *,
+        max_concurrency: int = 4,
+        sink: Callable[[dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Bring in every item, up to ``max_concurrency`` at once on reused sessions; failures are records."""
+        """Bring in every item, up to ``max_concurrency`` at once on reused sessions; failures are records.
+
+        ``sink`` gets each record as its file finishes (one call at a time).
+        """
         options = options or InboundOptions()
         self.s3_client  # noqa: B018 - built once here, then shared by the threads
         with self.session_pool(max(1, min(max_concurrency, len(items)))) as pool:
@@ -286,4 +294,5 @@ class SFTPToS3Hook(S3ToSFTPHook):
                 options,
                 pool,
                 max_concurrency=max_concurrency,
+                on_record=sink,
             )

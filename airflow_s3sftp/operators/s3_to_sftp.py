@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_s3sftp.core import validate
-from airflow_s3sftp.core.batch import summarize
+from airflow_s3sftp.core.batch import Summary
 from airflow_s3sftp.core.options import TUNING, Checks, DeliveryOptions, Publishing
 from airflow_s3sftp.core.paths import (
+    DigestSet,
+    PlanIndex,
     check_plan,
     glob_to_regex,
     parse_s3_location,
@@ -26,11 +28,13 @@ from airflow_s3sftp.core.paths import (
     remote_path_for,
     safe_name,
 )
-from airflow_s3sftp.exceptions import DeliveryFailedError, S3SFTPDeprecationWarning
+from airflow_s3sftp.core.report import JsonLinesReport, RecordSink, S3ReportStore, parse_report_uri
+from airflow_s3sftp.core.shards import Shard, parse_shard, within
+from airflow_s3sftp.exceptions import DeliveryFailedError, ReportError, S3SFTPDeprecationWarning
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from airflow.providers.common.compat.sdk import Context
 
@@ -60,6 +64,10 @@ def _moved_into_tuning(tuning: dict[str, Any] | None, kwargs: dict[str, Any]) ->
     return {**tuning, **moved}
 
 
+#: Objects named one by one in OpenLineage; a task of more names its prefix and directory instead.
+_LINEAGE_MAX = 1000
+
+
 class S3ToSFTPStreamOperator(BaseOperator):
     """Stream S3 objects to an SFTP server without temp disk, so no partial file is ever visible.
 
@@ -81,10 +89,18 @@ class S3ToSFTPStreamOperator(BaseOperator):
     ``s3_uri``, ``sftp_path``, ``size``, ``checksum`` (``"sha256:<hex>"``), ``etag``,
     ``version_id``, ``skipped``, ``attempts``, ``resumed_from``, ``seconds``, ``mb_per_s``,
     ``verified``, ``published_with``, ``source_check``, ``source_check_skipped`` (why S3's
-    integrity data was not checked), ``s3_retries``, ``sidecar_path``, ``done_marker_path``. Many objects
-    (``s3_prefix`` or ``s3_keys``) return ``{"objects": [records], "failed": [], "count",
-    "transferred", "skipped", "bytes"}``; when some fail, the others still complete and the task
-    fails with :class:`~airflow_s3sftp.exceptions.DeliveryFailedError` listing the failures.
+    integrity data was not checked), ``s3_retries``, ``sidecar_path``, ``done_marker_path`` (and
+    ``report`` when one is asked for). Many objects (``s3_prefix`` or ``s3_keys``) return a summary
+    whose size does not grow with the object count: ``{"count", "transferred", "skipped", "bytes",
+    "failed_count", "failed": [the first 20 failure records], "report": <uri or None>, "shard":
+    <descriptor or None>}``; the per-object records go to ``report``. When some fail, the others
+    still complete and the task fails with :class:`~airflow_s3sftp.exceptions.DeliveryFailedError`
+    naming (the first 20 of) the failures.
+
+    With ``s3_prefix`` the prefix is listed page by page, twice: first to check every name for
+    clashes against a compact index (about 50 to 100 bytes per object, see
+    :class:`~airflow_s3sftp.core.paths.PlanIndex`), then again, each object delivered as it is
+    listed; memory stays flat in the object count apart from that index.
 
     :param s3_key: key of one object, or an ``s3://bucket/key`` URL when ``s3_bucket`` is None (templated)
     :param sftp_path: remote file path; a path ending in ``/`` is a directory and the key's base
@@ -127,6 +143,16 @@ class S3ToSFTPStreamOperator(BaseOperator):
     :param manifest: after publishing (before the done marker), write ``<name>.manifest``: the
         sha256 of every ``range_size`` range, so a partner can name the bytes that differ (see
         ``docs/manifest.md``)
+    :param report: ``s3://bucket/key.jsonl``: write every object's record there as one JSON line,
+        as the task goes (the empty object is written first, so a wrong bucket fails before any
+        delivery; the lines go up in parts of 5 MiB and the object is completed even when the task
+        fails). Not under ``s3_prefix``. A failure to write it fails the task with
+        :class:`~airflow_s3sftp.exceptions.ReportError` naming it, after the deliveries (templated)
+    :param shard: with ``s3_prefix``, deliver one shard of it: ``{"start_after": <key or None>,
+        "end_at": <key or None>}`` (the keys ``K`` with ``start_after < K <= end_at``; the listing
+        starts after ``start_after``) or ``{"index": i, "count": n}`` (the keys whose blake2b hash
+        modulo ``n`` is ``i``), with an optional ``"label"``; see :mod:`airflow_s3sftp.sharding`
+        (templated)
     :param tuning: how the bytes move, as one dict (not templated: checked when the DAG is parsed);
         an unknown key fails naming the valid ones, a bad value fails naming its key. Keys:
         ``chunk_size`` (bytes per S3 read and queued chunk, 1 MiB), ``read_ahead`` (chunks read
@@ -155,6 +181,8 @@ class S3ToSFTPStreamOperator(BaseOperator):
         "sftp_path",
         "aws_conn_id",
         "sftp_conn_id",
+        "report",
+        "shard",
     )
     ui_color = "#f0eee4"
 
@@ -182,6 +210,8 @@ class S3ToSFTPStreamOperator(BaseOperator):
         sidecar: bool = Publishing.sidecar,
         done_marker: str | None = Publishing.done_marker,
         manifest: bool = Publishing.manifest,
+        report: str | None = None,
+        shard: dict[str, Any] | None = None,
         tuning: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -208,9 +238,12 @@ class S3ToSFTPStreamOperator(BaseOperator):
         self.sidecar = sidecar
         self.done_marker = done_marker
         self.manifest = manifest
+        self.report = report
+        self.shard = shard
         self.tuning = tuning
         self._check_arguments()  # a bad argument fails the DAG at parse time
         self._delivered: list[tuple[str, str, str]] = []  # (bucket, key, sftp path), for lineage
+        self._lineage_capped = False  # more objects than _LINEAGE_MAX: lineage names the prefix
 
     def _check_arguments(self) -> None:
         """Refuse bad non-templated arguments (types, ranges, patterns), naming the parameter."""
@@ -238,6 +271,11 @@ class S3ToSFTPStreamOperator(BaseOperator):
             validate.string_list("s3_keys", self.s3_keys)
         validate.text("aws_conn_id", self.aws_conn_id, optional=True)
         validate.text("sftp_conn_id", self.sftp_conn_id)
+        chosen = [self.s3_key is not None, self.s3_prefix is not None, self.s3_keys is not None]
+        if sum(chosen) != 1:
+            raise ValueError("Set exactly one of s3_key, s3_prefix or s3_keys")
+        if (self.s3_glob or self.s3_regex) and self.s3_prefix is None:
+            raise ValueError("s3_glob and s3_regex filter the keys under s3_prefix; set s3_prefix")
 
     def delivery_options(self) -> DeliveryOptions:
         """Return the validated delivery options (raises ``ValueError`` on a bad value)."""
@@ -259,13 +297,28 @@ class S3ToSFTPStreamOperator(BaseOperator):
         return S3ToSFTPHook(aws_conn_id=self.aws_conn_id, sftp_conn_id=self.sftp_conn_id)
 
     def plan(self, hook: S3ToSFTPHook) -> list[tuple[str, str, str]]:
-        """Return ``(bucket, key, remote path)`` for every object this task delivers."""
+        """Return ``(bucket, key, remote path)`` for every object this task delivers (listing it all).
+
+        :meth:`execute` does not hold the plan of a prefix in memory: it delivers as it lists.
+        """
+        return list(self._plan(hook))
+
+    def _plan(self, hook: S3ToSFTPHook) -> Iterator[tuple[str, str, str]]:
+        """Return the checked ``(bucket, key, remote path)`` triples; bad values and clashes raise here.
+
+        Every name the task creates is checked for clashes before this returns. With ``s3_prefix``
+        the prefix (its shard) is listed twice, page by page: first to check every name against a
+        compact index, then again, as the deliveries go; objects that appear between the two
+        listings are left for the next run (their names were not checked).
+        """
         self._check_templated()
-        chosen = [self.s3_key is not None, self.s3_prefix is not None, self.s3_keys is not None]
-        if sum(chosen) != 1:
-            raise ValueError("Set exactly one of s3_key, s3_prefix or s3_keys")
-        if (self.s3_glob or self.s3_regex) and self.s3_prefix is None:
-            raise ValueError("s3_glob and s3_regex filter the keys under s3_prefix; set s3_prefix")
+        shard = self._shard()
+        options = self.delivery_options()
+        clash_rules: dict[str, Any] = {
+            "sidecar_suffix": f".{options.checks.checksum}" if options.publishing.sidecar else None,
+            "done_marker": options.publishing.done_marker,
+            "manifest": options.publishing.manifest,
+        }
         if self.s3_key is not None:
             bucket, key = parse_s3_location(self.s3_bucket, self.s3_key)
             planned = [(bucket, key, remote_path_for(self.sftp_path, key))]
@@ -278,72 +331,177 @@ class S3ToSFTPStreamOperator(BaseOperator):
             planned = [(bucket, key, remote_path_for(self.sftp_path, key)) for bucket, key in pairs]
         else:
             bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix or "")
-            prefix = prefix_as_directory(prefix)  # "px/day-1" never takes "px/day-10/..."
-            planned = []
-            pattern = re.compile(self.s3_regex) if self.s3_regex else None
-            glob = glob_to_regex(self.s3_glob) if self.s3_glob else None
-            for key in hook.list_keys(bucket, prefix):
-                relative = key[len(prefix) :].lstrip("/")
-                if not relative or key.endswith("/"):
-                    continue  # the prefix itself, or a "directory" marker
-                if glob and not glob.match(relative):
-                    continue
-                if pattern and not pattern.search(relative):
-                    continue
-                parts = [safe_name(part, key) for part in relative.split("/")]
-                planned.append((bucket, key, self.sftp_path + "/".join(parts)))
-            if not planned and not self.allow_empty:
-                raise FileNotFoundError(
-                    f"No S3 objects under s3://{bucket}/{prefix} match"
-                    + (f" glob {self.s3_glob!r}" if self.s3_glob else "")
-                    + (f" regex {self.s3_regex!r}" if self.s3_regex else "")
-                    + " (allow_empty=True accepts that)"
-                )
-        options = self.delivery_options()
-        check_plan(
-            [(f"s3://{bucket}/{key}", path) for bucket, key, path in planned],
-            sidecar_suffix=f".{options.checks.checksum}" if options.publishing.sidecar else None,
-            done_marker=options.publishing.done_marker,
-            manifest=options.publishing.manifest,
+            below = len(self.sftp_path)
+            index = PlanIndex(
+                **clash_rules,
+                source_of=lambda path: f"s3://{bucket}/{prefix_as_directory(prefix)}{path[below:]}",
+            )
+            listed = DigestSet()
+            for bucket, key, path in self._matching(hook, shard):
+                index.add(f"s3://{bucket}/{key}", path)
+                listed.add(key)
+            self.log.info(
+                "Listed %s objects%s; their names do not clash (index: %s bytes)",
+                len(listed),
+                f" in shard {shard.name()}" if shard is not None else "",
+                index.nbytes + listed.nbytes,
+            )
+            if not listed and not self.allow_empty:
+                raise FileNotFoundError(self._nothing_matches(shard))
+            return self._listed_again(hook, shard, listed)
+        check_plan([(f"s3://{bucket}/{key}", path) for bucket, key, path in planned], **clash_rules)
+        return iter(planned)
+
+    def _nothing_matches(self, shard: Shard | None) -> str:
+        bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix or "")
+        return (
+            f"No S3 objects under s3://{bucket}/{prefix_as_directory(prefix)} match"
+            + (f" glob {self.s3_glob!r}" if self.s3_glob else "")
+            + (f" regex {self.s3_regex!r}" if self.s3_regex else "")
+            + (f" in shard {shard.name()}" if shard is not None else "")
+            + " (allow_empty=True accepts that)"
         )
-        return planned
+
+    def _listed_again(
+        self, hook: S3ToSFTPHook, shard: Shard | None, listed: DigestSet
+    ) -> Iterator[tuple[str, str, str]]:
+        """Yield the objects of the first listing as the second one finds them (a page at a time)."""
+        later = 0
+        for item in self._matching(hook, shard):
+            if item[1] in listed:
+                yield item
+            else:
+                later += 1
+        if later:
+            self.log.warning(
+                "%s objects appeared under the prefix after its names were checked; the next run takes them",
+                later,
+            )
+
+    def _shard(self) -> Shard | None:
+        """Return the validated ``shard`` (None for none); only with ``s3_prefix``."""
+        shard = parse_shard(self.shard)
+        if shard is not None and self.s3_prefix is None:
+            raise ValueError("shard cuts the keys under s3_prefix into parts; set s3_prefix")
+        return shard
+
+    def _matching(self, hook: S3ToSFTPHook, shard: Shard | None) -> Iterator[tuple[str, str, str]]:
+        """Yield the objects under ``s3_prefix`` (in ``shard``, matching the filters) page by page."""
+        bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix or "")
+        prefix = prefix_as_directory(prefix)  # "px/day-1" never takes "px/day-10/..."
+        pattern = re.compile(self.s3_regex) if self.s3_regex else None
+        glob = glob_to_regex(self.s3_glob) if self.s3_glob else None
+        keys = hook.iter_keys(bucket, prefix, start_after=shard.start_after if shard else None)
+        for key in within(shard, keys):
+            relative = key[len(prefix) :].lstrip("/")
+            if not relative or key.endswith("/"):
+                continue  # the prefix itself, or a "directory" marker
+            if glob and not glob.match(relative):
+                continue
+            if pattern and not pattern.search(relative):
+                continue
+            yield bucket, key, self.sftp_path + "/".join(safe_name(part, key) for part in relative.split("/"))
+
+    def _report(self, hook: S3ToSFTPHook) -> JsonLinesReport | None:
+        """Return the opened report (its empty object written), or None when none is asked for."""
+        if self.report is None:
+            return None
+        bucket, key = parse_report_uri(self.report)
+        if self.s3_prefix is not None and isinstance(self.s3_prefix, str):
+            source_bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix)
+            if bucket == source_bucket and key.startswith(prefix_as_directory(prefix)):
+                raise ValueError(
+                    f"report {self.report!r} lies under s3_prefix {self.s3_prefix!r}: it would be listed "
+                    "and delivered; write it elsewhere"
+                )
+        report = JsonLinesReport(self.report, S3ReportStore(hook.s3_client, bucket, key))
+        report.open()
+        self.log.info("Writing every object's record to %s", self.report)
+        return report
 
     def execute(self, context: Context) -> dict[str, Any]:
         options = self.delivery_options()
         hook = self._hook()
-        planned = self.plan(hook)
-        self._delivered = planned
-        if self.s3_key is not None:
-            bucket, key, path = planned[0]
-            self.log.info("Delivering s3://%s/%s to %s on %s", bucket, key, path, hook.sftp_endpoint)
-            return hook.stream_object(bucket, key, path, options)
-        return self._deliver_many(hook, planned, options)
+        self._check_templated()
+        shard = self._shard()
+        report = self._report(hook)
+        summary = Summary()
+        sink = RecordSink(summary, report)
+        try:
+            result = self._deliver(hook, options, shard, sink)
+        except BaseException as err:
+            if report is not None:
+                try:
+                    report.close()
+                except ReportError as report_err:
+                    err.add_note(str(report_err))
+            raise
+        if report is not None:
+            try:
+                report.close()
+            except ReportError as err:
+                err.summary = result
+                raise
+        return result
 
-    def _deliver_many(
-        self, hook: S3ToSFTPHook, planned: list[tuple[str, str, str]], options: DeliveryOptions
+    def _deliver(
+        self, hook: S3ToSFTPHook, options: DeliveryOptions, shard: Shard | None, sink: RecordSink
     ) -> dict[str, Any]:
-        self.log.info("Delivering %s objects with up to %s at once", len(planned), self.max_concurrency)
-        records = hook.stream_objects(planned, options, max_concurrency=self.max_concurrency)
-        summary = summarize(records)
-        done, failed = summary["objects"], summary["failed"]
+        if self.s3_key is not None:
+            ((bucket, key, path),) = self.plan(hook)
+            self._delivered = [(bucket, key, path)]
+            self.log.info("Delivering s3://%s/%s to %s on %s", bucket, key, path, hook.sftp_endpoint)
+            try:
+                record = hook.stream_object(bucket, key, path, options)
+            except Exception as err:
+                sink(
+                    {
+                        "s3_uri": f"s3://{bucket}/{key}",
+                        "sftp_path": path,
+                        "error": f"{type(err).__name__}: {err}",
+                    }
+                )
+                raise
+            sink(record)
+            return {**record, "report": self.report} if self.report is not None else record
+        summary = sink.summary
+        self._delivered, self._lineage_capped = [], False
+        where = f" ({shard.name()})" if shard is not None else ""
         self.log.info(
-            "Delivered %s of %s objects (%s skipped as identical, %s bytes), %s failed",
-            len(done),
-            len(records),
-            summary["skipped"],
-            summary["bytes"],
-            len(failed),
+            "Delivering the objects%s with up to %s at once, as they are listed", where, self.max_concurrency
         )
-        if failed:
-            lines = "\n".join(
-                f"  {record['s3_uri']} -> {record['sftp_path']}: {record['error']}" for record in failed
-            )
+        planned = self._plan(hook)
+        hook.deliver_objects(self._for_lineage(planned), options, sink, max_concurrency=self.max_concurrency)
+        result = {
+            **summary.to_dict(),
+            "report": self.report,
+            "shard": shard.to_dict() if shard is not None else None,
+        }
+        self.log.info(
+            "Delivered %s of %s objects%s (%s skipped as identical, %s bytes), %s failed",
+            summary.done,
+            summary.count,
+            where,
+            summary.skipped,
+            summary.bytes,
+            summary.failed_count,
+        )
+        if summary.failed_count:
             raise DeliveryFailedError(
-                f"{len(failed)} of {len(records)} objects failed (the other {len(done)} were delivered "
-                f"completely):\n{lines}",
-                summary,
+                f"{summary.failed_count} of {summary.count} objects failed (the other {summary.done} were "
+                f"delivered completely):\n{summary.failures_text()}",
+                result,
             )
-        return summary
+        return result
+
+    def _for_lineage(self, planned: Iterator[tuple[str, str, str]]) -> Iterator[tuple[str, str, str]]:
+        """Pass the plan through, keeping the first ``_LINEAGE_MAX`` objects for lineage."""
+        for item in planned:
+            if len(self._delivered) < _LINEAGE_MAX:
+                self._delivered.append(item)
+            else:
+                self._lineage_capped = True
+            yield item
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Return the S3 objects read (``s3://bucket``) and the SFTP files written (``sftp://host:port``)."""
@@ -357,6 +515,13 @@ class S3ToSFTPStreamOperator(BaseOperator):
         except OSError:
             self.log.debug("Could not resolve %s for lineage; using it as given", host)
         namespace = f"sftp://{host}:{hook.port or 22}"
+        if self._lineage_capped:
+            # More objects than lineage should carry one by one: the prefix and the directory.
+            bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix or "")
+            return OperatorLineage(
+                inputs=[Dataset(namespace=f"s3://{bucket}", name=prefix_as_directory(prefix))],
+                outputs=[Dataset(namespace=namespace, name=self.sftp_path)],
+            )
         planned = self._delivered or self.plan(self._hook())
         return OperatorLineage(
             inputs=[Dataset(namespace=f"s3://{bucket}", name=key) for bucket, key, _ in planned],

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
+from airflow_s3sftp.core.batch import Summary
 from airflow_s3sftp.core.inbound import InboundFile, InboundOptions, has_glob, plan_files, split_glob
-from airflow_s3sftp.core.paths import parse_s3_location, parse_s3_prefix
-from airflow_s3sftp.exceptions import DeliveryFailedError
+from airflow_s3sftp.core.paths import parse_s3_location, parse_s3_prefix, prefix_as_directory
+from airflow_s3sftp.core.report import JsonLinesReport, RecordSink, S3ReportStore, parse_report_uri
+from airflow_s3sftp.exceptions import DeliveryFailedError, ReportError
 from airflow_s3sftp.hooks.sftp_s3 import SFTPToS3Hook
 
 if TYPE_CHECKING:
@@ -49,10 +51,12 @@ class SFTPToS3StreamOperator(BaseOperator):
     stored), ``etag``, ``version_id``, ``seconds``, ``mb_per_s``, ``skipped``, ``upload``
     (``put``, ``multipart`` or ``none``), ``parts``, ``channels`` (SFTP channels that read at
     once), ``attempts``, ``resumed_from``, ``s3_check``
-    (what S3's answer was checked against), ``after``, ``moved_to``. Many files (a glob or
-    ``sftp_paths``) return ``{"objects": [records], "failed": [], "count", "transferred",
-    "skipped", "bytes"}``; when some fail the others still complete and the task fails with
-    :class:`~airflow_s3sftp.exceptions.DeliveryFailedError` listing the failures.
+    (what S3's answer was checked against), ``after``, ``moved_to`` (and ``report`` when one is
+    asked for). Many files (a glob or ``sftp_paths``) return a summary whose size does not grow
+    with the file count: ``{"count", "transferred", "skipped", "bytes", "failed_count", "failed":
+    [the first 20 failure records], "report": <uri or None>}``; the per-file records go to
+    ``report``. When some fail the others still complete and the task fails with
+    :class:`~airflow_s3sftp.exceptions.DeliveryFailedError` naming (the first 20 of) the failures.
 
     :param sftp_path: one remote file, or a directory plus a glob in the last segment
         (``/inbound/*.csv``; hidden files match only a pattern starting with a dot) (templated)
@@ -75,6 +79,10 @@ class SFTPToS3StreamOperator(BaseOperator):
     :param aws_conn_id: Airflow ``aws`` connection (templated)
     :param max_concurrency: files brought in at once (each on its own SFTP session)
     :param allow_empty: with a glob, succeed when nothing matches instead of failing
+    :param report: ``s3://bucket/key.jsonl``: write every file's record there as one JSON line, as
+        the task goes (the empty object first, so a wrong bucket fails before any file; parts of 5
+        MiB; completed even when the task fails). Not under ``s3_prefix``. A failure to write it
+        fails the task with :class:`~airflow_s3sftp.exceptions.ReportError` naming it (templated)
     :param tuning: ``part_size`` (bytes, >= 5 MiB; default 8 MiB), ``upload_concurrency``
         (parts in flight, default 3), ``connection_retries`` (3), ``connection_retry_delay`` (1 s),
         ``s3_retries`` (per part, 3), ``io_timeout`` (60 s), ``progress_interval`` (30 s),
@@ -93,6 +101,7 @@ class SFTPToS3StreamOperator(BaseOperator):
         "move_to",
         "sftp_conn_id",
         "aws_conn_id",
+        "report",
     )
     ui_color = "#e4eef0"
 
@@ -113,6 +122,7 @@ class SFTPToS3StreamOperator(BaseOperator):
         aws_conn_id: str | None = "aws_default",
         max_concurrency: int = 4,
         allow_empty: bool = False,
+        report: str | None = None,
         tuning: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -131,6 +141,7 @@ class SFTPToS3StreamOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id
         self.max_concurrency = max_concurrency
         self.allow_empty = allow_empty
+        self.report = report
         self.tuning = tuning
         # Non-templated arguments fail the DAG at parse time.
         if (sftp_path is None) == (sftp_paths is None):
@@ -199,43 +210,86 @@ class SFTPToS3StreamOperator(BaseOperator):
             paths, bucket=bucket, key=key, prefix=prefix, expected_checksum=checksum, expected_size=size
         )
 
+    def _report(self, hook: SFTPToS3Hook) -> JsonLinesReport | None:
+        """Return the opened report (its empty object written), or None when none is asked for."""
+        if self.report is None:
+            return None
+        bucket, key = parse_report_uri(self.report)
+        if isinstance(self.s3_prefix, str):
+            target_bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix)
+            if bucket == target_bucket and key.startswith(prefix_as_directory(prefix) if prefix else ""):
+                raise ValueError(
+                    f"report {self.report!r} lies under s3_prefix {self.s3_prefix!r}, where the files "
+                    "land; write it elsewhere"
+                )
+        report = JsonLinesReport(self.report, S3ReportStore(hook.s3_client, bucket, key))
+        report.open()
+        self.log.info("Writing every file's record to %s", self.report)
+        return report
+
     def execute(self, context: Context) -> dict[str, Any]:
         options = self.inbound_options()
         hook = self._hook()
         planned = self.plan(hook)
         self._planned = planned
+        report = self._report(hook)
+        sink = RecordSink(Summary(), report)
+        try:
+            result = self._bring_in(hook, planned, options, sink)
+        except BaseException as err:
+            if report is not None:
+                try:
+                    report.close()
+                except ReportError as report_err:
+                    err.add_note(str(report_err))
+            raise
+        if report is not None:
+            try:
+                report.close()
+            except ReportError as err:
+                err.summary = result
+                raise
+        return result
+
+    def _bring_in(
+        self, hook: SFTPToS3Hook, planned: list[InboundFile], options: InboundOptions, sink: RecordSink
+    ) -> dict[str, Any]:
         if not self._many():
             item = planned[0]
             self.log.info("Bringing %s on %s into %s", item.sftp_path, hook.sftp_endpoint, item.s3_uri)
-            return hook.stream_file(item, options)
+            try:
+                record = hook.stream_file(item, options)
+            except Exception as err:
+                sink(
+                    {
+                        "s3_uri": item.s3_uri,
+                        "sftp_path": item.sftp_path,
+                        "error": f"{type(err).__name__}: {err}",
+                    }
+                )
+                raise
+            sink(record)
+            return {**record, "report": self.report} if self.report is not None else record
         self.log.info("Bringing %s files into S3 with up to %s at once", len(planned), self.max_concurrency)
-        records = hook.stream_files(planned, options, max_concurrency=self.max_concurrency) if planned else []
-        failed = [record for record in records if "error" in record]
-        done = [record for record in records if "error" not in record]
-        summary = {
-            "objects": done,
-            "failed": failed,
-            "count": len(records),
-            "transferred": sum(1 for record in done if not record["skipped"]),
-            "skipped": sum(1 for record in done if record["skipped"]),
-            "bytes": sum(int(record["size"]) for record in done if not record["skipped"]),
-        }
+        if planned:
+            hook.stream_files(planned, options, max_concurrency=self.max_concurrency, sink=sink)
+        summary = sink.summary
+        result = {**summary.to_dict(), "report": self.report}
         self.log.info(
             "Brought in %s of %s files (%s skipped as identical, %s bytes), %s failed",
-            len(done),
-            len(records),
-            summary["skipped"],
-            summary["bytes"],
-            len(failed),
+            summary.done,
+            summary.count,
+            summary.skipped,
+            summary.bytes,
+            summary.failed_count,
         )
-        if failed:
-            lines = "\n".join(f"  {r['sftp_path']} -> {r['s3_uri']}: {r['error']}" for r in failed)
+        if summary.failed_count:
             raise DeliveryFailedError(
-                f"{len(failed)} of {len(records)} files failed (the other {len(done)} are in S3, "
-                f"verified):\n{lines}",
-                summary,
+                f"{summary.failed_count} of {summary.count} files failed (the other {summary.done} are in "
+                f"S3, verified):\n{summary.failures_text('files', inbound=True)}",
+                result,
             )
-        return summary
+        return result
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Return the SFTP files read (``sftp://host:port``) and the S3 objects written (``s3://bucket``)."""

@@ -23,6 +23,7 @@ from airflow_s3sftp import exceptions
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from tests.faults import FaultyProxy
 from tests.integration.cut_proxy import CutWhen
+from tests.integration.reports import read_report
 
 MiB = 1024 * 1024
 CHUNK = 256 * 1024  # small chunks, so resume checkpoints exist within a few MiB
@@ -414,10 +415,16 @@ def test_many_object_records_carry_every_key(s3, bucket, remote_dir):
     put_all(s3, bucket, ["in/a.bin", "in/b.bin"])
     deliver(s3_bucket=bucket, s3_key="in/a.bin", sftp_path=f"{remote_dir}/")
     summary = deliver(
-        s3_bucket=bucket, s3_prefix="in/", sftp_path=f"{remote_dir}/", if_exists="skip_identical"
+        s3_bucket=bucket,
+        s3_prefix="in/",
+        sftp_path=f"{remote_dir}/",
+        if_exists="skip_identical",
+        report=f"s3://{bucket}/reports/records.jsonl",
     )
-    assert sorted(record["skipped"] for record in summary["objects"]) == [False, True]
-    for record in summary["objects"]:
+    assert (summary["transferred"], summary["skipped"]) == (1, 1)
+    records = read_report(s3, bucket, "reports/records.jsonl")
+    assert sorted(record["skipped"] for record in records) == [False, True]
+    for record in records:
         assert_record(record)
 
 

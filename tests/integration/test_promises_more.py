@@ -43,6 +43,7 @@ from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
 from airflow_s3sftp.sensors.sftp import SFTPFileStableSensor
 from airflow_s3sftp.triggers.sftp import SFTPFileStableTrigger
 from tests.faults import FaultyProxy
+from tests.integration.reports import read_report
 from tests.servers import SFTP_SERVER, SSHDServer
 from testservers import processes as servers
 
@@ -173,13 +174,16 @@ def test_one_object_failing_mid_stream_in_a_many_object_task(limited_sshd, s3, b
             sftp_conn_id=conn_id,
             tuning={"chunk_size": 256 * 1024, "connection_retries": 0},
             max_concurrency=1,
+            report=f"s3://{bucket}/reports/many.jsonl",
         )
     summary = info.value.summary
     assert [Path(str(r["sftp_path"])).name for r in summary["failed"]] == ["b.bin"]
     assert re.search(
         r"SFTP write '.*/\.b\.bin\.[0-9a-f]+\.s3sftp-part' failed", str(summary["failed"][0]["error"])
     )
-    assert sorted(Path(str(r["sftp_path"])).name for r in summary["objects"]) == ["a.bin", "c.bin"]
+    records = read_report(s3, bucket, "reports/many.jsonl")
+    assert sorted(Path(str(r["sftp_path"])).name for r in records if "error" not in r) == ["a.bin", "c.bin"]
+    assert len(records) == 3
     assert (directory / "a.bin").read_bytes() == bodies["in/a.bin"]
     assert (directory / "c.bin").read_bytes() == bodies["in/c.bin"]
     assert sorted(p.name for p in directory.iterdir()) == ["a.bin", "c.bin"]

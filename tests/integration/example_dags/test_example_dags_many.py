@@ -21,6 +21,7 @@ from tests.integration.example_dags.test_example_dags import (
     fast_sensors,  # noqa: F401 (a fixture)
     load_dag,
 )
+from tests.integration.reports import read_report
 
 PREFIX_DAG_ID = "example_s3_to_sftp_prefix"
 MAPPED_DAG_ID = "example_s3_to_sftp_mapped"
@@ -139,6 +140,7 @@ def test_prefix_dag_delivers_matching_objects_and_skips_them_all_on_rerun(
     bucket: str,
     exports: dict[str, bytes],
     remote_dir: Path,
+    s3: Any,
 ) -> None:
     dag = load_dag(dags_folder, PREFIX_DAG_ID)
     conf = {"bucket": bucket, "prefix": "feeds", "target_dir": str(remote_dir / "out")}
@@ -162,8 +164,10 @@ def test_prefix_dag_delivers_matching_objects_and_skips_them_all_on_rerun(
     first = xcoms[("deliver", -1)]
     assert (first["count"], first["transferred"], first["skipped"]) == (3, 3, 0)
     assert first["bytes"] == sum(len(data) for data in exports.values())
-    assert first["failed"] == []
-    assert {record["s3_uri"] for record in first["objects"]} == {
+    assert first["failed"] == [] and first["failed_count"] == 0
+    assert first["report"].startswith(f"s3://{bucket}/reports/{PREFIX_DAG_ID}/")
+    first_records = read_report(s3, bucket, first["report"].split("/", 3)[3])
+    assert {record["s3_uri"] for record in first_records} == {
         f"s3://{bucket}/feeds/{DS}/{relative}" for relative in exports
     }
     assert xcoms[("summarize", -1)] == {
@@ -184,8 +188,10 @@ def test_prefix_dag_delivers_matching_objects_and_skips_them_all_on_rerun(
     summary = xcoms[("summarize", -1)]
     assert (summary["count"], summary["transferred"], summary["skipped"], summary["bytes"]) == (3, 0, 3, 0)
     second = xcoms[("deliver", -1)]
-    assert all(record["skipped"] for record in second["objects"])
-    assert {record["checksum"] for record in second["objects"]} == {
+    assert second["report"] != first["report"]  # one report per run
+    second_records = read_report(s3, bucket, second["report"].split("/", 3)[3])
+    assert len(second_records) == 3 and all(record["skipped"] for record in second_records)
+    assert {record["checksum"] for record in second_records} == {
         f"sha256:{sha256(data)}" for data in exports.values()
     }
     assert confirmed(dag_run, xcoms) == proved  # skipped files are identical, so they are proved too

@@ -21,6 +21,7 @@ import pytest
 from tests.integration.example_dags.conftest import dags_folder
 from tests.integration.example_dags.test_example_dags import load_dag, run
 from tests.integration.inbound.helpers import keys, open_uploads, s3_bytes, sha
+from tests.integration.reports import read_report
 
 __all__ = ["dags_folder"]
 
@@ -44,8 +45,13 @@ def test_claimed_files_land_in_s3_and_are_archived(
     dag_run, xcoms = run(load_dag(dags_folder, "example_sftp_inbound_asset"), {})
 
     assert dag_run.state == "success"
-    assert keys(s3, bucket) == sorted(f"partner/{name}" for name in files)
-    landed = {Path(record["sftp_path"]).name: record for record in xcoms["land"]["objects"]}
+    report = xcoms["land"]["report"]
+    assert report.startswith(f"s3://{bucket}/reports/example_sftp_inbound_asset/")
+    assert keys(s3, bucket) == sorted([*(f"partner/{name}" for name in files), report.split("/", 3)[3]])
+    assert xcoms["land"]["count"] == xcoms["land"]["transferred"] == len(files)
+    records = read_report(s3, bucket, report.split("/", 3)[3])
+    landed = {Path(record["sftp_path"]).name: record for record in records}
+    assert len(records) == len(files)
     for name, data in files.items():
         assert s3_bytes(s3, bucket, f"partner/{name}") == data
         assert landed[name]["checksum"] == sha(data)

@@ -25,6 +25,7 @@ from airflow_s3sftp.exceptions import (
 from airflow_s3sftp.operators.sftp_to_s3 import SFTPToS3StreamOperator
 from tests.faults import FaultyProxy
 from tests.integration.inbound.helpers import MiB, bring_in, keys, open_uploads, s3_bytes, sha, write_file
+from tests.integration.reports import read_report
 
 
 def owner(directory):  # type: ignore[no-untyped-def]
@@ -364,10 +365,20 @@ def test_sftp_paths_with_checksums_per_path_one_failing(s3, bucket, remote_dir):
     paths = [str(remote_dir / "good"), str(remote_dir / "bad")]
     expected = {paths[0]: sha(good), paths[1]: sha(b"what was proven")}
     with pytest.raises(DeliveryFailedError, match="1 of 2 files failed") as err:
-        bring_in(sftp_paths=paths, s3_bucket=bucket, s3_prefix="p", expected_checksum=expected)
+        bring_in(
+            sftp_paths=paths,
+            s3_bucket=bucket,
+            s3_prefix="p",
+            expected_checksum=expected,
+            report=f"s3://{bucket}/reports/in.jsonl",
+        )
     assert "ChecksumMismatchError" in str(err.value)
-    assert keys(s3, bucket) == ["p/good"]
-    assert err.value.summary["objects"][0]["checksum"] == sha(good)
+    assert keys(s3, bucket) == ["p/good", "reports/in.jsonl"]
+    assert err.value.summary["failed_count"] == 1
+    assert err.value.summary["failed"][0]["sftp_path"] == paths[1]
+    records = {record["sftp_path"]: record for record in read_report(s3, bucket, "reports/in.jsonl")}
+    assert records[paths[0]]["checksum"] == sha(good)
+    assert "ChecksumMismatchError" in records[paths[1]]["error"]
 
 
 def test_missing_file_and_missing_bucket_are_named(s3, bucket, remote_dir):

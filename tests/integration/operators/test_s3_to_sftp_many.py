@@ -12,6 +12,7 @@ import pytest
 from airflow_s3sftp.exceptions import DeliveryFailedError
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
+from tests.integration.reports import read_report
 
 MiB = 1024 * 1024
 
@@ -21,11 +22,25 @@ def run(**kwargs: object) -> dict[str, object]:
     return S3ToSFTPStreamOperator(task_id="deliver", **kwargs).execute(context={})  # type: ignore[arg-type]
 
 
-def test_subdirectories_are_not_created_by_default(bucket, remote_dir, tree):
+def test_subdirectories_are_not_created_by_default(s3, bucket, remote_dir, tree):
     with pytest.raises(DeliveryFailedError, match=r"set create_dirs=True") as info:
-        run(s3_bucket=bucket, s3_prefix="exports/2026/", sftp_path=f"{remote_dir}/", create_dirs=False)
-    delivered = sorted(record["sftp_path"] for record in info.value.summary["objects"])
-    assert all("/sub/" not in path for path in delivered)
+        run(
+            s3_bucket=bucket,
+            s3_prefix="exports/2026/",
+            sftp_path=f"{remote_dir}/",
+            create_dirs=False,
+            report=f"s3://{bucket}/reports/run.jsonl",
+        )
+    summary = info.value.summary
+    assert (summary["count"], summary["transferred"], summary["failed_count"]) == (4, 2, 2)
+    assert sorted(record["sftp_path"] for record in summary["failed"]) == [
+        f"{remote_dir}/sub/b.csv",
+        f"{remote_dir}/sub/c.json",
+    ]
+    delivered = sorted(
+        r["sftp_path"] for r in read_report(s3, bucket, "reports/run.jsonl") if "error" not in r
+    )
+    assert delivered == [f"{remote_dir}/a.csv", f"{remote_dir}/d.csv"]
     assert not (remote_dir / "sub").exists()
 
 
@@ -44,8 +59,15 @@ def tree(s3, bucket):  # type: ignore[no-untyped-def]
     return objects
 
 
-def test_prefix_keeps_relative_paths(bucket, remote_dir, tree):
-    summary = run(s3_bucket=bucket, s3_prefix="exports/2026/", sftp_path=f"{remote_dir}/", max_concurrency=3)
+def test_prefix_keeps_relative_paths(s3, bucket, remote_dir, tree):
+    summary = run(
+        s3_bucket=bucket,
+        s3_prefix="exports/2026/",
+        sftp_path=f"{remote_dir}/",
+        max_concurrency=3,
+        report=f"s3://{bucket}/reports/run.jsonl",
+    )
+    assert summary["report"] == f"s3://{bucket}/reports/run.jsonl"
     assert summary["count"] == 4
     assert summary["transferred"] == 4
     assert summary["failed"] == []
@@ -55,7 +77,8 @@ def test_prefix_keeps_relative_paths(bucket, remote_dir, tree):
     assert summary["bytes"] == sum(
         len(tree[f"exports/2026/{k}"]) for k in ("a.csv", "sub/b.csv", "sub/c.json", "d.csv")
     )
-    by_path = {o["sftp_path"]: o for o in summary["objects"]}
+    by_path = {o["sftp_path"]: o for o in read_report(s3, bucket, "reports/run.jsonl")}
+    assert len(by_path) == 4
     assert (
         by_path[f"{remote_dir}/sub/b.csv"]["checksum"]
         == "sha256:" + hashlib.sha256(tree["exports/2026/sub/b.csv"]).hexdigest()
@@ -140,18 +163,23 @@ def test_invalid_many_object_arguments(bucket, kwargs, message):
         run(**{"s3_bucket": bucket, "sftp_path": "/in/", **kwargs})
 
 
-def test_rerun_with_skip_identical_transfers_nothing(bucket, remote_dir, tree):
+def test_rerun_with_skip_identical_transfers_nothing(s3, bucket, remote_dir, tree):
     first = run(
         s3_bucket=bucket, s3_prefix="exports/2026/", sftp_path=f"{remote_dir}/", if_exists="skip_identical"
     )
     assert first["transferred"] == 4
     before = {p: p.stat().st_mtime_ns for p in remote_dir.rglob("*") if p.is_file()}
     second = run(
-        s3_bucket=bucket, s3_prefix="exports/2026/", sftp_path=f"{remote_dir}/", if_exists="skip_identical"
+        s3_bucket=bucket,
+        s3_prefix="exports/2026/",
+        sftp_path=f"{remote_dir}/",
+        if_exists="skip_identical",
+        report=f"s3://{bucket}/reports/second.jsonl",
     )
     assert second["transferred"] == 0
     assert second["skipped"] == 4
-    assert all(o["skipped"] for o in second["objects"])
+    records = read_report(s3, bucket, "reports/second.jsonl")
+    assert len(records) == 4 and all(o["skipped"] for o in records)
     assert {p: p.stat().st_mtime_ns for p in remote_dir.rglob("*") if p.is_file()} == before
 
 

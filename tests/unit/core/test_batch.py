@@ -211,10 +211,66 @@ def test_the_summary_counts_delivered_skipped_and_failed_objects():
         {"s3_uri": "s3://b/c", "sftp_path": "/in/c", "error": "FileNotFoundError: gone"},
     ]
     assert summarize(records) == {
-        "objects": records[:2],
         "failed": records[2:],
+        "failed_count": 1,
         "count": 3,
         "transferred": 1,
         "skipped": 1,
         "bytes": 10,
     }
+
+
+def test_an_iterator_plan_is_consumed_as_the_objects_go_and_records_reach_the_sink():
+    fs, events = FakeFS(), []
+    bucket = Bucket(events)
+    pulled: list[int] = []
+    handed: list[tuple[int, str]] = []
+    workers = 2
+
+    def listing():  # type: ignore[no-untyped-def]
+        for i in range(40):
+            pulled.append(i)
+            # Never more than 2 * workers objects ahead of the finished ones.
+            assert i - len(handed) <= 2 * workers + 1, (i, len(handed))
+            yield ("b", f"k{i:02d}", f"/in/k{i:02d}")
+
+    Batch(
+        listing(),
+        OPTIONS,
+        source=bucket.source,
+        connect=counted(fs, events),
+        endpoint=lambda: "fake@server:22",
+        max_concurrency=workers,
+    ).stream(lambda index, record: handed.append((index, record["sftp_path"])))
+    assert len(pulled) == 40
+    assert sorted(handed) == [(i, f"/in/k{i:02d}") for i in range(40)]
+    assert all(bytes(fs.files[f"/in/k{i:02d}"]) == data_of(f"k{i:02d}") for i in range(40))
+
+
+def test_a_task_wide_failure_stops_consuming_an_iterator_plan():
+    fs, events = FakeFS(), []
+    bucket = Bucket(events, failing={"k03": CredentialsError("no credentials")})
+    pulled: list[int] = []
+
+    def listing():  # type: ignore[no-untyped-def]
+        for i in range(1000):
+            pulled.append(i)
+            yield ("b", f"k{i:02d}", f"/in/k{i:02d}")
+
+    handed: list[dict] = []
+    with pytest.raises(CredentialsError) as err:
+        Batch(
+            listing(),
+            OPTIONS,
+            source=bucket.source,
+            connect=counted(fs, events),
+            endpoint=lambda: "fake@server:22",
+            max_concurrency=1,
+        ).stream(lambda index, record: handed.append(record))
+    assert len(pulled) < 10, "the listing was not consumed after the failure"
+    assert "the rest of the listing was not attempted" in "\n".join(err.value.__notes__)
+    assert [record["sftp_path"] for record in handed if "error" not in record] == [
+        "/in/k00",
+        "/in/k01",
+        "/in/k02",
+    ]

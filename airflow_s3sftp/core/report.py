@@ -1,0 +1,211 @@
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software distributed under the License
+# is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND.
+"""The per-object report of a task: JSON Lines in S3, written as the task goes; and the record sink."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
+
+from airflow_s3sftp.exceptions import ReportError
+
+if TYPE_CHECKING:
+    from airflow_s3sftp.core.batch import Summary
+
+log = logging.getLogger(__name__)
+
+#: S3's smallest part (but the last): the report buffers this much before it uploads a part.
+MIN_PART_SIZE = 5 * 1024 * 1024
+#: Parts of one multipart upload at most (S3's limit): 10,000 x 5 MiB is about 50 GB of report.
+MAX_PARTS = 10_000
+
+
+def parse_report_uri(value: object) -> tuple[str, str]:
+    """Return ``(bucket, key)`` of a ``report`` argument (``s3://bucket/key.jsonl``), or raise naming it."""
+    if not isinstance(value, str):
+        raise TypeError(f"report must be an 's3://bucket/key' string (got {type(value).__name__} {value!r})")
+    if not value.startswith("s3://"):
+        raise ValueError(f"report must be an 's3://bucket/key' URL (got {value!r})")
+    bucket, _, key = value[len("s3://") :].partition("/")
+    if not bucket or not key or key.endswith("/") or "\x00" in key:
+        raise ValueError(f"report must name an object, 's3://bucket/key.jsonl' (got {value!r})")
+    return bucket, key
+
+
+class ReportStore(Protocol):
+    """Where a report goes: one S3 object, written whole or by a multipart upload."""
+
+    def put(self, data: bytes) -> None:
+        """Write the whole object."""
+
+    def create(self) -> str:
+        """Start a multipart upload; return its id."""
+
+    def upload_part(self, upload_id: str, number: int, data: bytes) -> str:
+        """Upload part ``number``; return its ETag."""
+
+    def complete(self, upload_id: str, etags: list[str]) -> None:
+        """Complete the upload with its parts in order."""
+
+    def abort(self, upload_id: str) -> None:
+        """Abort the upload (its parts are dropped)."""
+
+
+class S3ReportStore:
+    """:class:`ReportStore` on a boto3 S3 client (any object with its methods)."""
+
+    def __init__(self, client: Any, bucket: str, key: str) -> None:
+        self._client, self._bucket, self._key = client, bucket, key
+
+    def put(self, data: bytes) -> None:
+        """Write the whole object."""
+        self._client.put_object(
+            Bucket=self._bucket, Key=self._key, Body=data, ContentType="application/x-ndjson"
+        )
+
+    def create(self) -> str:
+        """Start a multipart upload; return its id."""
+        answer = self._client.create_multipart_upload(
+            Bucket=self._bucket, Key=self._key, ContentType="application/x-ndjson"
+        )
+        return str(answer["UploadId"])
+
+    def upload_part(self, upload_id: str, number: int, data: bytes) -> str:
+        """Upload part ``number``; return its ETag."""
+        answer = self._client.upload_part(
+            Bucket=self._bucket, Key=self._key, UploadId=upload_id, PartNumber=number, Body=data
+        )
+        return str(answer["ETag"])
+
+    def complete(self, upload_id: str, etags: list[str]) -> None:
+        """Complete the upload with its parts in order."""
+        self._client.complete_multipart_upload(
+            Bucket=self._bucket,
+            Key=self._key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]},
+        )
+
+    def abort(self, upload_id: str) -> None:
+        """Abort the upload (its parts are dropped)."""
+        self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=upload_id)
+
+
+class JsonLinesReport:
+    """One JSON line per record, streamed into one S3 object as the task goes.
+
+    :meth:`open` writes an empty object at once (so a wrong bucket or a missing permission fails
+    before any delivery, and a task that fails before its first record still leaves an empty
+    report). Lines are buffered; every ``part_size`` bytes (at least S3's 5 MiB) go up as one part
+    of a multipart upload, so memory holds one part whatever the object count. :meth:`close`
+    (called in a ``finally``) uploads the rest and completes the upload (or, for a report smaller
+    than a part, replaces the empty object with one ``PutObject``), so a failed task leaves its
+    report too. A task killed outright (``kill -9``) leaves the empty object and an incomplete
+    upload (an ``AbortIncompleteMultipartUpload`` lifecycle rule drops its parts).
+
+    A failure to write is kept (the lines after it are counted, not written) and raised by
+    :meth:`close` as :class:`~airflow_s3sftp.exceptions.ReportError` naming the report's URI;
+    the deliveries go on. Thread-safe.
+
+    :param uri: ``s3://bucket/key``, for messages
+    :param store: where the object goes
+    :param part_size: bytes per uploaded part (at least 5 MiB)
+    """
+
+    def __init__(self, uri: str, store: ReportStore, *, part_size: int = MIN_PART_SIZE) -> None:
+        self.uri = uri
+        self._store = store
+        self._part_size = max(part_size, MIN_PART_SIZE)
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._etags: list[str] = []
+        self._lock = threading.Lock()
+        self.lines = 0
+        self.lost = 0
+        self.error: BaseException | None = None
+
+    def open(self) -> None:
+        """Write the empty report now; raise :class:`ReportError` naming the URI if S3 refuses."""
+        try:
+            self._store.put(b"")
+        except Exception as err:
+            raise ReportError(f"Could not write the report {self.uri}: {err}") from err
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Add one record as a JSON line (uploading a part when one is full)."""
+        line = json.dumps(record, sort_keys=True, default=str).encode() + b"\n"
+        with self._lock:
+            if self.error is not None:
+                self.lost += 1
+                return
+            self._buffer += line
+            self.lines += 1
+            if len(self._buffer) >= self._part_size and len(self._etags) < MAX_PARTS - 1:
+                try:
+                    self._flush_part()
+                except Exception as err:
+                    self._fail(err)
+
+    def _flush_part(self) -> None:
+        if self._upload_id is None:
+            self._upload_id = self._store.create()
+        data = bytes(self._buffer)
+        self._etags.append(self._store.upload_part(self._upload_id, len(self._etags) + 1, data))
+        self._buffer.clear()
+
+    def _fail(self, err: BaseException) -> None:
+        self.error = err
+        self.lost += 1  # the line that was being written
+        self._buffer.clear()
+        log.error("Writing the report %s failed, the deliveries go on without it: %s", self.uri, err)
+
+    def close(self) -> None:
+        """Upload what is buffered and publish the report; raise :class:`ReportError` if any write failed."""
+        with self._lock:
+            if self.error is None:
+                try:
+                    if self._upload_id is None:
+                        self._store.put(bytes(self._buffer))
+                    else:
+                        if self._buffer:
+                            self._flush_part()
+                        self._store.complete(self._upload_id, self._etags)
+                        self._upload_id = None
+                except Exception as err:
+                    self._fail(err)
+            if self._upload_id is not None:
+                try:
+                    self._store.abort(self._upload_id)
+                except Exception as err:  # the first error is the one to report
+                    log.warning("Could not abort the upload of the report %s: %s", self.uri, err)
+                self._upload_id = None
+            if self.error is not None:
+                raise ReportError(
+                    f"Could not write the report {self.uri}: {self.error} (the report is left incomplete: "
+                    f"{self.lines} records were handed to it before the failure, {self.lost} after; the "
+                    "deliveries went on, the task's summary counts them all)"
+                ) from self.error
+        log.info("Wrote the report %s: %s records", self.uri, self.lines)
+
+
+class RecordSink:
+    """Where each finished object's record goes: the summary (XCom) and the report, if asked for.
+
+    :param summary: counts and the first failures
+    :param report: the per-object report, or None
+    """
+
+    def __init__(self, summary: Summary, report: JsonLinesReport | None = None) -> None:
+        self.summary = summary
+        self.report = report
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        """Hand over one record."""
+        self.summary.add(record)
+        if self.report is not None:
+            self.report.write(record)
