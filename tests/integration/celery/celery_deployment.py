@@ -32,12 +32,12 @@ from tests.integration.deployment.airflow_deployment import REPO, Deployment, ru
 from testservers.processes import free_port
 
 # Imported by the workers (their PYTHONPATH has the deployment home): the hostname a task instance records.
-HOSTNAME_MODULE = '''import os
+HOSTNAME_MODULE = """import os
 
 
 def hostname():
     return os.environ["S3SFTP_WORKER_NAME"]
-'''
+"""
 
 
 @dataclass
@@ -79,7 +79,10 @@ def running_redis(timeout: float = 15) -> Iterator[Redis]:
         + "\n"
     )
     process = subprocess.Popen(
-        ["redis-server", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+        ["redis-server", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     redis = Redis(port=port, process=process, home=home)
     try:

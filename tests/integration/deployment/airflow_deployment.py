@@ -63,20 +63,23 @@ class Deployment:
     def start(self, component: str) -> None:
         """Start one component in its own session, its output in ``processes/<component>.log``."""
         args, env = self.extra_components.get(component, ([], {}))
-        args = args or {
-            "api-server": [
-                "api-server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.api_port),
-                "--workers",
-                "1",
-            ],
-            "scheduler": ["scheduler"],
-            "dag-processor": ["dag-processor"],
-            "triggerer": ["triggerer"],
-        }[component]
+        args = (
+            args
+            or {
+                "api-server": [
+                    "api-server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.api_port),
+                    "--workers",
+                    "1",
+                ],
+                "scheduler": ["scheduler"],
+                "dag-processor": ["dag-processor"],
+                "triggerer": ["triggerer"],
+            }[component]
+        )
         self.logs.mkdir(exist_ok=True)
         with (self.logs / f"{component}.log").open("ab") as out:
             self.processes[component] = subprocess.Popen(
