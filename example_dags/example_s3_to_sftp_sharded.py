@@ -66,6 +66,18 @@ REPORT = (
     "s3://{{ params.report_bucket }}/{{ params.report_prefix }}/{{ run_id }}/shard-{{ ti.map_index }}.jsonl"
 )
 RETRIES = int(os.environ.get("S3SFTP_DELIVERY_RETRIES", "3"))
+# A retry after a lost worker removes that worker's temp files once idle for resume_after (180 s by
+# default, above io_timeout, 120 s): Airflow retries a lost task after [scheduler]
+# task_instance_heartbeat_timeout (300 s by default), so they are gone when the retry ends. A deployment
+# that shortens that timeout shortens these two with it (io_timeout < resume_after < heartbeat timeout).
+TUNING = {
+    knob: float(value)
+    for knob, value in (
+        ("io_timeout", os.environ.get("S3SFTP_IO_TIMEOUT_SECONDS")),
+        ("resume_after", os.environ.get("S3SFTP_RESUME_AFTER_SECONDS")),
+    )
+    if value
+}
 RETRY_DELAY_SECONDS = float(os.environ.get("S3SFTP_RETRY_DELAY_SECONDS", "60"))
 
 with DAG(
@@ -131,6 +143,7 @@ with DAG(
         if_exists="skip_identical",
         max_concurrency=SESSIONS_PER_SHARD,
         report=REPORT,
+        tuning=TUNING or None,
         max_active_tis_per_dagrun=MAX_ACTIVE_SHARDS,
         **({"pool": PARTNER_POOL, "pool_slots": SESSIONS_PER_SHARD} if PARTNER_POOL else {}),
     ).expand(shard=shards.output)

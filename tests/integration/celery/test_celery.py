@@ -87,8 +87,13 @@ def deployment(
         "S3SFTP_DELIVERY_RETRIES": "3",
         "S3SFTP_RETRY_DELAY_SECONDS": "1",
         # A killed worker's task instances stop heartbeating (every second, [workers]
-        # min_heartbeat_interval): the scheduler fails them after 15 s and retries them.
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "15",
+        # min_heartbeat_interval): the scheduler fails them after 20 s and retries them. The retry's
+        # first listing comes at least that long after the killed try's last write, so with
+        # resume_after (12 s) below it the retry removes the killed try's temp files; io_timeout (10 s)
+        # stays below resume_after, so a live writer's file is never taken.
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+        "S3SFTP_RESUME_AFTER_SECONDS": "12",
+        "S3SFTP_IO_TIMEOUT_SECONDS": "10",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
     }
     with running_celery_deployment([EXAMPLE_DAGS / f"{DAG_ID}.py"], env, redis, WORKERS) as deployment:
