@@ -15,9 +15,14 @@ Delivery (S3 object -> SFTP file):
   publish, sidecar and done marker, the skip check. ``Source`` is the S3 side as the hook adapts it;
   ``DeliveryRecord`` is what it returns.
 - :mod:`~airflow_s3sftp.core.batch` -- ``Batch`` delivers many objects: the first session alone,
-  then worker threads on a pool of reused sessions, ``BatchProgress``, one stop for a task-wide
-  failure, a record (or an ``error``) per object. The hook hands it adapters only: where sources
-  and sessions come from.
+  then worker threads on a pool of reused sessions, a plan consumed as it is listed (at most
+  ``2 * max_concurrency`` ahead), ``BatchProgress``, one stop for a task-wide failure, a record
+  (or an ``error``) per object handed to a sink; ``Summary``, the bounded XCom of many objects.
+  The hook hands it adapters only: where sources and sessions come from.
+- :mod:`~airflow_s3sftp.core.report` -- ``JsonLinesReport``: every record as a JSON line in one S3
+  object, streamed in 5 MiB parts and completed even when the task fails; ``RecordSink``.
+- :mod:`~airflow_s3sftp.core.shards` -- shard descriptors (key ranges, or a blake2b hash of the
+  key modulo n), their strict parsing, ``hash_shards``, ``range_shards``, ``EvenSample``.
 - :mod:`~airflow_s3sftp.core.sweep` -- ``LeftoverSweeper`` removes abandoned temp files (shared by
   the deliveries of one task).
 - :mod:`~airflow_s3sftp.core.options` -- ``DeliveryOptions`` in four groups (``Publishing``,
@@ -32,7 +37,8 @@ Delivery (S3 object -> SFTP file):
   reads, exclusive private create, fsync, publish by (posix-)rename, clear errors.
 - :mod:`~airflow_s3sftp.core.servers` -- what a server is known to do (write ordering).
 - :mod:`~airflow_s3sftp.core.integrity` -- which digest S3 vouches for (full-object checksum, MD5 ETag).
-- :mod:`~airflow_s3sftp.core.paths` -- S3 keys to safe remote paths, temp names, plan clash checks.
+- :mod:`~airflow_s3sftp.core.paths` -- S3 keys to safe remote paths, temp names, plan clash checks
+  (``check_plan`` for a list, ``PlanIndex`` on 8-byte digests for a plan listed page by page).
 - :mod:`~airflow_s3sftp.core.sidecar` -- ``sha256sum -c`` sidecars, small files published by rename.
 - :mod:`~airflow_s3sftp.core.checksums` -- algorithms and the ``"<algorithm>:<hex>"`` notation.
 - :mod:`~airflow_s3sftp.core.manifest` -- range manifests (one sha256 per fixed-size range, beside

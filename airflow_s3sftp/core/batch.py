@@ -63,6 +63,7 @@ class Batch:
     :param endpoint: returns ``user@host:port`` for messages (asked only when one needs it)
     :param max_concurrency: objects (and SFTP sessions) in flight at once
     :param sleep: waits between connection attempts (a parameter so unit tests need not wait)
+    :param total: how many objects an iterator will yield, when known (for progress and messages)
     """
 
     def __init__(
@@ -75,8 +76,10 @@ class Batch:
         endpoint: Callable[[], str],
         max_concurrency: int = 4,
         sleep: Callable[[float], None] = time.sleep,
+        total: int | None = None,
     ) -> None:
         known = list(planned) if isinstance(planned, (list, tuple)) else None
+        total = len(known) if known is not None else total
         self.planned: Iterable[Planned] = known if known is not None else planned
         self.options = options
         self._source = source
@@ -92,10 +95,8 @@ class Batch:
             finals + [extra for path in finals for extra in extra_paths(path, options)],
             earlier_tries_after=options.retry.resume_after,
         )
-        self.progress = BatchProgress(
-            len(known) if known is not None else None, options.streaming.progress_interval
-        )
-        self._stop = _TaskStop(known, atomic=options.publishing.atomic)
+        self.progress = BatchProgress(total, options.streaming.progress_interval)
+        self._stop = _TaskStop(known, atomic=options.publishing.atomic, total=total)
         self._directories: dict[str, BaseException | None] = {}  # checked directory -> why it is missing
 
     def run(self) -> list[dict[str, Any]]:
@@ -381,10 +382,10 @@ class _TaskStop:
     object seen so far.
     """
 
-    def __init__(self, planned: Sequence[Planned] | None, *, atomic: bool) -> None:
+    def __init__(self, planned: Sequence[Planned] | None, *, atomic: bool, total: int | None = None) -> None:
         self.known = planned is not None
         self._planned = planned
-        self._total = len(planned) if planned is not None else None
+        self._total = len(planned) if planned is not None else total
         self._directories = {posixpath.dirname(path) for _, _, path in planned or ()}
         self._buckets = {bucket for bucket, _, _ in planned or ()}
         self._atomic = atomic
@@ -433,6 +434,8 @@ class _TaskStop:
         self.error = err
         if self._planned is not None:
             self._hit, self._hits = list(self._planned[:_LISTED]), len(self._planned)
+        elif self._total is not None:
+            self._hits = self._total  # not listed yet: counted, not named
         self._note(err, delivered=0)
 
     def not_attempted(self, item: Planned) -> dict[str, Any]:
@@ -454,9 +457,10 @@ class _TaskStop:
         shown = "\n".join(f"  s3://{bucket}/{key} -> {path}" for bucket, key, path in self._hit)
         more = f"\n  ... and {hits - len(self._hit)} more" if hits > len(self._hit) else ""
         if self._total is not None:
+            listed = f":\n{shown}{more}" if shown else ""
             err.add_note(
                 f"Task-wide failure, so the task stopped at once: {delivered} of {self._total} objects "
-                f"delivered, {self._total - delivered} not delivered:\n{shown}{more}"
+                f"delivered, {self._total - delivered} not delivered{listed}"
             )
         elif hits == 0:
             err.add_note("Task-wide failure before the first object: no object was delivered")

@@ -340,8 +340,8 @@ class PlanIndex:
     one name; an object onto another's sidecar, manifest or done marker; a file name that is also
     a directory of another's path; names too long for the server), checked as each object comes
     up against the objects before it, so the later object of a clashing pair is the one refused.
-    Memory: two :class:`DigestSet` members per object (its final path, and its directory when new):
-    about 32 to 64 bytes per object.
+    Memory: a :class:`DigestSet` member per object (its final path) and per directory, 16 to 32
+    bytes each.
 
     :param sidecar_suffix: suffix of the checksum sidecars, None for none
     :param done_marker: suffix of the done markers, None for none

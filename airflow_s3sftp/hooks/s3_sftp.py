@@ -466,6 +466,7 @@ class S3ToSFTPHook(BaseHook):
         sink: Callable[[dict[str, Any]], None],
         *,
         max_concurrency: int = 4,
+        total: int | None = None,
     ) -> None:
         """Deliver ``(bucket, key, sftp_path)`` triples as they come, handing each record to ``sink``.
 
@@ -477,6 +478,7 @@ class S3ToSFTPHook(BaseHook):
         :param options: how to deliver
         :param sink: takes each object's record
         :param max_concurrency: objects (and SFTP sessions) in flight at once
+        :param total: how many objects ``planned`` yields, when known (for progress and messages)
         """
         self.s3_client  # noqa: B018 - built once here, then shared by the threads (boto3 clients are thread-safe)
         Batch(
@@ -486,6 +488,7 @@ class S3ToSFTPHook(BaseHook):
             connect=self.connect_session,
             endpoint=lambda: self.sftp_endpoint,
             max_concurrency=max_concurrency,
+            total=total,
         ).stream(lambda _index, record: sink(record))
 
 

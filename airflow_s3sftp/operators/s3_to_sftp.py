@@ -34,7 +34,7 @@ from airflow_s3sftp.exceptions import DeliveryFailedError, ReportError, S3SFTPDe
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from airflow.providers.common.compat.sdk import Context
 
@@ -98,7 +98,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
     naming (the first 20 of) the failures.
 
     With ``s3_prefix`` the prefix is listed page by page, twice: first to check every name for
-    clashes against a compact index (about 50 to 100 bytes per object, see
+    clashes against a compact index (32 to 64 bytes per object, see
     :class:`~airflow_s3sftp.core.paths.PlanIndex`), then again, each object delivered as it is
     listed; memory stays flat in the object count apart from that index.
 
@@ -244,6 +244,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
         self._check_arguments()  # a bad argument fails the DAG at parse time
         self._delivered: list[tuple[str, str, str]] = []  # (bucket, key, sftp path), for lineage
         self._lineage_capped = False  # more objects than _LINEAGE_MAX: lineage names the prefix
+        self._listed_count: int | None = None  # objects the first listing of a prefix found
 
     def _check_arguments(self) -> None:
         """Refuse bad non-templated arguments (types, ranges, patterns), naming the parameter."""
@@ -303,7 +304,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
         """
         return list(self._plan(hook))
 
-    def _plan(self, hook: S3ToSFTPHook) -> Iterator[tuple[str, str, str]]:
+    def _plan(self, hook: S3ToSFTPHook) -> Iterable[tuple[str, str, str]]:
         """Return the checked ``(bucket, key, remote path)`` triples; bad values and clashes raise here.
 
         Every name the task creates is checked for clashes before this returns. With ``s3_prefix``
@@ -348,9 +349,10 @@ class S3ToSFTPStreamOperator(BaseOperator):
             )
             if not listed and not self.allow_empty:
                 raise FileNotFoundError(self._nothing_matches(shard))
+            self._listed_count = len(listed)
             return self._listed_again(hook, shard, listed)
         check_plan([(f"s3://{bucket}/{key}", path) for bucket, key, path in planned], **clash_rules)
-        return iter(planned)
+        return planned  # a list: the batch knows the total
 
     def _nothing_matches(self, shard: Shard | None) -> str:
         bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix or "")
@@ -470,8 +472,15 @@ class S3ToSFTPStreamOperator(BaseOperator):
         self.log.info(
             "Delivering the objects%s with up to %s at once, as they are listed", where, self.max_concurrency
         )
+        self._listed_count = None
         planned = self._plan(hook)
-        hook.deliver_objects(self._for_lineage(planned), options, sink, max_concurrency=self.max_concurrency)
+        hook.deliver_objects(
+            self._for_lineage(planned),
+            options,
+            sink,
+            max_concurrency=self.max_concurrency,
+            total=self._listed_count,
+        )
         result = {
             **summary.to_dict(),
             "report": self.report,
@@ -494,8 +503,15 @@ class S3ToSFTPStreamOperator(BaseOperator):
             )
         return result
 
-    def _for_lineage(self, planned: Iterator[tuple[str, str, str]]) -> Iterator[tuple[str, str, str]]:
+    def _for_lineage(self, planned: Iterable[tuple[str, str, str]]) -> Iterable[tuple[str, str, str]]:
         """Pass the plan through, keeping the first ``_LINEAGE_MAX`` objects for lineage."""
+        if isinstance(planned, list):
+            self._delivered = planned[:_LINEAGE_MAX]
+            self._lineage_capped = len(planned) > _LINEAGE_MAX
+            return planned
+        return self._passed_through(planned)
+
+    def _passed_through(self, planned: Iterable[tuple[str, str, str]]) -> Iterator[tuple[str, str, str]]:
         for item in planned:
             if len(self._delivered) < _LINEAGE_MAX:
                 self._delivered.append(item)

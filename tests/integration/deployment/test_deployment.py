@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from tests.integration.deployment.airflow_deployment import Deployment, running_deployment
+from tests.integration.reports import read_report
 from tests.integration.sftp_writers import SlowWriter, random_bytes, sha256
 from testservers.processes import MotoServer, SSHDServer
 
@@ -128,12 +129,17 @@ def taken(deployment: Deployment) -> list[dict[str, Any]]:
 
 
 def processed(deployment: Deployment) -> list[dict[str, Any]]:
-    """Every file the inbound DAG's runs landed in S3 (``land``'s records, with ``name``), over all runs."""
+    """Every file the inbound DAG's runs landed in S3 (``land``'s report records, with ``name``), over all runs."""
     landed: list[dict[str, Any]] = []
     for run_id, _ in runs(deployment, INBOUND):
         summary = deployment.xcom(INBOUND, run_id, "land") or {}
+        if not summary.get("report"):
+            continue
+        bucket, _, key = summary["report"][len("s3://") :].partition("/")
         landed += [
-            {**record, "name": Path(record["sftp_path"]).name} for record in summary.get("objects", [])
+            {**record, "name": Path(record["sftp_path"]).name}
+            for record in read_report(deployment_s3(), bucket, key)
+            if "error" not in record
         ]
     return landed
 

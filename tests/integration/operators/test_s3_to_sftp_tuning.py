@@ -46,6 +46,8 @@ SURFACE = {
     "sidecar",
     "done_marker",
     "manifest",
+    "report",
+    "shard",
     "tuning",
 }
 
