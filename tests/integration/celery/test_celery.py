@@ -10,7 +10,8 @@ under way, one worker is killed with SIGKILL (its whole process tree: no ack, no
 sees the dead task instances' heartbeats stop, retries them, the other worker finishes: every object is
 on the SFTP server exactly once with S3's bytes, nothing hidden is left over, and the shards' reports
 together list every key exactly once. (b) The same DAG over fresh prefixes, with two workers and then with
-one: all delivered once both ways; the two throughputs are printed (a measurement, not an assertion).
+one: all delivered once both ways; the two throughputs are printed (a measurement, not an assertion;
+run when ``S3SFTP_CELERY_BENCH_OBJECTS`` sets the object count, e.g. 10000).
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ EXAMPLE_DAGS = Path(__file__).resolve().parents[3] / "example_dags"
 DAG_ID = "example_s3_to_sftp_sharded"
 SHARDS = 8
 OBJECTS = 10_000
-# (b) runs twice; the CI leg keeps it short, a benchmark run sets S3SFTP_CELERY_BENCH_OBJECTS=10000.
-BENCH_OBJECTS = int(os.environ.get("S3SFTP_CELERY_BENCH_OBJECTS", "1000"))
+# (b) is a measurement (issue 22's target "two workers against one"), two more runs of the DAG: it runs
+# when asked for, S3SFTP_CELERY_BENCH_OBJECTS=10000, and is skipped (saying so) in the 4-minute CI leg.
+BENCH_OBJECTS = int(os.environ.get("S3SFTP_CELERY_BENCH_OBJECTS", "0"))
 WORKERS = {"worker-1": 2, "worker-2": 2}
 TERMINAL = ("success", "failed")
 HIDDEN = (".s3sftp-part", ".s3sftp-stripe", ".s3sftp-journal", ".s3sftp-old")
@@ -67,6 +69,7 @@ def datasets(
 ) -> Iterator[dict[str, concurrent.futures.Future[dict[str, bytes]]]]:
     """The tests' objects (prefix -> key -> bytes), uploaded in the background while the deployment starts."""
     sizes = {"big": OBJECTS, "bench-two": BENCH_OBJECTS, "bench-one": BENCH_OBJECTS}
+    sizes = {prefix: count for prefix, count in sizes.items() if count}
     with concurrent.futures.ThreadPoolExecutor(1) as background:
         yield {
             prefix: background.submit(upload, moto, bucket, prefix, count) for prefix, count in sizes.items()
@@ -272,6 +275,10 @@ def test_a_a_worker_killed_mid_run_loses_and_duplicates_nothing(
     )
 
 
+@pytest.mark.skipif(
+    not BENCH_OBJECTS,
+    reason="a measurement, not run by the CI leg: S3SFTP_CELERY_BENCH_OBJECTS=10000 runs it",
+)
 def test_b_two_workers_against_one(
     deployment: Deployment, sshd: SSHDServer, s3: Any, bucket: str, datasets: dict[str, Any]
 ) -> None:
