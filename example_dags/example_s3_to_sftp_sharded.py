@@ -55,8 +55,8 @@ SFTP_CONN_ID = os.environ.get("S3SFTP_SFTP_CONN_ID", "sftp_default")
 # that the mapping stays far below [core] max_map_length (1024) and each shard's startup is amortised.
 SHARDS = int(os.environ.get("S3SFTP_SHARDS", "32"))
 SHARD_METHOD = os.environ.get("S3SFTP_SHARD_METHOD", "range")
-# The partner's limit, split in two: shards of one run in flight x SSH sessions per shard. 4 x 4 = 16
-# sessions, under OpenSSH's default MaxStartups (10:30:100 unauthenticated; sessions open one by one).
+# The partner's limit, split in two: shards of one run in flight x SSH sessions per shard (4 x 4 = 16
+# sessions at most). Set them from what the partner allows, not from the size of the worker fleet.
 MAX_ACTIVE_SHARDS = int(os.environ.get("S3SFTP_MAX_ACTIVE_SHARDS", "4"))
 SESSIONS_PER_SHARD = int(os.environ.get("S3SFTP_SESSIONS_PER_SHARD", "4"))
 # A pool shared by every DAG that talks to this partner, sized in sessions (unset: Airflow's default pool).
