@@ -40,6 +40,8 @@ from testservers.processes import MotoServer, SSHDServer
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[3] / "example_dags"
 DAG_ID = "example_s3_to_sftp_sharded"
+# A deployment's start and 10,000 deliveries on a loaded 2-core machine outlast pytest's default 300 s.
+pytestmark = pytest.mark.timeout(900)
 SHARDS = 8
 OBJECTS = 10_000
 # (b) is a measurement (issue 22's target "two workers against one"), two more runs of the DAG: it runs
