@@ -48,6 +48,8 @@ class Deployment:
     env: dict[str, str]
     api_port: int
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # More components than the four (e.g. Celery workers): name -> (airflow arguments, extra environment).
+    extra_components: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
     _token: str | None = None
 
     @property
@@ -60,25 +62,29 @@ class Deployment:
 
     def start(self, component: str) -> None:
         """Start one component in its own session, its output in ``processes/<component>.log``."""
-        args = {
-            "api-server": [
-                "api-server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.api_port),
-                "--workers",
-                "1",
-            ],
-            "scheduler": ["scheduler"],
-            "dag-processor": ["dag-processor"],
-            "triggerer": ["triggerer"],
-        }[component]
+        args, env = self.extra_components.get(component, ([], {}))
+        args = (
+            args
+            or {
+                "api-server": [
+                    "api-server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.api_port),
+                    "--workers",
+                    "1",
+                ],
+                "scheduler": ["scheduler"],
+                "dag-processor": ["dag-processor"],
+                "triggerer": ["triggerer"],
+            }[component]
+        )
         self.logs.mkdir(exist_ok=True)
         with (self.logs / f"{component}.log").open("ab") as out:
             self.processes[component] = subprocess.Popen(
                 [str(AIRFLOW), *args],
-                env=self.env,
+                env={**self.env, **env},
                 cwd=self.home,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -202,8 +208,13 @@ def _environment(home: Path, dags: Path, api_port: int, extra: dict[str, str]) -
 
 
 @contextlib.contextmanager
-def running_deployment(dag_files: list[Path], extra_env: dict[str, str]) -> Iterator[Deployment]:
-    """Migrate a fresh database, deploy ``dag_files``, start all four components; stop them all after."""
+def running_deployment(
+    dag_files: list[Path],
+    extra_env: dict[str, str],
+    extra_components: dict[str, tuple[list[str], dict[str, str]]] | None = None,
+) -> Iterator[Deployment]:
+    """Migrate a fresh database, deploy ``dag_files``, start all four components and the
+    ``extra_components`` (name -> airflow arguments and extra environment); stop them all after."""
     home = Path(tempfile.mkdtemp(prefix="s3sftp-deployment-"))
     dags = home / "dags"
     dags.mkdir()
@@ -211,7 +222,11 @@ def running_deployment(dag_files: list[Path], extra_env: dict[str, str]) -> Iter
         shutil.copy(source, dags / source.name)
     api_port = free_port()
     deployment = Deployment(
-        home=home, dags=dags, env=_environment(home, dags, api_port, extra_env), api_port=api_port
+        home=home,
+        dags=dags,
+        env=_environment(home, dags, api_port, extra_env),
+        api_port=api_port,
+        extra_components=dict(extra_components or {}),
     )
     try:
         subprocess.run(
@@ -222,7 +237,7 @@ def running_deployment(dag_files: list[Path], extra_env: dict[str, str]) -> Iter
             capture_output=True,
             timeout=300,
         )
-        for component in COMPONENTS:
+        for component in (*COMPONENTS, *deployment.extra_components):
             deployment.start(component)
         yield deployment
     finally:

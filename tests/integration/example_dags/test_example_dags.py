@@ -26,6 +26,7 @@ EXPECTED_DAG_IDS = {
     "example_s3_to_sftp_prefix",
     "example_s3_to_sftp_mapped",
     "example_sftp_inbound_asset",
+    "example_s3_to_sftp_sharded",
 }
 LOGICAL_DATE = datetime.datetime(2024, 5, 1, tzinfo=datetime.UTC)
 DS = LOGICAL_DATE.strftime("%Y-%m-%d")
