@@ -20,6 +20,10 @@ from benchmarks.runner import MAIN_METHODS, THROTTLED_METHODS
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+# Benchmarks live outside the default run (`pytest -m benchmark`, `make bench-smoke`).
+pytestmark = pytest.mark.benchmark
+
+
 @pytest.mark.timeout(420)
 def test_quick_benchmark_runs_every_method_and_verifies_bytes(tmp_path: Path) -> None:
     done = subprocess.run(

@@ -19,6 +19,10 @@ from benchmarks.inbound import LATENCY_METHODS, MANY_METHODS, METHODS
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
+# Benchmarks live outside the default run (`pytest -m benchmark`, `make bench-smoke`).
+pytestmark = pytest.mark.benchmark
+
+
 @pytest.mark.timeout(400)
 def test_quick_inbound_benchmark_runs_every_method_and_verifies_bytes(tmp_path: Path) -> None:
     done = subprocess.run(
