@@ -33,6 +33,7 @@ SURFACE = {
     "s3_glob",
     "s3_regex",
     "max_concurrency",
+    "max_connections",
     "allow_empty",
     "aws_conn_id",
     "sftp_conn_id",
