@@ -189,6 +189,7 @@ class FakeRemote:
         if mode is not None:
             self.chmod(temp, mode)
         self.check("posix-rename")
+        self.fs.step("posix-rename", temp)
         if temp not in self.fs.files:
             raise FileNotFoundError(errno.ENOENT, f"SFTP rename to {final!r} failed: No such file")
         if not replace:

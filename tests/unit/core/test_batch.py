@@ -89,7 +89,9 @@ def batch(fs, bucket, keys, *, events, directory="/in", options=OPTIONS, refuse=
 def test_the_first_session_opens_alone_then_the_objects_fan_out():
     fs, events = FakeFS(), []
     bucket = Bucket(events)
-    bucket.gate = threading.Barrier(3, timeout=30)
+    # Three renames at once: three deliveries hold a session each at the same moment.
+    gate = threading.Barrier(3, timeout=30)
+    fs.on_step = lambda step, path: gate.wait() if step == "posix-rename" else None
     keys = [f"k{i}" for i in range(6)]
     records = batch(fs, bucket, keys, events=events, workers=3).run()
     # One connection, the directory check on it, and only then any object.
