@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from airflow_s3sftp.exceptions import ReportError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from airflow_s3sftp.core.batch import Summary
 
 log = logging.getLogger(__name__)
@@ -209,3 +211,27 @@ class RecordSink:
         self.summary.add(record)
         if self.report is not None:
             self.report.write(record)
+
+    def run(self, deliver: Callable[[RecordSink], dict[str, Any]]) -> dict[str, Any]:
+        """Return ``deliver(self)``'s result once the report (if any) is complete, closed whatever happens.
+
+        A failed task keeps its own exception, with the report's failure as a note; a report that
+        cannot be completed after a successful task raises
+        :class:`~airflow_s3sftp.exceptions.ReportError` carrying the task's summary.
+        """
+        try:
+            result = deliver(self)
+        except BaseException as err:
+            if self.report is not None:
+                try:
+                    self.report.close()
+                except ReportError as report_err:
+                    err.add_note(str(report_err))
+            raise
+        if self.report is not None:
+            try:
+                self.report.close()
+            except ReportError as err:
+                err.summary = result
+                raise
+        return result

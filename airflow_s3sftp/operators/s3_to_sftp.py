@@ -30,7 +30,7 @@ from airflow_s3sftp.core.paths import (
 )
 from airflow_s3sftp.core.report import JsonLinesReport, RecordSink, S3ReportStore, parse_report_uri
 from airflow_s3sftp.core.shards import Shard, parse_shard, within
-from airflow_s3sftp.exceptions import DeliveryFailedError, ReportError, S3SFTPDeprecationWarning
+from airflow_s3sftp.exceptions import DeliveryFailedError, S3SFTPDeprecationWarning
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
 
 if TYPE_CHECKING:
@@ -434,24 +434,7 @@ class S3ToSFTPStreamOperator(BaseOperator):
         self._check_templated()
         shard = self._shard()
         report = self._report(hook)
-        summary = Summary()
-        sink = RecordSink(summary, report)
-        try:
-            result = self._deliver(hook, options, shard, sink)
-        except BaseException as err:
-            if report is not None:
-                try:
-                    report.close()
-                except ReportError as report_err:
-                    err.add_note(str(report_err))
-            raise
-        if report is not None:
-            try:
-                report.close()
-            except ReportError as err:
-                err.summary = result
-                raise
-        return result
+        return RecordSink(Summary(), report).run(lambda sink: self._deliver(hook, options, shard, sink))
 
     def _deliver(
         self, hook: S3ToSFTPHook, options: DeliveryOptions, shard: Shard | None, sink: RecordSink

@@ -17,7 +17,7 @@ from airflow_s3sftp.core.batch import Summary
 from airflow_s3sftp.core.inbound import InboundFile, InboundOptions, has_glob, plan_files, split_glob
 from airflow_s3sftp.core.paths import parse_s3_location, parse_s3_prefix, prefix_as_directory
 from airflow_s3sftp.core.report import JsonLinesReport, RecordSink, S3ReportStore, parse_report_uri
-from airflow_s3sftp.exceptions import DeliveryFailedError, ReportError
+from airflow_s3sftp.exceptions import DeliveryFailedError
 from airflow_s3sftp.hooks.sftp_s3 import SFTPToS3Hook
 
 if TYPE_CHECKING:
@@ -239,23 +239,7 @@ class SFTPToS3StreamOperator(BaseOperator):
         planned = self.plan(hook)
         self._planned = planned
         report = self._report(hook)
-        sink = RecordSink(Summary(), report)
-        try:
-            result = self._bring_in(hook, planned, options, sink)
-        except BaseException as err:
-            if report is not None:
-                try:
-                    report.close()
-                except ReportError as report_err:
-                    err.add_note(str(report_err))
-            raise
-        if report is not None:
-            try:
-                report.close()
-            except ReportError as err:
-                err.summary = result
-                raise
-        return result
+        return RecordSink(Summary(), report).run(lambda sink: self._bring_in(hook, planned, options, sink))
 
     def _bring_in(
         self, hook: SFTPToS3Hook, planned: list[InboundFile], options: InboundOptions, sink: RecordSink
