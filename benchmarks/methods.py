@@ -221,13 +221,30 @@ def scale_ours(job: Job) -> dict[str, Any]:
     warm_up = operator_for(job["warm_up_prefix"], job["warm_up_dir"], job.get("warm_up_report"))
     warm_up.execute(context={})  # type: ignore[arg-type]
     rss_warm = psutil.Process().memory_info().rss
+    # S3SFTP_BENCH_TRACEMALLOC=1: where the memory the task still holds at its end was allocated.
+    traced = os.environ.get("S3SFTP_BENCH_TRACEMALLOC") == "1"
+    if traced:
+        import tracemalloc
+
+        tracemalloc.start(8)
+        before = tracemalloc.take_snapshot()
     started = time.monotonic()
     counter = RequestCounter().install()
     operator = operator_for(job["prefix"], job["remote_dir"], job.get("report"))
     summary = operator.execute(context={})  # type: ignore[arg-type]
     seconds = time.monotonic() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    held: list[str] = []
+    if traced:
+        stats = tracemalloc.take_snapshot().compare_to(before, "traceback")
+        held = [
+            f"{stat.size_diff / 2**20:.1f} MiB in {stat.count_diff} blocks:\n  "
+            + "\n  ".join(stat.traceback.format()[-8:])
+            for stat in stats[:12]
+        ]
+        tracemalloc.stop()
     return {
+        "tracemalloc_top": held,
         "files": summary["count"] - summary["failed_count"],
         "summary": summary,
         "xcom_bytes": len(json.dumps(summary)),
