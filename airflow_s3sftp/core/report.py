@@ -235,3 +235,24 @@ class RecordSink:
                 err.summary = result
                 raise
         return result
+
+
+def open_report(
+    uri: str, client: Any, *, files_bucket: str | None, files_prefix: str | None
+) -> JsonLinesReport:
+    """Return the report at ``uri`` opened (its empty object written), refusing one among the task's files.
+
+    :param uri: the ``report`` argument, ``s3://bucket/key.jsonl``
+    :param client: the S3 client that writes it
+    :param files_bucket: the bucket of the task's ``s3_prefix`` (None when it has none)
+    :param files_prefix: that prefix, as a directory (``""`` for the whole bucket)
+    """
+    bucket, key = parse_report_uri(uri)
+    if files_prefix is not None and bucket == files_bucket and key.startswith(files_prefix):
+        raise ValueError(
+            f"report {uri!r} lies under s3_prefix s3://{files_bucket}/{files_prefix}, among the task's "
+            "files; write it elsewhere"
+        )
+    report = JsonLinesReport(uri, S3ReportStore(client, bucket, key))
+    report.open()
+    return report

@@ -28,7 +28,7 @@ from airflow_s3sftp.core.paths import (
     remote_path_for,
     safe_name,
 )
-from airflow_s3sftp.core.report import JsonLinesReport, RecordSink, S3ReportStore, parse_report_uri
+from airflow_s3sftp.core.report import JsonLinesReport, RecordSink, open_report
 from airflow_s3sftp.core.shards import Shard, parse_shard, within
 from airflow_s3sftp.exceptions import DeliveryFailedError, S3SFTPDeprecationWarning
 from airflow_s3sftp.hooks.s3_sftp import S3ToSFTPHook
@@ -415,16 +415,13 @@ class S3ToSFTPStreamOperator(BaseOperator):
         """Return the opened report (its empty object written), or None when none is asked for."""
         if self.report is None:
             return None
-        bucket, key = parse_report_uri(self.report)
-        if self.s3_prefix is not None and isinstance(self.s3_prefix, str):
-            source_bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix)
-            if bucket == source_bucket and key.startswith(prefix_as_directory(prefix)):
-                raise ValueError(
-                    f"report {self.report!r} lies under s3_prefix {self.s3_prefix!r}: it would be listed "
-                    "and delivered; write it elsewhere"
-                )
-        report = JsonLinesReport(self.report, S3ReportStore(hook.s3_client, bucket, key))
-        report.open()
+        files_bucket, files_prefix = None, None
+        if isinstance(self.s3_prefix, str):
+            files_bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix)
+            files_prefix = prefix_as_directory(prefix)
+        report = open_report(
+            self.report, hook.s3_client, files_bucket=files_bucket, files_prefix=files_prefix
+        )
         self.log.info("Writing every object's record to %s", self.report)
         return report
 

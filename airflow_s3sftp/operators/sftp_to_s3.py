@@ -16,7 +16,7 @@ from airflow.providers.common.compat.sdk import BaseOperator
 from airflow_s3sftp.core.batch import Summary
 from airflow_s3sftp.core.inbound import InboundFile, InboundOptions, has_glob, plan_files, split_glob
 from airflow_s3sftp.core.paths import parse_s3_location, parse_s3_prefix, prefix_as_directory
-from airflow_s3sftp.core.report import JsonLinesReport, RecordSink, S3ReportStore, parse_report_uri
+from airflow_s3sftp.core.report import JsonLinesReport, RecordSink, open_report
 from airflow_s3sftp.exceptions import DeliveryFailedError
 from airflow_s3sftp.hooks.sftp_s3 import SFTPToS3Hook
 
@@ -220,16 +220,13 @@ class SFTPToS3StreamOperator(BaseOperator):
         """Return the opened report (its empty object written), or None when none is asked for."""
         if self.report is None:
             return None
-        bucket, key = parse_report_uri(self.report)
+        files_bucket, files_prefix = None, None
         if isinstance(self.s3_prefix, str):
-            target_bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix)
-            if bucket == target_bucket and key.startswith(prefix_as_directory(prefix) if prefix else ""):
-                raise ValueError(
-                    f"report {self.report!r} lies under s3_prefix {self.s3_prefix!r}, where the files "
-                    "land; write it elsewhere"
-                )
-        report = JsonLinesReport(self.report, S3ReportStore(hook.s3_client, bucket, key))
-        report.open()
+            files_bucket, prefix = parse_s3_prefix(self.s3_bucket, self.s3_prefix)
+            files_prefix = prefix_as_directory(prefix)
+        report = open_report(
+            self.report, hook.s3_client, files_bucket=files_bucket, files_prefix=files_prefix
+        )
         self.log.info("Writing every file's record to %s", self.report)
         return report
 
