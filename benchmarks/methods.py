@@ -19,6 +19,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -223,16 +224,36 @@ def scale_ours(job: Job) -> dict[str, Any]:
     rss_warm = psutil.Process().memory_info().rss
     # S3SFTP_BENCH_TRACEMALLOC=1: where the memory the task still holds at its end was allocated.
     traced = os.environ.get("S3SFTP_BENCH_TRACEMALLOC") == "1"
-    if traced:
-        import tracemalloc
+    import tracemalloc
 
+    if traced:
         tracemalloc.start(8)
         before = tracemalloc.take_snapshot()
+    # S3SFTP_BENCH_SAMPLE=<seconds>: a timeline of RSS, threads (and traced memory) while the task runs.
+    timeline: list[tuple[float, float, int, float]] = []
+    stop_sampling = threading.Event()
+
+    def sample(every: float) -> None:
+        me = psutil.Process()
+        while not stop_sampling.wait(every):
+            traced_mib = tracemalloc.get_traced_memory()[0] / 2**20 if traced else 0.0
+            timeline.append(
+                (
+                    round(time.monotonic() - started, 1),
+                    round(me.memory_info().rss / 2**20, 1),
+                    me.num_threads(),
+                    round(traced_mib, 1),
+                )
+            )
+
     started = time.monotonic()
+    if every := float(os.environ.get("S3SFTP_BENCH_SAMPLE", "0")):
+        threading.Thread(target=sample, args=(every,), daemon=True).start()
     counter = RequestCounter().install()
     operator = operator_for(job["prefix"], job["remote_dir"], job.get("report"))
     summary = operator.execute(context={})  # type: ignore[arg-type]
     seconds = time.monotonic() - started
+    stop_sampling.set()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     held: list[str] = []
     if traced:
@@ -244,6 +265,7 @@ def scale_ours(job: Job) -> dict[str, Any]:
         ]
         tracemalloc.stop()
     return {
+        "timeline": timeline,
         "tracemalloc_top": held,
         "files": summary["count"] - summary["failed_count"],
         "summary": summary,

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmark-results", help="output directory")
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per run")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument(
+        "--no-report", action="store_true", help="no report= (what the report costs, by difference)"
+    )
     return parser
 
 
@@ -84,7 +87,7 @@ def run_count(bench: Any, args: argparse.Namespace, count: int) -> dict[str, Any
         "bucket": BUCKET,
         "prefix": prefix,
         "remote_dir": str(remote),
-        "report": f"s3://{BUCKET}/{report_key}",
+        "report": None if args.no_report else f"s3://{BUCKET}/{report_key}",
         "warm_up_prefix": f"warm-up-{count}/",
         "warm_up_dir": str(warm_up),
         "warm_up_report": f"s3://{BUCKET}/reports/warm-up-{count}.jsonl",
@@ -96,7 +99,11 @@ def run_count(bench: Any, args: argparse.Namespace, count: int) -> dict[str, Any
         for path in remote.rglob("*")
         if path.is_file()
     }
-    report = client.get_object(Bucket=BUCKET, Key=report_key)["Body"].read().splitlines()
+    report = (
+        [b""] * count
+        if args.no_report
+        else client.get_object(Bucket=BUCKET, Key=report_key)["Body"].read().splitlines()
+    )
     seconds = row.get("task_seconds") or float("nan")
     result = {
         "count": count,

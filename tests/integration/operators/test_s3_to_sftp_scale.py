@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import pytest
 
@@ -182,3 +183,26 @@ def test_a_bad_shard_is_refused_naming_shard(bucket, remote_dir, many):
     with pytest.raises(ValueError, match=r"shard\['index'\] must be in 0\.\.1"):
         run(s3_bucket=bucket, s3_prefix="big/", sftp_path=f"{remote_dir}/", shard={"index": 2, "count": 2})
     assert landed(remote_dir) == {}
+
+
+def test_a_report_of_several_parts_is_streamed_from_its_spool_to_real_s3(s3, bucket):
+    """Parts go up from the local spool file (a streamed body), numbered in order, and complete whole."""
+    from airflow_s3sftp.core.report import MIN_PART_SIZE, open_report
+
+    report = open_report(f"s3://{bucket}/rep/parts.jsonl", s3, files_bucket=None, files_prefix=None)
+    padding = "p" * 3000
+    count = 4000  # about 12 MB: two full parts and a small last one
+    for i in range(count):
+        report.write({"s3_uri": f"s3://{bucket}/k{i}", "padding": padding})
+        if i == count // 2:  # the uploader thread has started a multipart upload and sends part 1
+            deadline = time.monotonic() + 30
+            while not (uploads := s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])):
+                assert time.monotonic() < deadline, "no part went up while the task went on"
+                time.sleep(0.05)
+            assert [u["Key"] for u in uploads] == ["rep/parts.jsonl"]
+    report.close()
+    head = s3.head_object(Bucket=bucket, Key="rep/parts.jsonl", PartNumber=1)
+    assert head["PartsCount"] == 3 and head["ContentLength"] >= MIN_PART_SIZE
+    records = read_report(s3, bucket, "rep/parts.jsonl")
+    assert [r["s3_uri"] for r in records] == [f"s3://{bucket}/k{i}" for i in range(count)]
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

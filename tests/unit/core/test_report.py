@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import sys
+import tempfile
 import threading
+from typing import IO
 
 import pytest
 
@@ -21,24 +26,30 @@ class FakeStore:
         self.aborted: list[str] = []
         self.puts = 0
         self.fail_put, self.fail_part = fail_put, fail_part
+        self.part_up = threading.Event()  # set after each part upload
+        self.hold = threading.Event()  # cleared: part uploads wait (a slow S3)
+        self.hold.set()
 
-    def put(self, data: bytes) -> None:
+    def put(self, data: bytes | IO[bytes]) -> None:
         self.puts += 1
         if self.fail_put is not None and self.puts >= self.fail_put:
             raise PermissionError("AccessDenied")
-        self.object = bytes(data)
+        self.object = data if isinstance(data, bytes) else data.read()
 
     def create(self) -> str:
         upload = f"u{len(self.uploads)}"
         self.uploads[upload] = []
         return upload
 
-    def upload_part(self, upload_id: str, number: int, data: bytes) -> str:
+    def upload_part(self, upload_id: str, number: int, data: IO[bytes]) -> str:
         if self.fail_part is not None and number >= self.fail_part:
             raise ConnectionError("part upload dropped")
         parts = self.uploads[upload_id]
         assert number == len(parts) + 1, "parts go up in order, numbered from 1"
-        parts.append(bytes(data))
+        assert data.tell() == 0, "a part is read from its start"
+        self.hold.wait()
+        parts.append(data.read())
+        self.part_up.set()
         return f"etag-{number}"
 
     def complete(self, upload_id: str, etags: list[str]) -> None:
@@ -108,8 +119,9 @@ def test_report_streams_parts_of_at_least_5_mib_and_completes_them():
     for i in range(count):
         report.write(record(i, padding=padding))
         if i == count // 2:
+            assert store.part_up.wait(10), "the first full part went up while the task was still going"
             (parts,) = store.uploads.values()
-            assert len(parts) == 1, "the first full part went up while the task was still going"
+            assert len(parts) == 1
     report.close()
     assert [r["s3_uri"] for r in lines(store.object)] == [f"s3://b/k{i}" for i in range(count)]
     assert store.uploads == {} and store.aborted == []
@@ -127,10 +139,81 @@ def test_a_failed_task_still_completes_its_report():
     assert lines(store.object) == [record(1)]
 
 
+def test_writers_do_not_wait_on_s3_until_two_parts_wait():
+    """A slow part upload holds no writer back; a second full part waits, a third full part waits for it."""
+    store = FakeStore()
+    store.hold.clear()  # S3 answers nothing yet
+    report = JsonLinesReport("s3://b/r.jsonl", store)
+    report.open()
+    line_bytes = len(json.dumps(record(0, padding="p" * 2000), sort_keys=True)) + 1
+    per_part = -(-MIN_PART_SIZE // line_bytes)
+    for i in range(2 * per_part):  # part 1 goes to the uploader (stuck), part 2 waits in the queue
+        report.write(record(i, padding="p" * 2000))
+    third = threading.Thread(
+        target=lambda: [report.write(record(i, padding="p" * 2000)) for i in range(per_part + 1)]
+    )
+    third.start()
+    third.join(0.5)
+    assert third.is_alive(), "a third full part waits while two are on their way: back pressure, not memory"
+    store.hold.set()
+    third.join(10)
+    assert not third.is_alive()
+    report.close()
+    assert len(lines(store.object)) == 3 * per_part + 1
+
+
 def test_a_report_that_cannot_be_opened_fails_naming_its_uri():
     report = JsonLinesReport("s3://b/r.jsonl", FakeStore(fail_put=1))
     with pytest.raises(ReportError, match=r"Could not write the report s3://b/r\.jsonl: AccessDenied"):
         report.open()
+
+
+def test_a_report_without_a_local_spool_fails_at_open_naming_its_uri(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    store = FakeStore()
+    report = JsonLinesReport("s3://b/r.jsonl", store)
+    with pytest.raises(ReportError, match=r"report s3://b/r\.jsonl: no local file to spool it in"):
+        report.open()
+    assert store.puts == 0, "nothing is written to S3 before the spool is there"
+
+
+class FullDisk(io.BytesIO):
+    """A spool whose disk fills after ``room`` bytes."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if self.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(data)
+
+
+def test_a_spool_that_cannot_be_written_fails_the_report_not_the_deliveries(monkeypatch):
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda **kwargs: FullDisk(room=2_000))
+    store = FakeStore()
+    report = JsonLinesReport("s3://b/r.jsonl", store)
+    report.open()
+    for i in range(100):
+        report.write(record(i))  # never raises: the deliveries go on
+    with pytest.raises(ReportError, match=r"report s3://b/r\.jsonl: .*No space left on device"):
+        report.close()
+    assert report.lines + report.lost == 100 and report.lost > 0
+    assert store.object == b"", "the empty report stays: no partial report is published"
+
+
+def test_parts_are_spooled_on_disk_not_held_in_memory():
+    """The part waits in the spool file; the report object itself holds no part-sized buffer."""
+    store = FakeStore()
+    report = JsonLinesReport("s3://b/r.jsonl", store)
+    report.open()
+    for i in range(4000):
+        report.write(record(i, padding="p" * 1000))
+    held = sum(sys.getsizeof(value) for value in vars(report).values())
+    assert report._spooled > MIN_PART_SIZE // 2 and held < 64 * 1024
+    report.close()
+    assert len(lines(store.object)) == 4000
 
 
 def test_a_part_that_fails_aborts_the_upload_and_close_raises_naming_the_uri():
