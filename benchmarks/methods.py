@@ -37,6 +37,33 @@ def _mib(kib: float) -> float:
     return round(kib / 1024, 1)
 
 
+def peak_rss() -> int:
+    """Return this process's peak RSS in bytes since it started or since :func:`reset_peak_rss`.
+
+    ``VmHWM`` of ``/proc/self/status``, not ``getrusage().ru_maxrss``: Linux keeps in ``ru_maxrss``
+    the peak of the image replaced by ``exec``, so a child started by a big parent (the benchmark's
+    harness holds every object's digest) reports the parent's RSS as its own peak.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Start :func:`peak_rss` again from the current RSS (Linux ``clear_refs``); return False if refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        return False
+    return True
+
+
 # -- the methods -----------------------------------------------------------------------------------
 
 
@@ -201,6 +228,15 @@ def many_ours(job: Job) -> dict[str, Any]:
     }
 
 
+def _frames(frame: Any) -> list[Any]:
+    """Return ``frame`` and its callers, innermost first."""
+    frames = []
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    return frames
+
+
 def scale_ours(job: Job) -> dict[str, Any]:
     """``S3ToSFTPStreamOperator(s3_prefix=..., report=...)`` over many small objects: the XCom's size."""
     from airflow_s3sftp.operators.s3_to_sftp import S3ToSFTPStreamOperator
@@ -217,44 +253,70 @@ def scale_ours(job: Job) -> dict[str, Any]:
             **job.get("variant", {}).get("op", {}),
         )
 
-    # A small delivery first, in this process: lazy imports, clients, threads and sessions are then
-    # there, so the RSS growth measured below is what the object count costs.
-    warm_up = operator_for(job["warm_up_prefix"], job["warm_up_dir"], job.get("warm_up_report"))
-    warm_up.execute(context={})  # type: ignore[arg-type]
-    rss_warm = psutil.Process().memory_info().rss
-    # S3SFTP_BENCH_TRACEMALLOC=1: where the memory the task still holds at its end was allocated.
     traced = os.environ.get("S3SFTP_BENCH_TRACEMALLOC") == "1"
     import tracemalloc
 
-    if traced:
-        tracemalloc.start(8)
-        before = tracemalloc.take_snapshot()
-    # S3SFTP_BENCH_SAMPLE=<seconds>: a timeline of RSS, threads (and traced memory) while the task runs.
+    # S3SFTP_BENCH_SAMPLE=<seconds>: RSS sampled that often while the task runs; a timeline every 5 s of
+    # RSS, threads (and traced memory), and the thread stacks each time the RSS reaches a new high.
     timeline: list[tuple[float, float, int, float]] = []
     stop_sampling = threading.Event()
 
+    # Each time the peak RSS passes its highest by 2 MiB: when, and what every thread was doing then.
+    highs: list[dict[str, Any]] = []
+
     def sample(every: float) -> None:
         me = psutil.Process()
+        high = psutil.Process().memory_info().rss
+        last_logged = -5.0
         while not stop_sampling.wait(every):
-            traced_mib = tracemalloc.get_traced_memory()[0] / 2**20 if traced else 0.0
-            timeline.append(
-                (
-                    round(time.monotonic() - started, 1),
-                    round(me.memory_info().rss / 2**20, 1),
-                    me.num_threads(),
-                    round(traced_mib, 1),
+            # The high-water mark: a peak shorter than the sampling interval still moves it.
+            rss = max(me.memory_info().rss, peak_rss())
+            now = time.monotonic() - (started or sampling_from)
+            if rss > high + 2 * 2**20 and len(highs) < 40:
+                high = rss
+                highs.append(
+                    {
+                        "t": round(now, 2),
+                        "phase": "task" if started else "warm-up",
+                        "rss_mib": round(rss / 2**20, 1),
+                        "stacks": [
+                            " <- ".join(
+                                f"{Path(f.f_code.co_filename).name}:{f.f_lineno}:{f.f_code.co_name}"
+                                for f in _frames(frame)[:8]
+                            )
+                            for frame in sys._current_frames().values()
+                        ],
+                    }
                 )
-            )
+            if now - last_logged >= 5:
+                last_logged = now
+                traced_mib = tracemalloc.get_traced_memory()[0] / 2**20 if traced else 0.0
+                timeline.append(
+                    (round(now, 1), round(rss / 2**20, 1), me.num_threads(), round(traced_mib, 1))
+                )
 
-    started = time.monotonic()
+    sampling_from, started = time.monotonic(), 0.0
     if every := float(os.environ.get("S3SFTP_BENCH_SAMPLE", "0")):
         threading.Thread(target=sample, args=(every,), daemon=True).start()
+    # A small delivery first, in this process: lazy imports, clients, threads and sessions are then
+    # there, so the RSS growth measured below is what the object count costs.
+    warm_up = operator_for(job["warm_up_prefix"], job["warm_up_dir"], job.get("warm_up_report"))
+    peak_before_warm_up = peak_rss()
+    warm_up.execute(context={})  # type: ignore[arg-type]
+    peak_before_task = peak_rss()
+    peak_reset = reset_peak_rss()  # the task's own peak, not the warm-up's
+    rss_warm = psutil.Process().memory_info().rss
+    # S3SFTP_BENCH_TRACEMALLOC=1: where the memory the task still holds at its end was allocated.
+    if traced:
+        tracemalloc.start(8)
+        before = tracemalloc.take_snapshot()
+    started = time.monotonic()
     counter = RequestCounter().install()
     operator = operator_for(job["prefix"], job["remote_dir"], job.get("report"))
     summary = operator.execute(context={})  # type: ignore[arg-type]
     seconds = time.monotonic() - started
     stop_sampling.set()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     held: list[str] = []
     if traced:
         stats = tracemalloc.take_snapshot().compare_to(before, "traceback")
@@ -266,12 +328,16 @@ def scale_ours(job: Job) -> dict[str, Any]:
         tracemalloc.stop()
     return {
         "timeline": timeline,
+        "rss_highs": highs,
         "tracemalloc_top": held,
         "files": summary["count"] - summary["failed_count"],
         "summary": summary,
         "xcom_bytes": len(json.dumps(summary)),
         "task_seconds": round(seconds, 3),
         "rss_after_warm_up_mib": round(rss_warm / 2**20, 1),
+        "peak_rss_before_warm_up_mib": round(peak_before_warm_up / 2**20, 1),
+        "peak_rss_before_task_mib": round(peak_before_task / 2**20, 1),
+        "peak_reset_after_warm_up": peak_reset,
         "rss_growth_after_warm_up_mib": round((peak - rss_warm) / 2**20, 1),
         "sftp": counter.report(),
     }
@@ -676,7 +742,7 @@ def main() -> int:
             3,
         ),
         "rss_before_mib": round(rss_before / 2**20, 1),
-        "peak_rss_mib": _mib(self_after.ru_maxrss),
+        "peak_rss_mib": round(peak_rss() / 2**20, 1),
         "children_peak_rss_mib": _mib(children_after.ru_maxrss),
         **extra,
     }

@@ -7,12 +7,14 @@
 
 N small objects under one prefix, delivered by one ``S3ToSFTPStreamOperator(s3_prefix=...,
 report=...)`` task in a fresh process, on loopback (real OpenSSH sshd, moto's server). Measured per
-count: files/s, the XCom's size in bytes, the task's peak RSS growth over its RSS after the imports,
-and the CPU of the task, of the sshd sessions and of moto (where the time goes). Every file that lands
-is read back and hashed, and the report must hold one line per object. The task first delivers 20
-objects of another prefix in the same process (imports, clients, sessions), and the RSS growth is
-its peak RSS over its RSS after that warm-up. CPU figures cover the warm-up too. Not part of the
-test run. ``S3SFTP_BENCH_PROFILE=<dir>`` records a py-spy profile (see ``benchmarks/flame.py``).
+count: files/s, the XCom's size in bytes, the task's peak RSS growth (its own ``VmHWM``, reset after
+the warm-up below, over its RSS then), and the CPU of the task, of the sshd sessions and of moto
+(where the time goes). Every file that lands is read back and hashed, and the report must hold one
+line per object. The task first delivers 20 objects of another prefix in the same process (imports,
+clients, sessions). CPU figures cover the warm-up too. Not part of the test run.
+``S3SFTP_BENCH_PROFILE=<dir>`` records a py-spy profile (see ``benchmarks/flame.py``);
+``S3SFTP_BENCH_SAMPLE=<seconds>`` samples the RSS while the task runs; ``--no-report`` runs without
+a report.
 """
 
 from __future__ import annotations
